@@ -1,0 +1,29 @@
+//! # Tributary
+//!
+//! A Kafka rollup and anomaly-detection framework with replayable state.
+//!
+//! ```text
+//!   rdkafka consumer (one group member, many partitions, auto-commit off)
+//!        │  poll thread: copy records into per-partition batches
+//!        ▼
+//!   worker threads (partition → worker), one Pipeline per partition:
+//!        decode → intern → RollupStage (5m → 1h → 1d cascade) ─┬─► rollups
+//!                        └→ CusumStage (raw or a rollup level) ◄┘─► anomalies
+//!        bad records ─► dead-letter topic, late records ─► counted (+ late topic)
+//!        ▼
+//!   idempotent producer, same partition number as the source
+//!        │  delivery reports advance a per-partition ack ledger
+//!        ▼
+//!   offsets committed only for the prefix whose outputs are all acknowledged
+//! ```
+//!
+//! The synchronous core ([`window`], [`cusum`], [`pipeline`]) is testable without a
+//! broker; [`runtime`] is the thin shell around Kafka.
+
+pub mod codec;
+pub mod cusum;
+pub mod intern;
+pub mod pipeline;
+pub mod record;
+pub mod stage;
+pub mod window;

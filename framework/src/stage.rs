@@ -1,0 +1,118 @@
+//! The stage trait: plain synchronous code that takes one record at a time, updates its
+//! own state and emits through a [`Collector`]. The runtime owns threads, Kafka and time.
+
+use crate::record::{Anomaly, Point, RollupRow, SeriesId};
+
+/// What a stage consumes: raw points, or closed windows of one rollup level emitted by an
+/// upstream stage in the same pipeline (no intermediate topic).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Input<'a> {
+    Point(&'a Point),
+    Rollup(&'a RollupRow),
+}
+
+/// Which inputs a stage subscribes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    Points,
+    /// Closed windows of the rollup level with this index.
+    RollupLevel(u8),
+}
+
+/// Per-record facts the runtime hands to a stage.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    /// Source offset of the record being processed.
+    pub offset: i64,
+    /// Current watermark of the partition (max event time − grace), epoch ms.
+    pub watermark: i64,
+}
+
+/// Everything a stage can emit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Output {
+    Rollup(RollupRow),
+    Anomaly(Anomaly),
+    /// The record fed a window that had already closed.
+    Late {
+        series: SeriesId,
+        ts: i64,
+        offset: i64,
+    },
+}
+
+/// Collects the outputs of one record (or one watermark advance). Reused across records so
+/// the hot path does not allocate.
+#[derive(Debug, Default)]
+pub struct Collector {
+    outputs: Vec<Output>,
+}
+
+impl Collector {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    #[inline]
+    pub fn emit(&mut self, output: Output) {
+        self.outputs.push(output);
+    }
+
+    pub fn len(&self) -> usize {
+        self.outputs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.outputs.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[Output] {
+        &self.outputs
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Output> {
+        self.outputs.get(index)
+    }
+
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Output> {
+        self.outputs.drain(..)
+    }
+
+    pub fn clear(&mut self) {
+        self.outputs.clear();
+    }
+}
+
+/// One processing step on a partition's stream. Only [`Stage::process`] is required; the
+/// hooks default to no-ops.
+pub trait Stage: Send {
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Which inputs this stage consumes.
+    fn subscription(&self) -> Subscription {
+        Subscription::Points
+    }
+
+    /// Consumes one input record.
+    fn process(&mut self, input: Input<'_>, ctx: Context, out: &mut Collector);
+
+    /// The partition's watermark advanced: close whatever is complete.
+    fn on_watermark(&mut self, _watermark: i64, _out: &mut Collector) {}
+
+    /// The earliest source offset whose record still affects state held now, if any; the
+    /// runtime replays from the minimum over stages after a restart.
+    fn replay_start(&self) -> Option<i64> {
+        None
+    }
+
+    /// Serialises the stage's state for a local checkpoint.
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Restores state written by [`Stage::snapshot`].
+    fn restore(&mut self, _bytes: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}

@@ -1,0 +1,214 @@
+//! Tumbling-window rollups aligned to the UTC epoch, cascading from the finest level to
+//! coarser ones: a coarse window is merged in-process from the closed fine windows it
+//! covers, never recomputed from raw records.
+
+use std::collections::BTreeMap;
+
+use crate::record::{Agg, RollupRow, SeriesId};
+use crate::stage::{Collector, Context, Input, Output, Stage};
+
+#[cfg(test)]
+mod tests;
+
+/// One resolution, e.g. 5m = 300,000 ms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    pub width_ms: i64,
+    pub label: String,
+}
+
+impl Resolution {
+    pub fn new(width_ms: i64, label: impl Into<String>) -> Self {
+        Self {
+            width_ms,
+            label: label.into(),
+        }
+    }
+
+    #[inline]
+    pub fn window_start(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.width_ms) * self.width_ms
+    }
+}
+
+/// Open state of one window: a flat vector of aggregates indexed by series id, plus the
+/// ids touched so closing costs O(touched), not O(series).
+#[derive(Debug, Default)]
+struct Window {
+    aggs: Vec<Agg>,
+    touched: Vec<SeriesId>,
+    /// Earliest source offset that fed this window (through any finer level).
+    first_offset: i64,
+}
+
+impl Window {
+    #[inline]
+    fn slot(&mut self, series: SeriesId) -> &mut Agg {
+        let i = series as usize;
+        if i >= self.aggs.len() {
+            self.aggs.resize((i + 1).next_power_of_two(), Agg::EMPTY);
+        }
+        let agg = &mut self.aggs[i];
+        if agg.is_empty() {
+            self.touched.push(series);
+        }
+        agg
+    }
+
+    fn reset(&mut self) {
+        for &s in &self.touched {
+            self.aggs[s as usize] = Agg::EMPTY;
+        }
+        self.touched.clear();
+    }
+}
+
+#[derive(Debug)]
+struct Level {
+    resolution: Resolution,
+    open: BTreeMap<i64, Window>,
+    /// Recycled windows, so steady state allocates nothing.
+    spare: Vec<Window>,
+}
+
+impl Level {
+    fn window(&mut self, start: i64, offset: i64) -> &mut Window {
+        let spare = &mut self.spare;
+        let w = self.open.entry(start).or_insert_with(|| {
+            let mut w = spare.pop().unwrap_or_default();
+            w.first_offset = offset;
+            w
+        });
+        w.first_offset = w.first_offset.min(offset);
+        w
+    }
+}
+
+/// The rollup stage: windows at every configured level for every series of a partition.
+#[derive(Debug)]
+pub struct RollupStage {
+    levels: Vec<Level>,
+    /// Earliest end among open windows of any level: the watermark check per record is a
+    /// single comparison until something can close.
+    next_close: i64,
+}
+
+impl RollupStage {
+    /// `resolutions` must be ordered finest first, each a multiple of the previous one.
+    pub fn new(resolutions: Vec<Resolution>) -> Self {
+        assert!(!resolutions.is_empty(), "at least one resolution");
+        Self {
+            levels: resolutions
+                .into_iter()
+                .map(|resolution| Level {
+                    resolution,
+                    open: BTreeMap::new(),
+                    spare: Vec::new(),
+                })
+                .collect(),
+            next_close: i64::MAX,
+        }
+    }
+
+    pub fn resolutions(&self) -> impl Iterator<Item = &Resolution> {
+        self.levels.iter().map(|l| &l.resolution)
+    }
+
+    /// Number of windows open across all levels.
+    pub fn open_windows(&self) -> usize {
+        self.levels.iter().map(|l| l.open.len()).sum()
+    }
+
+    #[inline]
+    fn add_point(&mut self, series: SeriesId, ts: i64, value: f64, ctx: Context, out: &mut Collector) {
+        let level = &mut self.levels[0];
+        let start = level.resolution.window_start(ts);
+        let end = start + level.resolution.width_ms;
+        if end <= ctx.watermark {
+            out.emit(Output::Late {
+                series,
+                ts,
+                offset: ctx.offset,
+            });
+            return;
+        }
+        level.window(start, ctx.offset).slot(series).add(value);
+        self.next_close = self.next_close.min(end);
+    }
+
+    /// Closes every window whose end is at or before `watermark`, finest level first so a
+    /// coarse window has received all of its fine windows before it closes itself.
+    fn close_until(&mut self, watermark: i64, out: &mut Collector) {
+        for i in 0..self.levels.len() {
+            let (fine, coarse) = self.levels.split_at_mut(i + 1);
+            let level = &mut fine[i];
+            let mut next = coarse.first_mut();
+            let width = level.resolution.width_ms;
+            while let Some(entry) = level.open.first_entry() {
+                let start = *entry.key();
+                if start + width > watermark {
+                    break;
+                }
+                let mut window = entry.remove();
+                window.touched.sort_unstable();
+                let coarse_window = next.as_mut().map(|c| {
+                    let cstart = c.resolution.window_start(start);
+                    c.window(cstart, window.first_offset)
+                });
+                let mut coarse_window = coarse_window;
+                for &series in &window.touched {
+                    let agg = window.aggs[series as usize];
+                    out.emit(Output::Rollup(RollupRow {
+                        series,
+                        level: i as u8,
+                        window_start: start,
+                        window_end: start + width,
+                        agg,
+                    }));
+                    if let Some(cw) = coarse_window.as_mut() {
+                        cw.slot(series).merge(&agg);
+                    }
+                }
+                window.reset();
+                level.spare.push(window);
+            }
+        }
+        self.next_close = self
+            .levels
+            .iter()
+            .filter_map(|l| {
+                l.open
+                    .first_key_value()
+                    .map(|(s, _)| s + l.resolution.width_ms)
+            })
+            .min()
+            .unwrap_or(i64::MAX);
+    }
+}
+
+impl Stage for RollupStage {
+    fn name(&self) -> &'static str {
+        "rollup"
+    }
+
+    #[inline]
+    fn process(&mut self, input: Input<'_>, ctx: Context, out: &mut Collector) {
+        if let Input::Point(p) = input {
+            self.add_point(p.series, p.ts, p.value, ctx, out);
+        }
+    }
+
+    #[inline]
+    fn on_watermark(&mut self, watermark: i64, out: &mut Collector) {
+        if watermark >= self.next_close {
+            self.close_until(watermark, out);
+        }
+    }
+
+    fn replay_start(&self) -> Option<i64> {
+        self.levels
+            .iter()
+            .flat_map(|l| l.open.values().map(|w| w.first_offset))
+            .min()
+    }
+}
