@@ -20,10 +20,15 @@
 //! The synchronous core ([`window`], [`cusum`], [`pipeline`]) is testable without a
 //! broker; [`runtime`] is the thin shell around Kafka.
 
+pub mod admin;
+pub mod app;
 pub mod codec;
+pub mod config;
 pub mod cusum;
 pub mod intern;
+pub mod metrics;
 pub mod pipeline;
 pub mod record;
+pub mod runtime;
 pub mod stage;
 pub mod window;

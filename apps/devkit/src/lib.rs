@@ -1,0 +1,8 @@
+//! Development and test tooling for Tributary: embedded Kafka (librdkafka's mock cluster),
+//! a deterministic load generator, and the one-command demo. Not part of the production
+//! path.
+
+pub mod demo;
+pub mod kafka;
+pub mod loadgen;
+pub mod cli;

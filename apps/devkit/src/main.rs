@@ -1,1 +1,7 @@
-fn main() {}
+//! `tributary-dev`: embedded Kafka, load generator and demo. See `--help`.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    tributary_devkit::cli::main()
+}

@@ -1,0 +1,200 @@
+//! Command line of `tributary-dev`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tributary::codec::Format;
+use tributary::config::HumanDuration;
+
+use crate::demo::{self, DemoOptions};
+use crate::kafka::EmbeddedKafka;
+use crate::loadgen::{self, LoadSpec};
+
+#[derive(Debug, Parser)]
+#[command(name = "tributary-dev", about = "Tributary's development kit: embedded Kafka, load generator, demo (dev and test only)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (RUST_LOG syntax).
+    #[arg(long, global = true, default_value = "warn", env = "RUST_LOG")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run librdkafka's mock cluster until Ctrl-C; any Kafka client can use it.
+    Kafka {
+        /// First broker's port (broker i listens on PORT+i); 0 = ephemeral ports.
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+        /// Number of mock brokers.
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+        /// Topics to create up front (the mock cannot create topics through the admin API).
+        #[arg(long, value_delimiter = ',', default_value = "metrics,rollups,anomalies,dead-letter")]
+        topics: Vec<String>,
+        /// Partitions per created topic.
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+    },
+    /// Generate metric points into a topic: N series, rate, duration, jitter, step changes.
+    Produce {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value = "metrics")]
+        topic: String,
+        /// Number of series.
+        #[arg(long, default_value_t = 1000)]
+        series: usize,
+        /// Points per series.
+        #[arg(long, default_value_t = 1000)]
+        points: u64,
+        /// Records per second; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Stop after this long (e.g. 30s) even if points remain.
+        #[arg(long)]
+        duration: Option<String>,
+        /// Event-time distance between points of a series (e.g. 10s).
+        #[arg(long, default_value = "10s")]
+        interval: String,
+        /// Out-of-order jitter: timestamps move back by up to this much (e.g. 5s).
+        #[arg(long, default_value = "5s")]
+        jitter: String,
+        /// Fraction of series that get one step change.
+        #[arg(long, default_value_t = 0.01)]
+        anomalies: f64,
+        /// Step size in standard deviations.
+        #[arg(long, default_value_t = 8.0)]
+        step_sigma: f64,
+        /// Event time of the first point, epoch ms (default: a fixed day, so runs repeat).
+        #[arg(long)]
+        start_ms: Option<i64>,
+        /// Random seed; the same seed gives the same records.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Value encoding: json or bincode.
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+    /// Embedded Kafka + load generator + rollup + detector, narrated.
+    Demo {
+        #[arg(long, default_value_t = 500)]
+        series: usize,
+        #[arg(long, default_value_t = 3000)]
+        points: u64,
+        #[arg(long, default_value_t = 200_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Fixed Kafka port for the embedded cluster; 0 = ephemeral.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tributary::app::init_tracing(&cli.log);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tributary-dev: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
+    HumanDuration::parse(text)
+        .map(|d| d.0)
+        .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Kafka {
+            port,
+            brokers,
+            topics,
+            partitions,
+        } => {
+            let kafka = EmbeddedKafka::start(brokers, port)?;
+            for t in topics.iter().filter(|t| !t.is_empty()) {
+                kafka.create_topic(t, partitions)?;
+            }
+            println!("bootstrap.servers={}", kafka.bootstrap_servers());
+            println!("topics: {} ({partitions} partitions each); Ctrl-C stops", topics.join(", "));
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(tributary::app::shutdown_signal());
+            Ok(())
+        }
+        Command::Produce {
+            brokers,
+            topic,
+            series,
+            points,
+            rate,
+            duration: run_for,
+            interval,
+            jitter,
+            anomalies,
+            step_sigma,
+            start_ms,
+            seed,
+            format,
+        } => {
+            let format = match format.as_str() {
+                "json" => Format::Json,
+                "bincode" => Format::Bincode,
+                other => anyhow::bail!("--format: {other:?} is neither json nor bincode"),
+            };
+            let spec = LoadSpec {
+                series,
+                points,
+                rate,
+                duration: run_for.as_deref().map(|d| duration("duration", d)).transpose()?,
+                start_ms: start_ms.unwrap_or(LoadSpec::default().start_ms),
+                interval_ms: duration("interval", &interval)?.as_millis() as i64,
+                jitter_ms: duration("jitter", &jitter)?.as_millis() as i64,
+                anomaly_fraction: anomalies,
+                step_sigma,
+                seed,
+                format,
+            };
+            let report = loadgen::produce(&brokers, &topic, &spec)?;
+            println!(
+                "produced {} records to {topic} in {:.2}s ({:.0} records/s)",
+                report.records,
+                report.elapsed.as_secs_f64(),
+                report.records as f64 / report.elapsed.as_secs_f64().max(1e-9)
+            );
+            for s in &report.steps {
+                println!("injected step: series={} at_ms={} size={:.3}", s.series, s.at_ms, s.size);
+            }
+            Ok(())
+        }
+        Command::Demo {
+            series,
+            points,
+            rate,
+            partitions,
+            port,
+        } => {
+            let opts = DemoOptions {
+                series,
+                points,
+                rate,
+                partitions,
+                port,
+                ..DemoOptions::default()
+            };
+            let report = demo::run(&opts, &mut std::io::stdout())?;
+            if report.rollups_by_resolution.is_empty() {
+                anyhow::bail!("the demo produced no rollups");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The admin HTTP endpoint: one small HTTP/1.1 server per app for `/metrics`, `/health`,
+//! `/status` and operator actions. Hand-rolled on tokio to keep the dependency tree lean;
+//! requests are small and bounded.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_BODY: usize = 1024 * 1024;
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The value of `name` in the query string, if present.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+/// A response to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into().into_bytes(),
+        }
+    }
+
+    pub fn json(status: u16, body: &impl serde::Serialize) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            body: serde_json::to_vec(body).unwrap_or_else(|e| e.to_string().into_bytes()),
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self::text(404, "not found\n")
+    }
+}
+
+/// Application-specific routes.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: &Request) -> Response;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&Request) -> Response + Send + Sync + 'static,
+{
+    fn handle(&self, request: &Request) -> Response {
+        self(request)
+    }
+}
+
+/// Binds the admin listener. Port 0 picks a free port (tests).
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let handler = handler.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(stream, handler).await {
+                            tracing::debug!(%peer, error = %e, "admin connection failed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn connection(mut stream: TcpStream, handler: Arc<dyn Handler>) -> std::io::Result<()> {
+    let request = match tokio::time::timeout(Duration::from_secs(10), read_request(&mut stream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let resp = Response::text(400, format!("{e}\n"));
+            return write_response(&mut stream, &resp).await;
+        }
+        Err(_) => return Ok(()),
+    };
+    // Handlers may block briefly (they talk to the runtime through channels).
+    let response = tokio::task::spawn_blocking(move || handler.handle(&request))
+        .await
+        .unwrap_or_else(|e| Response::text(500, format!("handler failed: {e}\n")));
+    write_response(&mut stream, &response).await
+}
+
+async fn read_request(stream: &mut TcpStream) -> std::io::Result<Request> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    let mut buf = Vec::with_capacity(1024);
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(bad("request head too large"));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(bad("connection closed mid-request"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| bad("request head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or_default().split_whitespace();
+    let method = parts.next().ok_or_else(|| bad("no method"))?.to_owned();
+    let target = parts.next().ok_or_else(|| bad("no path"))?;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut length = 0usize;
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().map_err(|_| bad("bad content-length"))?;
+            }
+        }
+    }
+    if length > MAX_BODY {
+        return Err(bad("body too large"));
+    }
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < length {
+        let mut chunk = vec![0u8; length - body.len()];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(bad("connection closed mid-body"));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    Ok(Request {
+        method,
+        path: path.to_owned(),
+        query: query.to_owned(),
+        body,
+    })
+}
+
+async fn write_response(stream: &mut TcpStream, r: &Response) -> std::io::Result<()> {
+    let reason = match r.status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        404 => "Not Found",
+        409 => "Conflict",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        r.status,
+        r.content_type,
+        r.body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&r.body).await?;
+    stream.shutdown().await
+}
+
+/// A minimal blocking HTTP client for the CLI's `ctl` commands and tests.
+pub fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn routes_requests_to_the_handler() {
+        let listener = bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let handler: Arc<dyn Handler> = Arc::new(|r: &Request| match (r.method.as_str(), r.path.as_str()) {
+            ("GET", "/health") => Response::text(200, "ok\n"),
+            ("POST", "/echo") => Response::text(200, format!("{}:{}", r.query_param("x").unwrap_or("-"), String::from_utf8_lossy(&r.body))),
+            _ => Response::not_found(),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, handler, async move {
+            let _ = rx.await;
+        }));
+        let (health, echo, missing) = tokio::task::spawn_blocking(move || {
+            (
+                request(addr, "GET", "/health", b""),
+                request(addr, "POST", "/echo?x=1", b"hello"),
+                request(addr, "GET", "/nope", b""),
+            )
+        })
+        .await
+        .expect("join");
+        assert_eq!(health.expect("health"), (200, "ok\n".to_owned()));
+        assert_eq!(echo.expect("echo"), (200, "1:hello".to_owned()));
+        assert_eq!(missing.expect("missing").0, 404);
+        let _ = tx.send(());
+        server.await.expect("server stops");
+    }
+}

@@ -1,0 +1,238 @@
+//! The shared command line of `tributary-rollup` and `tributary-detector`: flags, config
+//! layering, logging, signals, the admin endpoint, and the exit code. The binaries' `main`
+//! only names which app they are.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::admin::{self, Request, Response};
+use crate::config::{AppKind, Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::runtime::{RunSummary, Runtime, RuntimeError};
+
+/// Command-line flags. Every flag overrides the config file and `TRIBUTARY_*` variables.
+#[derive(Debug, Clone, Parser)]
+pub struct Cli {
+    /// TOML config file (see config/*.toml). Without one, built-in defaults apply.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers, e.g. 127.0.0.1:9092 [kafka.brokers].
+    #[arg(long, value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+    /// Topic of metric points [topics.input].
+    #[arg(long, value_name = "TOPIC")]
+    pub input_topic: Option<String>,
+    /// Main output topic: rollups for tributary-rollup, anomalies for tributary-detector
+    /// [topics.rollups / topics.anomalies].
+    #[arg(long, value_name = "TOPIC")]
+    pub output_topic: Option<String>,
+    /// Topic for change points [topics.anomalies].
+    #[arg(long, value_name = "TOPIC")]
+    pub anomaly_topic: Option<String>,
+    /// Dead-letter topic for undecodable or invalid records [topics.dead_letter].
+    #[arg(long, value_name = "TOPIC")]
+    pub dlq_topic: Option<String>,
+    /// Topic for records that missed their window; unset means count only [topics.late].
+    #[arg(long, value_name = "TOPIC")]
+    pub late_topic: Option<String>,
+    /// Consumer group id [kafka.group].
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Worker threads, 0 = one per CPU [runtime.workers].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Admin endpoint address, empty to disable [admin.listen].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Also run CUSUM in this process (tributary-rollup) [cusum.enabled].
+    #[arg(long)]
+    pub with_cusum: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Log filter (RUST_LOG syntax), e.g. info or tributary=debug.
+    #[arg(long, default_value = "info", env = "RUST_LOG", value_name = "FILTER")]
+    pub log: String,
+}
+
+impl Cli {
+    /// Parses the process arguments under the app's own name.
+    pub fn parse_for(app: AppKind) -> Self {
+        let about = match app {
+            AppKind::Rollup => "Rolls metric points up into 5m/1h/1d windows (and optionally runs CUSUM), from Kafka to Kafka.",
+            AppKind::Detector => "Flags change points in metric series with a two-sided CUSUM, from Kafka to Kafka.",
+        };
+        let matches = Cli::command().name(app.name()).about(about).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Flags as `section.key` overrides.
+    pub fn overrides(&self, app: AppKind) -> Vec<(&'static str, toml::Value)> {
+        let s = |v: &Option<String>| v.clone().map(toml::Value::String);
+        let output_key = match app {
+            AppKind::Rollup => "topics.rollups",
+            AppKind::Detector => "topics.anomalies",
+        };
+        let mut out: Vec<(&'static str, Option<toml::Value>)> = vec![
+            ("kafka.brokers", s(&self.brokers)),
+            ("kafka.group", s(&self.group)),
+            ("topics.input", s(&self.input_topic)),
+            ("topics.anomalies", s(&self.anomaly_topic)),
+            (output_key, s(&self.output_topic)),
+            ("topics.dead_letter", s(&self.dlq_topic)),
+            ("topics.late", s(&self.late_topic)),
+            ("admin.listen", s(&self.admin_listen)),
+            ("runtime.workers", self.workers.map(|w| toml::Value::Integer(w as i64))),
+        ];
+        if self.with_cusum {
+            out.push(("cusum.enabled", Some(toml::Value::Boolean(true))));
+        }
+        out.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
+    }
+
+    pub fn load_config(&self, app: AppKind) -> Result<Config, ConfigError> {
+        Config::load(app, self.config.as_deref(), std::env::vars(), &self.overrides(app))
+    }
+}
+
+/// Starts logging to stderr.
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The whole life of an app process; returns its exit code.
+pub fn main(app: AppKind) -> ExitCode {
+    let cli = Cli::parse_for(app);
+    init_tracing(&cli.log);
+    let config = match cli.load_config(app) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", app.name());
+            return ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{}: cannot start async runtime: {e}", app.name());
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(config, shutdown_signal())) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{} stopped", app.name());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested; finishing work, flushing outputs and committing");
+}
+
+/// Runs the pipeline and its admin endpoint until `shutdown` completes or the runtime
+/// stops by itself.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary, RuntimeError> {
+    let listen = config.admin.listen.clone();
+    let runtime = Runtime::start(config)?;
+    let metrics = runtime.metrics().clone();
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    if !listen.is_empty() {
+        match admin::bind(&listen).await {
+            Ok(listener) => {
+                let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(listen.clone());
+                tracing::info!(addr, "admin endpoint listening (/metrics, /health, /status)");
+                tokio::spawn(admin::serve(listener, routes(metrics), async move {
+                    let _ = admin_stop_rx.await;
+                }));
+            }
+            Err(e) => {
+                runtime.stop();
+                let _ = tokio::task::spawn_blocking(move || runtime.join()).await;
+                return Err(RuntimeError::Kafka(format!("cannot listen on admin address {listen}: {e}")));
+            }
+        }
+    }
+    tokio::pin!(shutdown);
+    let mut check = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => { runtime.stop(); break; }
+            _ = check.tick() => if runtime.is_finished() { break; },
+        }
+    }
+    let result = tokio::task::spawn_blocking(move || runtime.join())
+        .await
+        .map_err(|_| RuntimeError::Panicked)?;
+    let _ = admin_stop_tx.send(());
+    result
+}
+
+fn routes(metrics: Arc<Metrics>) -> Arc<dyn admin::Handler> {
+    Arc::new(move |r: &Request| match (r.method.as_str(), r.path.as_str()) {
+        ("GET", "/metrics") => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: metrics.render().into_bytes(),
+        },
+        ("GET", "/health") => Response::text(200, "ok\n"),
+        ("GET", "/status") => {
+            let partitions: Vec<_> = metrics
+                .partitions()
+                .into_iter()
+                .map(|((topic, partition), g)| {
+                    serde_json::json!({
+                        "topic": topic, "partition": partition,
+                        "watermark_ms": g.watermark_ms, "processed_offset": g.processed_offset,
+                        "committed_offset": g.committed_offset, "series": g.series,
+                    })
+                })
+                .collect();
+            Response::json(200, &serde_json::json!({
+                "assigned_partitions": metrics.assigned_partitions.get(),
+                "records_consumed": metrics.records_consumed.get(),
+                "partitions": partitions,
+            }))
+        }
+        _ => Response::not_found(),
+    })
+}

@@ -1,0 +1,671 @@
+//! Configuration: serde structs layered as app defaults < TOML file < `TRIBUTARY_*`
+//! environment < command-line flags, validated once at start-up. Validation reports every
+//! problem (unknown keys, wrong types, bad values) together, each named by its key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::codec::Format;
+use crate::cusum::CusumParams;
+use crate::pipeline::PipelineSpec;
+use crate::stage::Subscription;
+use crate::window::Resolution;
+
+/// Which application a configuration is for; each has its own defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppKind {
+    Rollup,
+    Detector,
+}
+
+impl AppKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AppKind::Rollup => "tributary-rollup",
+            AppKind::Detector => "tributary-detector",
+        }
+    }
+}
+
+/// A duration written the way people write them: `500ms`, `60s`, `5m`, `1h`, `1d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("{text:?} has no unit (use ms, s, m, h or d)"))?;
+        let (digits, unit) = text.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+        let ms = match unit.trim() {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            other => return Err(format!("unknown unit {other:?} in {text:?} (use ms, s, m, h or d)")),
+        };
+        n.checked_mul(ms)
+            .map(|ms| HumanDuration(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+
+    pub fn as_millis(self) -> i64 {
+        self.0.as_millis() as i64
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+            if ms != 0 && ms % size == 0 {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        HumanDuration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Kafka connection and consumer-group settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// Consumer group id; instances with the same group share the partitions.
+    pub group: String,
+    /// How often processed offsets (whose outputs are acknowledged) are committed.
+    pub commit_interval: HumanDuration,
+    /// Partition count for topics this app has to create when even the input is missing.
+    pub default_partitions: i32,
+    /// Replication factor for topics this app creates; -1 means the broker's default.
+    pub replication_factor: i32,
+    /// Extra librdkafka properties, applied to the consumer and the producer.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Topic names and formats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Source topic of metric points, keyed by series id.
+    pub input: String,
+    /// Encoding of the input's values: "json" or "bincode".
+    pub input_format: Format,
+    /// Closed windows go here, co-partitioned with the input.
+    pub rollups: String,
+    /// CUSUM change points go here.
+    pub anomalies: String,
+    /// Undecodable or invalid input, with the reason in headers.
+    pub dead_letter: String,
+    /// Records that missed their window; empty disables the late topic (they are still counted).
+    pub late: String,
+    /// Encoding of rollups and anomalies: "json" or "bincode".
+    pub output_format: Format,
+}
+
+/// Window rollups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollupConfig {
+    /// Run the rollup stage.
+    pub enabled: bool,
+    /// Window widths, finest first; each a whole multiple of the previous one.
+    pub levels: Vec<String>,
+    /// Allowed lateness: a window closes when max event time − grace passes its end.
+    pub grace: HumanDuration,
+    /// A partition with no records for this long moves its watermark to wall-clock − grace.
+    pub idle_timeout: HumanDuration,
+}
+
+/// CUSUM change-point detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CusumConfig {
+    /// Run the CUSUM stage.
+    pub enabled: bool,
+    /// "raw" for every point, or a rollup level (e.g. "5m") to watch window averages.
+    pub input: String,
+    /// Slack per observation, in standard deviations.
+    pub k: f64,
+    /// Alarm threshold, in standard deviations.
+    pub h: f64,
+    /// Observations per series before any alarm.
+    pub warmup: u64,
+    /// Floor for the standard deviation of flat series.
+    pub min_stddev: f64,
+    /// Restart the baseline after an alarm so a step is reported once.
+    pub reset_baseline: bool,
+}
+
+/// Threads and batching.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads that run pipelines; 0 means one per CPU.
+    pub workers: usize,
+    /// Records handed to a worker at a time.
+    pub batch_size: usize,
+    /// Batches queued per worker before the poll loop waits (bounded memory).
+    pub queue_depth: usize,
+    /// Upper bound on waiting for in-flight outputs at revoke or shutdown.
+    pub drain_timeout: HumanDuration,
+}
+
+/// The admin HTTP endpoint (metrics, health, status).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address; empty disables the endpoint.
+    pub listen: String,
+}
+
+/// Everything an app needs. Sections mirror the TOML file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub rollup: RollupConfig,
+    pub cusum: CusumConfig,
+    pub runtime: RuntimeConfig,
+    pub admin: AdminConfig,
+}
+
+/// Every problem found, each naming its key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problems):", self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(problem: String) -> Self {
+        Self {
+            problems: vec![problem],
+        }
+    }
+}
+
+const SECTIONS: [&str; 6] = ["kafka", "topics", "rollup", "cusum", "runtime", "admin"];
+
+impl Config {
+    /// Built-in defaults of an app.
+    pub fn defaults(app: AppKind) -> Self {
+        let (group, admin, rollup, cusum) = match app {
+            AppKind::Rollup => ("tributary-rollup", "127.0.0.1:9641", true, false),
+            AppKind::Detector => ("tributary-detector", "127.0.0.1:9642", false, true),
+        };
+        let params = CusumParams::default();
+        Config {
+            kafka: KafkaConfig {
+                brokers: "127.0.0.1:9092".into(),
+                group: group.into(),
+                commit_interval: HumanDuration(Duration::from_secs(1)),
+                default_partitions: 8,
+                replication_factor: -1,
+                properties: BTreeMap::new(),
+            },
+            topics: TopicsConfig {
+                input: "metrics".into(),
+                input_format: Format::Json,
+                rollups: "rollups".into(),
+                anomalies: "anomalies".into(),
+                dead_letter: "dead-letter".into(),
+                late: String::new(),
+                output_format: Format::Json,
+            },
+            rollup: RollupConfig {
+                enabled: rollup,
+                levels: vec!["5m".into(), "1h".into(), "1d".into()],
+                grace: HumanDuration(Duration::from_secs(60)),
+                idle_timeout: HumanDuration(Duration::from_secs(300)),
+            },
+            cusum: CusumConfig {
+                enabled: cusum,
+                input: "raw".into(),
+                k: params.k,
+                h: params.h,
+                warmup: params.warmup,
+                min_stddev: params.min_stddev,
+                reset_baseline: params.reset_baseline,
+            },
+            runtime: RuntimeConfig {
+                workers: 0,
+                batch_size: 1024,
+                queue_depth: 8,
+                drain_timeout: HumanDuration(Duration::from_secs(30)),
+            },
+            admin: AdminConfig {
+                listen: admin.into(),
+            },
+        }
+    }
+
+    /// Loads the layers: defaults < `file` < environment (`TRIBUTARY_SECTION_KEY`) <
+    /// `overrides` (`("section.key", value)` pairs from flags).
+    pub fn load(
+        app: AppKind,
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, toml::Value)],
+    ) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut user = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::one(format!("cannot read {}: {e}", path.display()))
+                })?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    ConfigError::one(format!("{} is not valid TOML: {e}", path.display()))
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("TRIBUTARY_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            match SECTIONS
+                .iter()
+                .find_map(|s| rest.strip_prefix(s).and_then(|k| k.strip_prefix('_')).map(|k| (*s, k)))
+            {
+                Some((section, key)) => set(&mut user, section, key, env_value(&value)),
+                None => problems.push(format!(
+                    "environment variable {name}: no such setting (expected TRIBUTARY_<SECTION>_<KEY> with a section among {})",
+                    SECTIONS.join(", ")
+                )),
+            }
+        }
+        for (path, value) in overrides {
+            if let Some((section, key)) = path.split_once('.') {
+                set(&mut user, section, key, value.clone());
+            }
+        }
+        check_keys(&user, &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        let mut merged = toml::Table::try_from(Config::defaults(app))
+            .map_err(|e| ConfigError::one(format!("internal: defaults do not serialise: {e}")))?;
+        merge(&mut merged, user);
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::one(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that types cannot express. Reports every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.kafka.brokers.trim().is_empty() {
+            problems.push("kafka.brokers: must name at least one broker".into());
+        }
+        if self.kafka.group.trim().is_empty() {
+            problems.push("kafka.group: must not be empty".into());
+        }
+        if self.kafka.commit_interval.0.is_zero() {
+            problems.push("kafka.commit_interval: must be greater than zero".into());
+        }
+        if self.kafka.default_partitions < 1 {
+            problems.push("kafka.default_partitions: must be at least 1".into());
+        }
+        if self.kafka.replication_factor == 0 || self.kafka.replication_factor < -1 {
+            problems.push("kafka.replication_factor: must be -1 (broker default) or at least 1".into());
+        }
+        let t = &self.topics;
+        let mut names = vec![("topics.input", &t.input)];
+        if self.rollup.enabled {
+            names.push(("topics.rollups", &t.rollups));
+        }
+        if self.cusum.enabled {
+            names.push(("topics.anomalies", &t.anomalies));
+        }
+        names.push(("topics.dead_letter", &t.dead_letter));
+        for (key, name) in &names {
+            if name.trim().is_empty() {
+                problems.push(format!("{key}: must not be empty"));
+            } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                problems.push(format!("{key}: {name:?} is not a valid Kafka topic name"));
+            }
+        }
+        for (i, (a, x)) in names.iter().enumerate() {
+            for (b, y) in &names[i + 1..] {
+                if x == y && !x.is_empty() {
+                    problems.push(format!("{b}: must differ from {a} (both are {x:?})"));
+                }
+            }
+        }
+        if !self.rollup.enabled && !self.cusum.enabled {
+            problems.push("rollup.enabled, cusum.enabled: at least one stage must be enabled".into());
+        }
+        if let Err(mut level_problems) = self.resolutions() {
+            problems.append(&mut level_problems);
+        }
+        if self.cusum.enabled {
+            let c = &self.cusum;
+            if c.input != "raw" {
+                if !self.rollup.enabled {
+                    problems.push(format!(
+                        "cusum.input: {:?} needs the rollup stage (rollup.enabled = true) or \"raw\"",
+                        c.input
+                    ));
+                } else if !self.rollup.levels.contains(&c.input) {
+                    problems.push(format!(
+                        "cusum.input: {:?} is neither \"raw\" nor one of rollup.levels {:?}",
+                        c.input, self.rollup.levels
+                    ));
+                }
+            }
+            if !(c.k >= 0.0 && c.k.is_finite()) {
+                problems.push(format!("cusum.k: must be a finite number >= 0, not {}", c.k));
+            }
+            if !(c.h > 0.0 && c.h.is_finite()) {
+                problems.push(format!("cusum.h: must be a finite number > 0, not {}", c.h));
+            }
+            if !(c.min_stddev > 0.0 && c.min_stddev.is_finite()) {
+                problems.push(format!("cusum.min_stddev: must be > 0, not {}", c.min_stddev));
+            }
+        }
+        if self.runtime.workers > 1024 {
+            problems.push(format!("runtime.workers: {} is more than 1024", self.runtime.workers));
+        }
+        if self.runtime.batch_size == 0 {
+            problems.push("runtime.batch_size: must be at least 1".into());
+        }
+        if self.runtime.queue_depth == 0 {
+            problems.push("runtime.queue_depth: must be at least 1".into());
+        }
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "admin.listen: {:?} is not an address like 127.0.0.1:9641 (empty disables it)",
+                self.admin.listen
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The rollup levels, parsed and checked.
+    pub fn resolutions(&self) -> Result<Vec<Resolution>, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut out: Vec<Resolution> = Vec::new();
+        if self.rollup.levels.is_empty() && self.rollup.enabled {
+            problems.push("rollup.levels: at least one level is needed".into());
+        }
+        for (i, text) in self.rollup.levels.iter().enumerate() {
+            match HumanDuration::parse(text) {
+                Ok(d) if d.as_millis() > 0 => {
+                    let width = d.as_millis();
+                    if let Some(prev) = out.last() {
+                        if width <= prev.width_ms || width % prev.width_ms != 0 {
+                            problems.push(format!(
+                                "rollup.levels[{i}]: {text} must be a larger whole multiple of {}",
+                                prev.label
+                            ));
+                        }
+                    }
+                    out.push(Resolution::new(width, text.clone()));
+                }
+                Ok(_) => problems.push(format!("rollup.levels[{i}]: must be longer than zero")),
+                Err(e) => problems.push(format!("rollup.levels[{i}]: {e}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The per-partition pipeline this configuration describes.
+    pub fn pipeline_spec(&self) -> Result<PipelineSpec, ConfigError> {
+        let levels = self.resolutions().map_err(|problems| ConfigError { problems })?;
+        let cusum = self.cusum.enabled.then(|| {
+            let params = CusumParams {
+                k: self.cusum.k,
+                h: self.cusum.h,
+                warmup: self.cusum.warmup,
+                min_stddev: self.cusum.min_stddev,
+                reset_baseline: self.cusum.reset_baseline,
+            };
+            let sub = levels
+                .iter()
+                .position(|r| r.label == self.cusum.input)
+                .filter(|_| self.rollup.enabled)
+                .map_or(Subscription::Points, |i| Subscription::RollupLevel(i as u8));
+            (params, sub)
+        });
+        Ok(PipelineSpec {
+            input_format: self.topics.input_format,
+            rollup: self.rollup.enabled.then_some(levels),
+            cusum,
+            grace_ms: self.rollup.grace.as_millis(),
+        })
+    }
+
+    /// The effective configuration as TOML, for `--print-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let entry = table
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = entry {
+        t.insert(key.to_owned(), value);
+    }
+}
+
+/// Environment values are TOML literals when they parse as one (`8`, `true`, `["5m"]`),
+/// strings otherwise, so `TRIBUTARY_KAFKA_BROKERS=host:9092` needs no quoting.
+fn env_value(text: &str) -> toml::Value {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if k != "properties" => {
+                merge(b, o)
+            }
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Checks every key on its own so one bad key does not hide the next.
+fn check_keys(user: &toml::Table, problems: &mut Vec<String>) {
+    for (section, value) in user {
+        let toml::Value::Table(table) = value else {
+            problems.push(format!("{section}: expected a [{section}] table"));
+            continue;
+        };
+        match section.as_str() {
+            "kafka" => check_section::<KafkaConfig>(section, table, problems),
+            "topics" => check_section::<TopicsConfig>(section, table, problems),
+            "rollup" => check_section::<RollupConfig>(section, table, problems),
+            "cusum" => check_section::<CusumConfig>(section, table, problems),
+            "runtime" => check_section::<RuntimeConfig>(section, table, problems),
+            "admin" => check_section::<AdminConfig>(section, table, problems),
+            other => problems.push(format!(
+                "{other}: unknown section (known: {})",
+                SECTIONS.join(", ")
+            )),
+        }
+    }
+}
+
+/// Deserialises a section's defaults with one user key laid over them, key by key.
+fn check_section<T: DeserializeOwned + Serialize>(
+    section: &str,
+    table: &toml::Table,
+    problems: &mut Vec<String>,
+) {
+    // Any app's defaults will do: only keys and types are checked here.
+    let defaults = toml::Table::try_from(Config::defaults(AppKind::Rollup)).unwrap_or_default();
+    let Some(toml::Value::Table(base)) = defaults.get(section) else {
+        return;
+    };
+    for (key, value) in table {
+        let mut probe = base.clone();
+        probe.insert(key.clone(), value.clone());
+        if let Err(e) = toml::Value::Table(probe).try_into::<T>() {
+            let message = e.message().trim().to_owned();
+            if message.starts_with("unknown field") {
+                problems.push(format!("{section}.{key}: unknown key"));
+            } else {
+                problems.push(format!("{section}.{key}: {message}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("tributary-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(format!("{}.toml", toml_text.len()));
+        std::fs::write(&path, toml_text).expect("write");
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(AppKind::Rollup, Some(&path), env, &[])
+    }
+
+    #[test]
+    fn runs_on_defaults_alone() {
+        for app in [AppKind::Rollup, AppKind::Detector] {
+            let c = Config::load(app, None, Vec::new(), &[]).expect("defaults are valid");
+            assert_eq!(c, Config::defaults(app));
+        }
+        let spec = Config::defaults(AppKind::Rollup).pipeline_spec().expect("spec");
+        assert_eq!(spec.rollup.as_ref().map(Vec::len), Some(3));
+        assert_eq!(spec.grace_ms, 60_000);
+    }
+
+    #[test]
+    fn names_every_bad_key_at_once() {
+        let err = load(
+            r#"
+            [kafka]
+            brokers = 9092
+            grup = "x"
+            [rollup]
+            grace = "ten seconds"
+            levels = ["5m", "7m"]
+            [cusum]
+            h = "high"
+            [nonsense]
+            a = 1
+            "#,
+            &[("TRIBUTARY_RUNTIME_WORKRS", "2")],
+        )
+        .expect_err("invalid");
+        let all = err.problems.join("\n");
+        for needle in ["kafka.brokers", "kafka.grup: unknown key", "rollup.grace", "cusum.h", "nonsense: unknown section", "runtime.workrs: unknown key"] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(err.problems.len(), 6, "{all}");
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported() {
+        let err = load(
+            r#"
+            [rollup]
+            levels = ["5m", "7m"]
+            [cusum]
+            enabled = true
+            input = "2h"
+            h = -1.0
+            [admin]
+            listen = "nowhere"
+            "#,
+            &[],
+        )
+        .expect_err("invalid");
+        let all = err.problems.join("\n");
+        for needle in ["rollup.levels[1]", "cusum.input", "cusum.h", "admin.listen"] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let c = Config::load(
+            AppKind::Rollup,
+            None,
+            vec![
+                ("TRIBUTARY_KAFKA_BROKERS".into(), "env:9092".into()),
+                ("TRIBUTARY_RUNTIME_WORKERS".into(), "3".into()),
+                ("TRIBUTARY_ROLLUP_LEVELS".into(), r#"["1m", "10m"]"#.into()),
+                ("PATH".into(), "/bin".into()),
+            ],
+            &[("kafka.brokers", toml::Value::String("flag:9092".into()))],
+        )
+        .expect("valid");
+        assert_eq!(c.kafka.brokers, "flag:9092");
+        assert_eq!(c.runtime.workers, 3);
+        assert_eq!(c.rollup.levels, vec!["1m", "10m"]);
+        assert_eq!(c.kafka.group, "tributary-rollup");
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(HumanDuration::parse("60s").map(|d| d.as_millis()), Ok(60_000));
+        assert_eq!(HumanDuration::parse("5m").map(|d| d.as_millis()), Ok(300_000));
+        assert_eq!(HumanDuration::parse("1d").map(|d| d.to_string()), Ok("1d".into()));
+        assert_eq!(HumanDuration::parse("90s").map(|d| d.to_string()), Ok("90s".into()));
+        assert_eq!(HumanDuration::parse("250ms").map(|d| d.to_string()), Ok("250ms".into()));
+        assert!(HumanDuration::parse("5").is_err());
+        assert!(HumanDuration::parse("5 fortnights").is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! Per-partition ledger tying source offsets to output acknowledgements.
+//!
+//! Each output a partition produces gets the next sequence number. After processing a
+//! batch the worker records "offset N is done once the first S outputs are acked".
+//! Delivery reports may arrive out of order across output topics, so acks are tracked as
+//! a contiguous prefix plus a small set of early arrivals. The committable offset is the
+//! last checkpoint whose outputs are all acked; a failed delivery stops commits for good,
+//! so the partition is reprocessed from the last safe offset after a restart.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+struct State {
+    /// Every sequence number below this is acknowledged.
+    acked_below: u64,
+    early: BTreeSet<u64>,
+    failed: Option<String>,
+    /// (outputs that must be acked, next source offset), in order.
+    checkpoints: VecDeque<(u64, i64)>,
+    /// Highest offset known safe to commit.
+    safe: Option<i64>,
+    /// Offset last handed to a commit request.
+    sent: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    state: Mutex<State>,
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned ledger means a worker panicked mid-update; the data is still a valid
+        // (conservative) prefix, so keep using it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The worker finished everything before `next_offset`, having produced `produced`
+    /// outputs in total so far.
+    pub fn checkpoint(&self, produced: u64, next_offset: i64) {
+        let mut s = self.lock();
+        match s.checkpoints.back_mut() {
+            Some(last) if last.0 == produced => last.1 = last.1.max(next_offset),
+            _ => s.checkpoints.push_back((produced, next_offset)),
+        }
+    }
+
+    /// A delivery report for output `seq`.
+    pub fn ack(&self, seq: u64, result: Result<(), String>) {
+        let mut s = self.lock();
+        if let Err(e) = result {
+            s.failed.get_or_insert(e);
+            return;
+        }
+        if seq == s.acked_below {
+            s.acked_below += 1;
+            while s.early.first() == Some(&s.acked_below) {
+                s.early.pop_first();
+                s.acked_below += 1;
+            }
+        } else if seq > s.acked_below {
+            s.early.insert(seq);
+        }
+    }
+
+    /// The first delivery error, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failed.clone()
+    }
+
+    /// Advances the safe offset over checkpoints whose outputs are all acknowledged.
+    pub fn safe_offset(&self) -> Option<i64> {
+        let mut s = self.lock();
+        if s.failed.is_some() {
+            return s.safe;
+        }
+        while let Some(&(needed, offset)) = s.checkpoints.front() {
+            if needed > s.acked_below {
+                break;
+            }
+            s.safe = Some(offset);
+            s.checkpoints.pop_front();
+        }
+        s.safe
+    }
+
+    /// The safe offset if it moved since the last call, marking it sent.
+    pub fn take_commit(&self) -> Option<i64> {
+        let safe = self.safe_offset()?;
+        let mut s = self.lock();
+        if s.sent.is_some_and(|sent| sent >= safe) {
+            return None;
+        }
+        s.sent = Some(safe);
+        Some(safe)
+    }
+
+    /// A commit failed: send the same offset again next time.
+    pub fn commit_failed(&self, offset: i64) {
+        let mut s = self.lock();
+        if s.sent == Some(offset) {
+            s.sent = None;
+        }
+    }
+
+    /// Outputs produced but not yet acknowledged.
+    pub fn unacked(&self, produced: u64) -> u64 {
+        let s = self.lock();
+        produced.saturating_sub(s.acked_below)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_only_fully_acknowledged_prefixes() {
+        let l = Ledger::new();
+        l.checkpoint(0, 10); // offsets 0..10 produced nothing
+        assert_eq!(l.take_commit(), Some(10));
+        l.checkpoint(2, 20); // offsets 10..20 produced outputs 0 and 1
+        l.checkpoint(3, 30);
+        assert_eq!(l.take_commit(), None);
+        l.ack(1, Ok(())); // out of order
+        assert_eq!(l.take_commit(), None);
+        l.ack(0, Ok(()));
+        assert_eq!(l.take_commit(), Some(20));
+        assert_eq!(l.take_commit(), None, "nothing new");
+        l.ack(2, Ok(()));
+        assert_eq!(l.take_commit(), Some(30));
+    }
+
+    #[test]
+    fn a_failed_delivery_stops_commits() {
+        let l = Ledger::new();
+        l.checkpoint(1, 5);
+        l.checkpoint(2, 9);
+        l.ack(0, Ok(()));
+        l.ack(1, Err("timed out".into()));
+        assert_eq!(l.safe_offset(), Some(5));
+        assert_eq!(l.failure().as_deref(), Some("timed out"));
+        l.checkpoint(2, 12);
+        assert_eq!(l.safe_offset(), Some(5));
+    }
+
+    #[test]
+    fn failed_commits_are_retried() {
+        let l = Ledger::new();
+        l.checkpoint(0, 7);
+        assert_eq!(l.take_commit(), Some(7));
+        l.commit_failed(7);
+        assert_eq!(l.take_commit(), Some(7));
+    }
+}

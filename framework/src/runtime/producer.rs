@@ -1,0 +1,46 @@
+//! The output producer's context: delivery reports advance the partition ledgers.
+
+use std::sync::Arc;
+
+use rdkafka::ClientContext;
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+
+use crate::metrics::Metrics;
+use crate::runtime::ledger::Ledger;
+
+/// Identifies one output for its delivery report.
+#[derive(Debug)]
+pub struct DeliveryTag {
+    pub ledger: Arc<Ledger>,
+    pub seq: u64,
+}
+
+pub struct OutputContext {
+    pub metrics: Arc<Metrics>,
+}
+
+impl ClientContext for OutputContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.metrics.output_errors.add(0);
+        tracing::warn!(error = %error, reason, "producer error");
+    }
+}
+
+impl ProducerContext for OutputContext {
+    type DeliveryOpaque = Box<DeliveryTag>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: Self::DeliveryOpaque) {
+        match result {
+            Ok(_) => {
+                self.metrics.outputs_acked.add(1);
+                tag.ledger.ack(tag.seq, Ok(()));
+            }
+            Err((e, msg)) => {
+                self.metrics.output_errors.add(1);
+                tracing::error!(topic = msg.topic(), partition = msg.partition(), error = %e, "output not delivered; commits stop for its source partition");
+                tag.ledger.ack(tag.seq, Err(e.to_string()));
+            }
+        }
+    }
+}

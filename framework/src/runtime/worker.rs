@@ -1,0 +1,352 @@
+//! Worker threads: each owns the pipelines of the partitions routed to it and runs them on
+//! batches handed over by the poll loop. Outputs go straight to the shared producer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, ThreadedProducer};
+
+use crate::codec::{self, DecodeError, Format};
+use crate::metrics::{Metrics, PartitionGauges};
+use crate::pipeline::{Pipeline, PipelineSpec, Sink};
+use crate::record::{Anomaly, RollupRow};
+use crate::runtime::ledger::Ledger;
+use crate::runtime::producer::{DeliveryTag, OutputContext};
+use crate::runtime::Tp;
+
+/// Records of one partition copied out of librdkafka into one buffer, so the poll loop
+/// does not allocate per record and workers can own them.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub partition: i32,
+    pub generation: u64,
+    data: Vec<u8>,
+    records: Vec<Span>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    offset: i64,
+    key: Option<(u32, u32)>,
+    payload: Option<(u32, u32)>,
+}
+
+impl Batch {
+    pub fn reset(&mut self, partition: i32, generation: u64) {
+        self.partition = partition;
+        self.generation = generation;
+        self.data.clear();
+        self.records.clear();
+    }
+
+    #[inline]
+    pub fn push(&mut self, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let mut put = |bytes: Option<&[u8]>| {
+            bytes.map(|b| {
+                let start = self.data.len() as u32;
+                self.data.extend_from_slice(b);
+                (start, b.len() as u32)
+            })
+        };
+        let key = put(key);
+        let payload = put(payload);
+        self.records.push(Span {
+            offset,
+            key,
+            payload,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn get(&self, span: Option<(u32, u32)>) -> Option<&[u8]> {
+        span.map(|(s, l)| &self.data[s as usize..(s + l) as usize])
+    }
+}
+
+/// Messages from the poll loop (and rebalance callbacks) to a worker.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    Assign {
+        tp: Tp,
+        generation: u64,
+        ledger: Arc<Ledger>,
+    },
+    Batch(Batch),
+    /// Drop these partitions once everything queued before is processed.
+    Revoke { tps: Vec<Tp>, done: Sender<()> },
+    /// Processing-time tick for idle-partition flushes.
+    Tick,
+    /// Reply once everything queued before is processed.
+    Drain { done: Sender<()> },
+}
+
+/// Where outputs go, shared by all workers.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    pub rollups: String,
+    pub anomalies: String,
+    pub dead_letter: String,
+    pub dead_letter_partitions: i32,
+    pub late: Option<(String, i32)>,
+    pub format: Format,
+    pub input: String,
+}
+
+pub struct WorkerShared {
+    pub spec: PipelineSpec,
+    pub producer: Arc<ThreadedProducer<OutputContext>>,
+    pub outputs: Outputs,
+    pub metrics: Arc<Metrics>,
+    pub idle_timeout: Duration,
+    pub recycle: Sender<Batch>,
+}
+
+struct PartitionRun {
+    tp: Tp,
+    pipeline: Pipeline,
+    ledger: Arc<Ledger>,
+    generation: u64,
+    produced: u64,
+    /// Next offset to process; records below it are duplicates and skipped.
+    next_offset: Option<i64>,
+    last_record: Instant,
+    reported: crate::pipeline::PipelineStats,
+}
+
+pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
+    let mut parts: HashMap<i32, PartitionRun> = HashMap::new();
+    let mut buf = Vec::with_capacity(512);
+    for msg in inbox {
+        match msg {
+            WorkerMsg::Assign {
+                tp,
+                generation,
+                ledger,
+            } => {
+                parts.insert(
+                    tp.partition,
+                    PartitionRun {
+                        pipeline: Pipeline::new(&shared.spec),
+                        tp,
+                        ledger,
+                        generation,
+                        produced: 0,
+                        next_offset: None,
+                        last_record: Instant::now(),
+                        reported: Default::default(),
+                    },
+                );
+            }
+            WorkerMsg::Batch(batch) => {
+                if let Some(run) = parts.get_mut(&batch.partition) {
+                    if run.generation == batch.generation {
+                        process_batch(&shared, run, &batch, &mut buf);
+                    }
+                }
+                let _ = shared.recycle.send(batch);
+            }
+            WorkerMsg::Revoke { tps, done } => {
+                for tp in tps {
+                    if parts.remove(&tp.partition).is_some() {
+                        shared.metrics.remove_partition(&tp.topic, tp.partition);
+                    }
+                }
+                let _ = done.send(());
+            }
+            WorkerMsg::Tick => {
+                for run in parts.values_mut() {
+                    idle_flush(&shared, run, &mut buf);
+                }
+            }
+            WorkerMsg::Drain { done } => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+fn process_batch(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, buf: &mut Vec<u8>) {
+    let mut sink = KafkaSink {
+        shared,
+        partition: run.tp.partition,
+        ledger: &run.ledger,
+        produced: &mut run.produced,
+        buf,
+    };
+    let mut next = run.next_offset.unwrap_or(i64::MIN);
+    for span in &batch.records {
+        if span.offset < next {
+            continue;
+        }
+        run.pipeline
+            .process(batch.get(span.key), batch.get(span.payload), span.offset, &mut sink);
+        next = span.offset + 1;
+    }
+    if next != i64::MIN {
+        run.next_offset = Some(next);
+        run.ledger.checkpoint(run.produced, next);
+    }
+    run.last_record = Instant::now();
+    report(shared, run);
+}
+
+fn idle_flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) {
+    let Some(next) = run.next_offset else { return };
+    if run.last_record.elapsed() < shared.idle_timeout {
+        return;
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let target = now_ms - shared.spec.grace_ms;
+    if target <= run.pipeline.watermark() {
+        return;
+    }
+    let mut sink = KafkaSink {
+        shared,
+        partition: run.tp.partition,
+        ledger: &run.ledger,
+        produced: &mut run.produced,
+        buf,
+    };
+    run.pipeline.advance_watermark(target, next, &mut sink);
+    run.ledger.checkpoint(run.produced, next);
+    shared.metrics.idle_flushes.add(1);
+    tracing::debug!(topic = %run.tp.topic, partition = run.tp.partition, watermark = target, "idle partition flushed");
+    report(shared, run);
+}
+
+fn report(shared: &WorkerShared, run: &mut PartitionRun) {
+    let now = run.pipeline.stats();
+    let before = std::mem::replace(&mut run.reported, now);
+    let m = &shared.metrics;
+    m.records_consumed.add(now.records - before.records);
+    m.records_dead_lettered.add(now.dead_lettered - before.dead_lettered);
+    m.records_late.add(now.late - before.late);
+    m.rollups_emitted.add(now.rollups - before.rollups);
+    m.anomalies_emitted.add(now.anomalies - before.anomalies);
+    let watermark = run.pipeline.watermark();
+    let series = run.pipeline.series() as i64;
+    let processed = run.next_offset.unwrap_or(-1);
+    m.update_partition(&run.tp.topic, run.tp.partition, |g: &mut PartitionGauges| {
+        g.watermark_ms = watermark;
+        g.series = series;
+        g.processed_offset = processed;
+    });
+}
+
+/// Produces a pipeline's outputs to Kafka, numbering them for the ledger.
+struct KafkaSink<'a> {
+    shared: &'a WorkerShared,
+    partition: i32,
+    ledger: &'a Arc<Ledger>,
+    produced: &'a mut u64,
+    buf: &'a mut Vec<u8>,
+}
+
+impl KafkaSink<'_> {
+    fn send(&mut self, topic: &str, partition: i32, key: Option<&[u8]>, payload: Option<&[u8]>, headers: Option<OwnedHeaders>) {
+        let seq = *self.produced;
+        *self.produced += 1;
+        let tag = Box::new(DeliveryTag {
+            ledger: self.ledger.clone(),
+            seq,
+        });
+        let mut record: BaseRecord<'_, [u8], [u8], Box<DeliveryTag>> =
+            BaseRecord::with_opaque_to(topic, tag).partition(partition);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        let mut waited = false;
+        loop {
+            match self.shared.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The producer queue is bounded: wait for deliveries instead of buffering.
+                    if !waited {
+                        self.shared.metrics.producer_queue_full_waits.add(1);
+                        waited = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                    record = back;
+                }
+                Err((e, _)) => {
+                    tracing::error!(topic, partition, error = %e, "cannot produce output");
+                    self.shared.metrics.output_errors.add(1);
+                    self.ledger.ack(seq, Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Sink for KafkaSink<'_> {
+    fn rollup(&mut self, series: &str, resolution: &str, row: &RollupRow) {
+        let mut buf = std::mem::take(self.buf);
+        codec::encode_rollup(self.shared.outputs.format, series, resolution, row, &mut buf);
+        let shared = self.shared;
+        self.send(&shared.outputs.rollups, self.partition, Some(series.as_bytes()), Some(&buf), None);
+        *self.buf = buf;
+    }
+
+    fn anomaly(&mut self, series: &str, anomaly: &Anomaly) {
+        let mut buf = std::mem::take(self.buf);
+        codec::encode_anomaly(self.shared.outputs.format, series, anomaly, &mut buf);
+        let shared = self.shared;
+        self.send(&shared.outputs.anomalies, self.partition, Some(series.as_bytes()), Some(&buf), None);
+        *self.buf = buf;
+    }
+
+    fn dead_letter(&mut self, error: &DecodeError, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64) {
+        let outputs = &self.shared.outputs;
+        let shared = self.shared;
+        let reason = error.to_string();
+        tracing::debug!(topic = %outputs.input, partition = self.partition, offset, reason, "dead-lettered record");
+        let headers = provenance(&outputs.input, self.partition, offset)
+            .insert(Header {
+                key: "tributary.error",
+                value: Some(reason.as_bytes()),
+            });
+        let partition = self.partition % outputs.dead_letter_partitions.max(1);
+        self.send(&shared.outputs.dead_letter, partition, key, payload, Some(headers));
+    }
+
+    fn late(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64) {
+        let shared = self.shared;
+        if let Some((topic, partitions)) = &shared.outputs.late {
+            let headers = provenance(&shared.outputs.input, self.partition, offset);
+            self.send(topic, self.partition % (*partitions).max(1), key, payload, Some(headers));
+        }
+    }
+}
+
+/// Headers that say where a forwarded record came from; the value stays byte-for-byte.
+fn provenance(topic: &str, partition: i32, offset: i64) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(4)
+        .insert(Header {
+            key: "tributary.source.topic",
+            value: Some(topic.as_bytes()),
+        })
+        .insert(Header {
+            key: "tributary.source.partition",
+            value: Some(partition.to_string().as_bytes()),
+        })
+        .insert(Header {
+            key: "tributary.source.offset",
+            value: Some(offset.to_string().as_bytes()),
+        })
+}
