@@ -147,10 +147,10 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Request> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut length = 0usize;
     for line in lines {
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().map_err(|_| bad("bad content-length"))?;
-            }
+        if let Some((k, v)) = line.split_once(':')
+            && k.trim().eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().map_err(|_| bad("bad content-length"))?;
         }
     }
     if length > MAX_BODY {
@@ -213,7 +213,10 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -227,7 +230,14 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let handler: Arc<dyn Handler> = Arc::new(|r: &Request| match (r.method.as_str(), r.path.as_str()) {
             ("GET", "/health") => Response::text(200, "ok\n"),
-            ("POST", "/echo") => Response::text(200, format!("{}:{}", r.query_param("x").unwrap_or("-"), String::from_utf8_lossy(&r.body))),
+            ("POST", "/echo") => Response::text(
+                200,
+                format!(
+                    "{}:{}",
+                    r.query_param("x").unwrap_or("-"),
+                    String::from_utf8_lossy(&r.body)
+                ),
+            ),
             _ => Response::not_found(),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -64,8 +64,12 @@ impl Cli {
     /// Parses the process arguments under the app's own name.
     pub fn parse_for(app: AppKind) -> Self {
         let about = match app {
-            AppKind::Rollup => "Rolls metric points up into 5m/1h/1d windows (and optionally runs CUSUM), from Kafka to Kafka.",
-            AppKind::Detector => "Flags change points in metric series with a two-sided CUSUM, from Kafka to Kafka.",
+            AppKind::Rollup => {
+                "Rolls metric points up into 5m/1h/1d windows (and optionally runs CUSUM), from Kafka to Kafka."
+            }
+            AppKind::Detector => {
+                "Flags change points in metric series with a two-sided CUSUM, from Kafka to Kafka."
+            }
         };
         let matches = Cli::command().name(app.name()).about(about).get_matches();
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
@@ -87,7 +91,10 @@ impl Cli {
             ("topics.dead_letter", s(&self.dlq_topic)),
             ("topics.late", s(&self.late_topic)),
             ("admin.listen", s(&self.admin_listen)),
-            ("runtime.workers", self.workers.map(|w| toml::Value::Integer(w as i64))),
+            (
+                "runtime.workers",
+                self.workers.map(|w| toml::Value::Integer(w as i64)),
+            ),
         ];
         if self.with_cusum {
             out.push(("cusum.enabled", Some(toml::Value::Boolean(true))));
@@ -96,7 +103,12 @@ impl Cli {
     }
 
     pub fn load_config(&self, app: AppKind) -> Result<Config, ConfigError> {
-        Config::load(app, self.config.as_deref(), std::env::vars(), &self.overrides(app))
+        Config::load(
+            app,
+            self.config.as_deref(),
+            std::env::vars(),
+            &self.overrides(app),
+        )
     }
 }
 
@@ -179,7 +191,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     if !listen.is_empty() {
         match admin::bind(&listen).await {
             Ok(listener) => {
-                let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(listen.clone());
+                let addr = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or(listen.clone());
                 tracing::info!(addr, "admin endpoint listening (/metrics, /health, /status)");
                 tokio::spawn(admin::serve(listener, routes(metrics), async move {
                     let _ = admin_stop_rx.await;
@@ -188,7 +203,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             Err(e) => {
                 runtime.stop();
                 let _ = tokio::task::spawn_blocking(move || runtime.join()).await;
-                return Err(RuntimeError::Kafka(format!("cannot listen on admin address {listen}: {e}")));
+                return Err(RuntimeError::Kafka(format!(
+                    "cannot listen on admin address {listen}: {e}"
+                )));
             }
         }
     }
@@ -227,11 +244,14 @@ fn routes(metrics: Arc<Metrics>) -> Arc<dyn admin::Handler> {
                     })
                 })
                 .collect();
-            Response::json(200, &serde_json::json!({
-                "assigned_partitions": metrics.assigned_partitions.get(),
-                "records_consumed": metrics.records_consumed.get(),
-                "partitions": partitions,
-            }))
+            Response::json(
+                200,
+                &serde_json::json!({
+                    "assigned_partitions": metrics.assigned_partitions.get(),
+                    "records_consumed": metrics.records_consumed.get(),
+                    "partitions": partitions,
+                }),
+            )
         }
         _ => Response::not_found(),
     })

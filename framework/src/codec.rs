@@ -75,9 +75,8 @@ pub fn decode_point<'a>(
             }
         }
         Format::Bincode => {
-            let (p, used): (PointBincode<'a>, usize) =
-                bincode::borrow_decode_from_slice(payload, BINCODE)
-                    .map_err(|e| DecodeError::Bincode(e.to_string()))?;
+            let (p, used): (PointBincode<'a>, usize) = bincode::borrow_decode_from_slice(payload, BINCODE)
+                .map_err(|e| DecodeError::Bincode(e.to_string()))?;
             if used != payload.len() {
                 return Err(DecodeError::Bincode(format!(
                     "{} trailing bytes",
@@ -131,8 +130,7 @@ pub fn encode_point(format: Format, point: &RawPoint<'_>, out: &mut Vec<u8>) {
                 ts: point.ts,
                 value: point.value,
             };
-            bincode::encode_into_std_write(&p, out, BINCODE)
-                .expect("serialising to a Vec cannot fail");
+            bincode::encode_into_std_write(&p, out, BINCODE).expect("serialising to a Vec cannot fail");
         }
     }
 }
@@ -165,17 +163,9 @@ struct RollupOut<'a> {
 }
 
 /// Encodes a closed window into `out` (cleared first).
-pub fn encode_rollup(
-    format: Format,
-    series: &str,
-    resolution: &str,
-    row: &RollupRow,
-    out: &mut Vec<u8>,
-) {
+pub fn encode_rollup(format: Format, series: &str, resolution: &str, row: &RollupRow, out: &mut Vec<u8>) {
     out.clear();
-    let Agg {
-        count, min, max, ..
-    } = row.agg;
+    let Agg { count, min, max, .. } = row.agg;
     let r = RollupOut {
         series,
         resolution,
@@ -188,21 +178,16 @@ pub fn encode_rollup(
         avg: row.agg.avg(),
     };
     match format {
-        Format::Json => {
-            serde_json::to_writer(&mut *out, &r).expect("serialising to a Vec cannot fail")
-        }
+        Format::Json => serde_json::to_writer(&mut *out, &r).expect("serialising to a Vec cannot fail"),
         Format::Bincode => {
-            bincode::encode_into_std_write(&r, out, BINCODE)
-                .expect("serialising to a Vec cannot fail");
+            bincode::encode_into_std_write(&r, out, BINCODE).expect("serialising to a Vec cannot fail");
         }
     }
 }
 
 pub fn decode_rollup(format: Format, payload: &[u8]) -> Result<RollupRecord, DecodeError> {
     match format {
-        Format::Json => {
-            serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))
-        }
+        Format::Json => serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string())),
         Format::Bincode => bincode::decode_from_slice(payload, BINCODE)
             .map(|(r, _)| r)
             .map_err(|e| DecodeError::Bincode(e.to_string())),
@@ -247,21 +232,16 @@ pub fn encode_anomaly(format: Format, series: &str, a: &Anomaly, out: &mut Vec<u
         stddev: a.stddev,
     };
     match format {
-        Format::Json => {
-            serde_json::to_writer(&mut *out, &r).expect("serialising to a Vec cannot fail")
-        }
+        Format::Json => serde_json::to_writer(&mut *out, &r).expect("serialising to a Vec cannot fail"),
         Format::Bincode => {
-            bincode::encode_into_std_write(&r, out, BINCODE)
-                .expect("serialising to a Vec cannot fail");
+            bincode::encode_into_std_write(&r, out, BINCODE).expect("serialising to a Vec cannot fail");
         }
     }
 }
 
 pub fn decode_anomaly(format: Format, payload: &[u8]) -> Result<AnomalyRecord, DecodeError> {
     match format {
-        Format::Json => {
-            serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))
-        }
+        Format::Json => serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string())),
         Format::Bincode => bincode::decode_from_slice(payload, BINCODE)
             .map(|(r, _)| r)
             .map_err(|e| DecodeError::Bincode(e.to_string())),

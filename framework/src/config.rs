@@ -53,7 +53,11 @@ impl HumanDuration {
             "m" | "min" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            other => return Err(format!("unknown unit {other:?} in {text:?} (use ms, s, m, h or d)")),
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {text:?} (use ms, s, m, h or d)"
+                ));
+            }
         };
         n.checked_mul(ms)
             .map(|ms| HumanDuration(Duration::from_millis(ms)))
@@ -69,7 +73,7 @@ impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
         for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms != 0 && ms % size == 0 {
+            if ms != 0 && ms.is_multiple_of(size) {
                 return write!(f, "{}{unit}", ms / size);
             }
         }
@@ -269,9 +273,7 @@ impl Config {
                 queue_depth: 8,
                 drain_timeout: HumanDuration(Duration::from_secs(30)),
             },
-            admin: AdminConfig {
-                listen: admin.into(),
-            },
+            admin: AdminConfig { listen: admin.into() },
         }
     }
 
@@ -286,12 +288,10 @@ impl Config {
         let mut problems = Vec::new();
         let mut user = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::one(format!("cannot read {}: {e}", path.display()))
-                })?;
-                text.parse::<toml::Table>().map_err(|e| {
-                    ConfigError::one(format!("{} is not valid TOML: {e}", path.display()))
-                })?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::one(format!("cannot read {}: {e}", path.display())))?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::one(format!("{} is not valid TOML: {e}", path.display())))?
             }
             None => toml::Table::new(),
         };
@@ -360,7 +360,10 @@ impl Config {
         for (key, name) in &names {
             if name.trim().is_empty() {
                 problems.push(format!("{key}: must not be empty"));
-            } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            } else if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
                 problems.push(format!("{key}: {name:?} is not a valid Kafka topic name"));
             }
         }
@@ -403,7 +406,10 @@ impl Config {
             }
         }
         if self.runtime.workers > 1024 {
-            problems.push(format!("runtime.workers: {} is more than 1024", self.runtime.workers));
+            problems.push(format!(
+                "runtime.workers: {} is more than 1024",
+                self.runtime.workers
+            ));
         }
         if self.runtime.batch_size == 0 {
             problems.push("runtime.batch_size: must be at least 1".into());
@@ -435,13 +441,13 @@ impl Config {
             match HumanDuration::parse(text) {
                 Ok(d) if d.as_millis() > 0 => {
                     let width = d.as_millis();
-                    if let Some(prev) = out.last() {
-                        if width <= prev.width_ms || width % prev.width_ms != 0 {
-                            problems.push(format!(
-                                "rollup.levels[{i}]: {text} must be a larger whole multiple of {}",
-                                prev.label
-                            ));
-                        }
+                    if let Some(prev) = out.last()
+                        && (width <= prev.width_ms || width % prev.width_ms != 0)
+                    {
+                        problems.push(format!(
+                            "rollup.levels[{i}]: {text} must be a larger whole multiple of {}",
+                            prev.label
+                        ));
                     }
                     out.push(Resolution::new(width, text.clone()));
                 }
@@ -510,9 +516,7 @@ fn env_value(text: &str) -> toml::Value {
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if k != "properties" => {
-                merge(b, o)
-            }
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if k != "properties" => merge(b, o),
             (_, v) => {
                 base.insert(k, v);
             }
@@ -610,7 +614,14 @@ mod tests {
         )
         .expect_err("invalid");
         let all = err.problems.join("\n");
-        for needle in ["kafka.brokers", "kafka.grup: unknown key", "rollup.grace", "cusum.h", "nonsense: unknown section", "runtime.workrs: unknown key"] {
+        for needle in [
+            "kafka.brokers",
+            "kafka.grup: unknown key",
+            "rollup.grace",
+            "cusum.h",
+            "nonsense: unknown section",
+            "runtime.workrs: unknown key",
+        ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert_eq!(err.problems.len(), 6, "{all}");
@@ -659,12 +670,34 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_files_are_valid_and_document_the_defaults() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        for (file, app) in [
+            ("rollup.toml", AppKind::Rollup),
+            ("detector.toml", AppKind::Detector),
+        ] {
+            let c = Config::load(app, Some(&dir.join(file)), Vec::new(), &[]).expect(file);
+            assert_eq!(
+                c,
+                Config::defaults(app),
+                "{file} drifted from the built-in defaults"
+            );
+        }
+    }
+
+    #[test]
     fn durations_parse_and_print() {
         assert_eq!(HumanDuration::parse("60s").map(|d| d.as_millis()), Ok(60_000));
         assert_eq!(HumanDuration::parse("5m").map(|d| d.as_millis()), Ok(300_000));
         assert_eq!(HumanDuration::parse("1d").map(|d| d.to_string()), Ok("1d".into()));
-        assert_eq!(HumanDuration::parse("90s").map(|d| d.to_string()), Ok("90s".into()));
-        assert_eq!(HumanDuration::parse("250ms").map(|d| d.to_string()), Ok("250ms".into()));
+        assert_eq!(
+            HumanDuration::parse("90s").map(|d| d.to_string()),
+            Ok("90s".into())
+        );
+        assert_eq!(
+            HumanDuration::parse("250ms").map(|d| d.to_string()),
+            Ok("250ms".into())
+        );
         assert!(HumanDuration::parse("5").is_err());
         assert!(HumanDuration::parse("5 fortnights").is_err());
     }

@@ -102,22 +102,78 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let counters: [(&str, &str, &Counter); 13] = [
-            ("tributary_records_consumed_total", "Source records read.", &self.records_consumed),
-            ("tributary_records_dead_lettered_total", "Undecodable or invalid records sent to the dead-letter topic.", &self.records_dead_lettered),
-            ("tributary_records_late_total", "Records that arrived after their window closed.", &self.records_late),
-            ("tributary_rollups_emitted_total", "Closed windows produced.", &self.rollups_emitted),
-            ("tributary_anomalies_emitted_total", "Change points produced.", &self.anomalies_emitted),
-            ("tributary_outputs_acked_total", "Output records acknowledged by the broker.", &self.outputs_acked),
-            ("tributary_output_errors_total", "Output records the broker did not acknowledge.", &self.output_errors),
-            ("tributary_commits_total", "Successful offset commits.", &self.commits),
-            ("tributary_commit_errors_total", "Failed offset commits.", &self.commit_errors),
-            ("tributary_rebalances_total", "Partition assignments and revocations.", &self.rebalances),
-            ("tributary_idle_flushes_total", "Watermark advances forced by an idle partition.", &self.idle_flushes),
-            ("tributary_consumer_errors_total", "Errors reported by the consumer (e.g. broker unreachable).", &self.consumer_errors),
-            ("tributary_producer_queue_full_waits_total", "Times a worker waited for room in the producer queue.", &self.producer_queue_full_waits),
+            (
+                "tributary_records_consumed_total",
+                "Source records read.",
+                &self.records_consumed,
+            ),
+            (
+                "tributary_records_dead_lettered_total",
+                "Undecodable or invalid records sent to the dead-letter topic.",
+                &self.records_dead_lettered,
+            ),
+            (
+                "tributary_records_late_total",
+                "Records that arrived after their window closed.",
+                &self.records_late,
+            ),
+            (
+                "tributary_rollups_emitted_total",
+                "Closed windows produced.",
+                &self.rollups_emitted,
+            ),
+            (
+                "tributary_anomalies_emitted_total",
+                "Change points produced.",
+                &self.anomalies_emitted,
+            ),
+            (
+                "tributary_outputs_acked_total",
+                "Output records acknowledged by the broker.",
+                &self.outputs_acked,
+            ),
+            (
+                "tributary_output_errors_total",
+                "Output records the broker did not acknowledge.",
+                &self.output_errors,
+            ),
+            (
+                "tributary_commits_total",
+                "Successful offset commits.",
+                &self.commits,
+            ),
+            (
+                "tributary_commit_errors_total",
+                "Failed offset commits.",
+                &self.commit_errors,
+            ),
+            (
+                "tributary_rebalances_total",
+                "Partition assignments and revocations.",
+                &self.rebalances,
+            ),
+            (
+                "tributary_idle_flushes_total",
+                "Watermark advances forced by an idle partition.",
+                &self.idle_flushes,
+            ),
+            (
+                "tributary_consumer_errors_total",
+                "Errors reported by the consumer (e.g. broker unreachable).",
+                &self.consumer_errors,
+            ),
+            (
+                "tributary_producer_queue_full_waits_total",
+                "Times a worker waited for room in the producer queue.",
+                &self.producer_queue_full_waits,
+            ),
         ];
         for (name, help, c) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.get()
+            );
         }
         let _ = writeln!(
             out,
@@ -125,17 +181,42 @@ impl Metrics {
             self.assigned_partitions.get()
         );
         let parts = self.partitions();
-        let gauges: [(&str, &str, fn(&PartitionGauges) -> i64); 5] = [
-            ("tributary_partition_watermark_ms", "Event-time watermark of the partition.", |g| g.watermark_ms),
-            ("tributary_partition_processed_offset", "Next source offset to process.", |g| g.processed_offset),
-            ("tributary_partition_committed_offset", "Last committed source offset.", |g| g.committed_offset),
-            ("tributary_partition_series", "Series seen by the partition.", |g| g.series),
-            ("tributary_partition_open_windows", "Windows open across all levels.", |g| g.open_windows),
+        type Read = fn(&PartitionGauges) -> i64;
+        let gauges: [(&str, &str, Read); 5] = [
+            (
+                "tributary_partition_watermark_ms",
+                "Event-time watermark of the partition.",
+                |g| g.watermark_ms,
+            ),
+            (
+                "tributary_partition_processed_offset",
+                "Next source offset to process.",
+                |g| g.processed_offset,
+            ),
+            (
+                "tributary_partition_committed_offset",
+                "Last committed source offset.",
+                |g| g.committed_offset,
+            ),
+            (
+                "tributary_partition_series",
+                "Series seen by the partition.",
+                |g| g.series,
+            ),
+            (
+                "tributary_partition_open_windows",
+                "Windows open across all levels.",
+                |g| g.open_windows,
+            ),
         ];
         for (name, help, get) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for ((topic, partition), g) in &parts {
-                let _ = writeln!(out, "{name}{{topic=\"{topic}\",partition=\"{partition}\"}} {}", get(g));
+                let _ = writeln!(
+                    out,
+                    "{name}{{topic=\"{topic}\",partition=\"{partition}\"}} {}",
+                    get(g)
+                );
             }
         }
         out

@@ -15,13 +15,7 @@ pub trait Sink {
     fn rollup(&mut self, series: &str, resolution: &str, row: &RollupRow);
     fn anomaly(&mut self, series: &str, anomaly: &Anomaly);
     /// An undecodable or invalid record, with the reason.
-    fn dead_letter(
-        &mut self,
-        error: &DecodeError,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        offset: i64,
-    );
+    fn dead_letter(&mut self, error: &DecodeError, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64);
     /// A record that arrived after its window closed.
     fn late(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64);
 }
@@ -116,13 +110,7 @@ impl Pipeline {
 
     /// Processes one source record.
     #[inline]
-    pub fn process(
-        &mut self,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        offset: i64,
-        sink: &mut impl Sink,
-    ) {
+    pub fn process(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64, sink: &mut impl Sink) {
         self.stats.records += 1;
         let raw = match codec::decode_point(self.format, key, payload) {
             Ok(raw) => raw,

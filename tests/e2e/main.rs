@@ -1,1 +1,7 @@
+//! End-to-end tests: real broker process (tansu) or librdkafka's mock cluster, the real
+//! app binaries as processes, and an independent client (Python confluent-kafka).
 
+mod cli;
+mod dataset;
+mod embedded;
+mod tansu;

@@ -1,1 +1,493 @@
+//! Helpers for the end-to-end tests: a real Kafka-protocol broker process (tansu), app
+//! processes, an independent client (Python confluent-kafka), unique names, and an
+//! oracle for rollups.
 
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A binary of this workspace, built into the same target directory as the test.
+pub fn app_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --release --bins)",
+        path.display()
+    );
+    path
+}
+
+fn logs_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join("tributary-e2e-logs");
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir
+}
+
+/// A child process killed when dropped, with its output in a log file.
+pub struct Process {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let log = logs_dir().join(format!("{}.log", unique(name)));
+        let file = std::fs::File::create(&log).expect("log file");
+        let err = file.try_clone().expect("log file");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .stdin(Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Self {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit; returns its exit code (None if killed by a signal).
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not exit within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        self.signal("TERM");
+        self.wait(timeout)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tansu broker on a free port with in-memory storage.
+pub struct Tansu {
+    pub brokers: String,
+    pub process: Process,
+}
+
+pub fn tansu_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("tansu");
+        if p.exists() {
+            return p;
+        }
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let p = Path::new(&home).join(".cargo/bin/tansu");
+    assert!(
+        p.exists(),
+        "tansu is not installed: run tests/run.sh, which installs it"
+    );
+    p
+}
+
+impl Tansu {
+    pub fn start() -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let process = Process::spawn(
+            "tansu",
+            &tansu_binary(),
+            &[
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            &[("RUST_LOG", "warn")],
+        );
+        let brokers = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&brokers).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start:\n{}",
+                process.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { brokers, process }
+    }
+}
+
+/// Creates topics through the admin API.
+pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+        .collect();
+    let results = futures_block_on(admin.create_topics(&new, &AdminOptions::new())).expect("create_topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+    // rdkafka's admin futures complete on librdkafka's thread; a tiny executor suffices.
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
+
+fn python_client() -> PathBuf {
+    workspace_root().join("tests/py/kafka_client.py")
+}
+
+/// A record for the independent producer.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub key: Option<String>,
+    pub value: Option<String>,
+    pub partition: Option<i32>,
+}
+
+/// Produces through Python's confluent-kafka.
+pub fn py_produce(brokers: &str, topic: &str, records: &[Outgoing]) {
+    let mut child = Command::new("python3")
+        .arg(python_client())
+        .args(["produce", brokers, topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for r in records {
+            let line = serde_json::json!({"key": r.key, "value": r.value, "partition": r.partition});
+            writeln!(stdin, "{line}").expect("write to producer");
+        }
+    }
+    let out = child.wait_with_output().expect("producer finished");
+    assert!(
+        out.status.success(),
+        "python producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A record read by the independent consumer.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub key: Option<String>,
+    pub value: Option<String>,
+    pub partition: i32,
+    pub offset: i64,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Incoming {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.value.as_deref().unwrap_or("null")).expect("JSON value")
+    }
+}
+
+/// Consumes a whole topic through Python's confluent-kafka: at least `min_count`
+/// records, then until it has been idle for `idle_s`, or until `timeout_s`.
+pub fn py_consume(
+    brokers: &str,
+    topic: &str,
+    min_count: usize,
+    timeout_s: u64,
+    idle_s: f64,
+) -> Vec<Incoming> {
+    let out = Command::new("python3")
+        .arg(python_client())
+        .args([
+            "consume",
+            brokers,
+            topic,
+            &min_count.to_string(),
+            &timeout_s.to_string(),
+            &idle_s.to_string(),
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python consumer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("consumer line");
+            Incoming {
+                key: v["key"].as_str().map(str::to_owned),
+                value: v["value"].as_str().map(str::to_owned),
+                partition: v["partition"].as_i64().unwrap_or(-1) as i32,
+                offset: v["offset"].as_i64().unwrap_or(-1),
+                headers: v["headers"]
+                    .as_object()
+                    .map(|h| {
+                        h.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// Committed offsets of `group` and end offsets of `topic`, per partition.
+pub fn py_committed(brokers: &str, group: &str, topic: &str) -> (BTreeMap<i32, i64>, BTreeMap<i32, i64>) {
+    let out = Command::new("python3")
+        .arg(python_client())
+        .args(["committed", brokers, group, topic])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python committed failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("committed JSON");
+    let map = |k: &str| {
+        v[k].as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(p, o)| (p.parse().unwrap_or(-1), o.as_i64().unwrap_or(-1)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    (map("committed"), map("end"))
+}
+
+/// Committed offsets of `group` on `topic` next to the offset after the last record the
+/// independent client reads from each partition. (tansu 0.6 reports a wrong high
+/// watermark through ListOffsets, so the records themselves are the reference.)
+pub fn committed_and_end(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    records: usize,
+) -> (BTreeMap<i32, i64>, BTreeMap<i32, i64>) {
+    let (committed, _) = py_committed(brokers, group, topic);
+    let mut end = BTreeMap::new();
+    for r in py_consume(brokers, topic, records, 120, 2.0) {
+        let e = end.entry(r.partition).or_insert(0);
+        *e = (*e).max(r.offset + 1);
+    }
+    (committed, end)
+}
+
+/// A point for data sets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pt<'a> {
+    pub series: &'a str,
+    pub ts: i64,
+    pub value: f64,
+}
+
+pub fn point_json(series: &str, ts: i64, value: f64) -> String {
+    serde_json::json!({"series": series, "ts": ts, "value": value}).to_string()
+}
+
+/// Expected aggregates of one window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Expected {
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Rollups computed directly from raw records: (series, resolution, window_start).
+pub fn oracle(points: &[Pt<'_>], levels: &[(&str, i64)]) -> BTreeMap<(String, String, i64), Expected> {
+    let mut grouped: BTreeMap<(String, String, i64), Vec<f64>> = BTreeMap::new();
+    for p in points {
+        for (label, width) in levels {
+            let start = p.ts.div_euclid(*width) * width;
+            grouped
+                .entry((p.series.to_owned(), (*label).to_owned(), start))
+                .or_default()
+                .push(p.value);
+        }
+    }
+    grouped
+        .into_iter()
+        .map(|(k, vs)| {
+            let e = Expected {
+                count: vs.len() as u64,
+                sum: exact_sum(&vs),
+                min: vs.iter().copied().fold(f64::INFINITY, f64::min),
+                max: vs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            };
+            (k, e)
+        })
+        .collect()
+}
+
+/// Correctly rounded sum (Shewchuk's algorithm, as Python's math.fsum).
+pub fn exact_sum(values: &[f64]) -> f64 {
+    let mut partials: Vec<f64> = Vec::new();
+    for &x in values {
+        let mut x = x;
+        let mut i = 0;
+        for j in 0..partials.len() {
+            let mut y = partials[j];
+            if x.abs() < y.abs() {
+                std::mem::swap(&mut x, &mut y);
+            }
+            let hi = x + y;
+            let lo = y - (hi - x);
+            if lo != 0.0 {
+                partials[i] = lo;
+                i += 1;
+            }
+            x = hi;
+        }
+        partials.truncate(i);
+        partials.push(x);
+    }
+    // Round the partials once, as CPython's math.fsum does.
+    let Some(mut hi) = partials.pop() else { return 0.0 };
+    let mut lo = 0.0;
+    while let Some(y) = partials.pop() {
+        let x = hi;
+        hi = x + y;
+        lo = y - (hi - x);
+        if lo != 0.0 {
+            break;
+        }
+    }
+    if let Some(&next) = partials.last()
+        && ((lo < 0.0 && next < 0.0) || (lo > 0.0 && next > 0.0))
+    {
+        let y = lo * 2.0;
+        let x = hi + y;
+        if y == x - hi {
+            hi = x;
+        }
+    }
+    hi
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GETs a path from an app's admin endpoint.
+pub fn admin_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let addr = addr.parse().ok()?;
+    tributary::admin::request(addr, "GET", path, b"").ok()
+}

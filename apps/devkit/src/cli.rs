@@ -12,7 +12,10 @@ use crate::kafka::EmbeddedKafka;
 use crate::loadgen::{self, LoadSpec};
 
 #[derive(Debug, Parser)]
-#[command(name = "tributary-dev", about = "Tributary's development kit: embedded Kafka, load generator, demo (dev and test only)")]
+#[command(
+    name = "tributary-dev",
+    about = "Tributary's development kit: embedded Kafka, load generator, demo (dev and test only)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +35,11 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         brokers: i32,
         /// Topics to create up front (the mock cannot create topics through the admin API).
-        #[arg(long, value_delimiter = ',', default_value = "metrics,rollups,anomalies,dead-letter")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "metrics,rollups,anomalies,dead-letter"
+        )]
         topics: Vec<String>,
         /// Partitions per created topic.
         #[arg(long, default_value_t = 8)]
@@ -125,8 +132,13 @@ fn run(command: Command) -> anyhow::Result<()> {
                 kafka.create_topic(t, partitions)?;
             }
             println!("bootstrap.servers={}", kafka.bootstrap_servers());
-            println!("topics: {} ({partitions} partitions each); Ctrl-C stops", topics.join(", "));
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            println!(
+                "topics: {} ({partitions} partitions each); Ctrl-C stops",
+                topics.join(", ")
+            );
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(tributary::app::shutdown_signal());
             Ok(())
         }
@@ -171,7 +183,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 report.records as f64 / report.elapsed.as_secs_f64().max(1e-9)
             );
             for s in &report.steps {
-                println!("injected step: series={} at_ms={} size={:.3}", s.series, s.at_ms, s.size);
+                println!(
+                    "injected step: series={} at_ms={} size={:.3}",
+                    s.series, s.at_ms, s.size
+                );
             }
             Ok(())
         }

@@ -25,7 +25,9 @@ pub struct EmbeddedKafka {
 
 impl std::fmt::Debug for EmbeddedKafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedKafka").field("bootstrap", &self.bootstrap).finish()
+        f.debug_struct("EmbeddedKafka")
+            .field("bootstrap", &self.bootstrap)
+            .finish()
     }
 }
 
@@ -162,7 +164,11 @@ pub struct ReadRecord {
 
 /// Reads every record currently in `topic` (all partitions, from the start up to the high
 /// watermarks seen when called).
-pub fn read_all(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<ReadRecord>, rdkafka::error::KafkaError> {
+pub fn read_all(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<ReadRecord>, rdkafka::error::KafkaError> {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers;

@@ -2,7 +2,7 @@
 //! a deterministic load generator, and the one-command demo. Not part of the production
 //! path.
 
+pub mod cli;
 pub mod demo;
 pub mod kafka;
 pub mod loadgen;
-pub mod cli;

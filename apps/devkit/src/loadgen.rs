@@ -175,12 +175,13 @@ pub fn produce(brokers: &str, topic: &str, spec: &LoadSpec) -> Result<LoadReport
     let mut buf = Vec::with_capacity(128);
     let mut failure = None;
     let steps = generate(spec, |series, ts, value| {
-        if let Some(d) = spec.duration {
-            if records % 1024 == 0 && started.elapsed() >= d {
-                return false;
-            }
+        if let Some(d) = spec.duration
+            && records.is_multiple_of(1024)
+            && started.elapsed() >= d
+        {
+            return false;
         }
-        if spec.rate > 0 && records % 256 == 0 {
+        if spec.rate > 0 && records.is_multiple_of(256) {
             let due = Duration::from_secs_f64(records as f64 / spec.rate as f64);
             let elapsed = started.elapsed();
             if due > elapsed {
@@ -208,7 +209,7 @@ pub fn produce(brokers: &str, topic: &str, spec: &LoadSpec) -> Result<LoadReport
             }
         }
         records += 1;
-        if records % 1000 == 0 {
+        if records.is_multiple_of(1000) {
             producer.poll(Duration::ZERO);
         }
         true

@@ -97,7 +97,9 @@ pub fn prepare_topics(
         match partition_count(admin.inner(), input) {
             Ok(Some(n)) => break n,
             Ok(None) => tracing::warn!(topic = input, "input topic does not exist yet; waiting"),
-            Err(e) => tracing::warn!(brokers = %config.kafka.brokers, error = %e, "cannot reach Kafka; retrying"),
+            Err(e) => {
+                tracing::warn!(brokers = %config.kafka.brokers, error = %e, "cannot reach Kafka; retrying")
+            }
         }
         backoff.wait(stop)?;
     };
@@ -160,7 +162,9 @@ fn create_topic(
             // The mock cluster has no CreateTopics; it creates topics when asked for their
             // metadata by a client that allows auto-creation (producers do by default).
             tracing::info!(topic = name, result = ?other, "CreateTopics unavailable; asking for auto-creation");
-            let _ = producer.client().fetch_metadata(Some(name), Duration::from_secs(5));
+            let _ = producer
+                .client()
+                .fetch_metadata(Some(name), Duration::from_secs(5));
         }
     }
 }

@@ -164,17 +164,20 @@ impl Coordinator {
         for wait in waits {
             let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
         }
-        if let Err(e) = self.producer.flush(deadline.saturating_duration_since(Instant::now())) {
+        if let Err(e) = self
+            .producer
+            .flush(deadline.saturating_duration_since(Instant::now()))
+        {
             tracing::warn!(error = %e, "outputs still in flight at revoke; their offsets stay uncommitted");
         }
         let lost = consumer.assignment_lost();
         let mut commit = TopicPartitionList::new();
         let mut map = self.assignments();
         for tp in &tps {
-            if let Some(a) = map.remove(tp) {
-                if let Some(offset) = a.ledger.take_commit() {
-                    let _ = commit.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset));
-                }
+            if let Some(a) = map.remove(tp)
+                && let Some(offset) = a.ledger.take_commit()
+            {
+                let _ = commit.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset));
             }
             tracing::info!(topic = %tp.topic, partition = tp.partition, "partition revoked");
         }
@@ -371,10 +374,15 @@ fn poll_thread(
         anomalies: topics.anomalies.clone(),
         dead_letter: topics.dead_letter.clone(),
         dead_letter_partitions: layout.outputs.get(&topics.dead_letter).copied().unwrap_or(1),
-        late: (!topics.late.is_empty())
-            .then(|| (topics.late.clone(), layout.outputs.get(&topics.late).copied().unwrap_or(1))),
+        late: (!topics.late.is_empty()).then(|| {
+            (
+                topics.late.clone(),
+                layout.outputs.get(&topics.late).copied().unwrap_or(1),
+            )
+        }),
         format: topics.output_format,
         input: topics.input.clone(),
+        group: config.kafka.group.clone(),
     };
     let (recycle_tx, recycle_rx) = mpsc::channel::<Batch>();
     let shared = Arc::new(WorkerShared {
@@ -450,7 +458,14 @@ fn poll_thread(
         dead_lettered: metrics.records_dead_lettered.get(),
         late: metrics.records_late.get(),
     };
-    tracing::info!(records = summary.records, rollups = summary.rollups, anomalies = summary.anomalies, dead_lettered = summary.dead_lettered, late = summary.late, "stopped");
+    tracing::info!(
+        records = summary.records,
+        rollups = summary.rollups,
+        anomalies = summary.anomalies,
+        dead_lettered = summary.dead_lettered,
+        late = summary.late,
+        "stopped"
+    );
     result?;
     match failure {
         Some(e) => Err(RuntimeError::Delivery(e)),
@@ -532,10 +547,10 @@ fn poll_loop(
                     }
                 };
                 entry.batch.push(msg.offset(), msg.key(), msg.payload());
-                if entry.batch.len() >= batch_size {
-                    if let Some(p) = pending.remove(&partition) {
-                        send(p);
-                    }
+                if entry.batch.len() >= batch_size
+                    && let Some(p) = pending.remove(&partition)
+                {
+                    send(p);
                 }
                 since_clock += 1;
                 if since_clock < 256 {
@@ -574,10 +589,10 @@ fn poll_loop(
                 return Err(RuntimeError::Delivery(e));
             }
             let tpl = coordinator.committable();
-            if tpl.count() > 0 {
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                    tracing::warn!(error = %e, "cannot request commit");
-                }
+            if tpl.count() > 0
+                && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+            {
+                tracing::warn!(error = %e, "cannot request commit");
             }
         }
     }

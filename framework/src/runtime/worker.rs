@@ -14,9 +14,9 @@ use crate::codec::{self, DecodeError, Format};
 use crate::metrics::{Metrics, PartitionGauges};
 use crate::pipeline::{Pipeline, PipelineSpec, Sink};
 use crate::record::{Anomaly, RollupRow};
+use crate::runtime::Tp;
 use crate::runtime::ledger::Ledger;
 use crate::runtime::producer::{DeliveryTag, OutputContext};
-use crate::runtime::Tp;
 
 /// Records of one partition copied out of librdkafka into one buffer, so the poll loop
 /// does not allocate per record and workers can own them.
@@ -54,11 +54,7 @@ impl Batch {
         };
         let key = put(key);
         let payload = put(payload);
-        self.records.push(Span {
-            offset,
-            key,
-            payload,
-        });
+        self.records.push(Span { offset, key, payload });
     }
 
     pub fn len(&self) -> usize {
@@ -80,11 +76,16 @@ pub enum WorkerMsg {
     },
     Batch(Batch),
     /// Drop these partitions once everything queued before is processed.
-    Revoke { tps: Vec<Tp>, done: Sender<()> },
+    Revoke {
+        tps: Vec<Tp>,
+        done: Sender<()>,
+    },
     /// Processing-time tick for idle-partition flushes.
     Tick,
     /// Reply once everything queued before is processed.
-    Drain { done: Sender<()> },
+    Drain {
+        done: Sender<()>,
+    },
 }
 
 /// Where outputs go, shared by all workers.
@@ -97,6 +98,8 @@ pub struct Outputs {
     pub late: Option<(String, i32)>,
     pub format: Format,
     pub input: String,
+    /// Consumer group, stamped on forwarded records so operators know which app sent them.
+    pub group: String,
 }
 
 pub struct WorkerShared {
@@ -145,10 +148,10 @@ pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
                 );
             }
             WorkerMsg::Batch(batch) => {
-                if let Some(run) = parts.get_mut(&batch.partition) {
-                    if run.generation == batch.generation {
-                        process_batch(&shared, run, &batch, &mut buf);
-                    }
+                if let Some(run) = parts.get_mut(&batch.partition)
+                    && run.generation == batch.generation
+                {
+                    process_batch(&shared, run, &batch, &mut buf);
                 }
                 let _ = shared.recycle.send(batch);
             }
@@ -185,8 +188,12 @@ fn process_batch(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, b
         if span.offset < next {
             continue;
         }
-        run.pipeline
-            .process(batch.get(span.key), batch.get(span.payload), span.offset, &mut sink);
+        run.pipeline.process(
+            batch.get(span.key),
+            batch.get(span.payload),
+            span.offset,
+            &mut sink,
+        );
         next = span.offset + 1;
     }
     if next != i64::MIN {
@@ -228,7 +235,8 @@ fn report(shared: &WorkerShared, run: &mut PartitionRun) {
     let before = std::mem::replace(&mut run.reported, now);
     let m = &shared.metrics;
     m.records_consumed.add(now.records - before.records);
-    m.records_dead_lettered.add(now.dead_lettered - before.dead_lettered);
+    m.records_dead_lettered
+        .add(now.dead_lettered - before.dead_lettered);
     m.records_late.add(now.late - before.late);
     m.rollups_emitted.add(now.rollups - before.rollups);
     m.anomalies_emitted.add(now.anomalies - before.anomalies);
@@ -252,7 +260,14 @@ struct KafkaSink<'a> {
 }
 
 impl KafkaSink<'_> {
-    fn send(&mut self, topic: &str, partition: i32, key: Option<&[u8]>, payload: Option<&[u8]>, headers: Option<OwnedHeaders>) {
+    fn send(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) {
         let seq = *self.produced;
         *self.produced += 1;
         let tag = Box::new(DeliveryTag {
@@ -299,7 +314,13 @@ impl Sink for KafkaSink<'_> {
         let mut buf = std::mem::take(self.buf);
         codec::encode_rollup(self.shared.outputs.format, series, resolution, row, &mut buf);
         let shared = self.shared;
-        self.send(&shared.outputs.rollups, self.partition, Some(series.as_bytes()), Some(&buf), None);
+        self.send(
+            &shared.outputs.rollups,
+            self.partition,
+            Some(series.as_bytes()),
+            Some(&buf),
+            None,
+        );
         *self.buf = buf;
     }
 
@@ -307,7 +328,13 @@ impl Sink for KafkaSink<'_> {
         let mut buf = std::mem::take(self.buf);
         codec::encode_anomaly(self.shared.outputs.format, series, anomaly, &mut buf);
         let shared = self.shared;
-        self.send(&shared.outputs.anomalies, self.partition, Some(series.as_bytes()), Some(&buf), None);
+        self.send(
+            &shared.outputs.anomalies,
+            self.partition,
+            Some(series.as_bytes()),
+            Some(&buf),
+            None,
+        );
         *self.buf = buf;
     }
 
@@ -316,27 +343,47 @@ impl Sink for KafkaSink<'_> {
         let shared = self.shared;
         let reason = error.to_string();
         tracing::debug!(topic = %outputs.input, partition = self.partition, offset, reason, "dead-lettered record");
-        let headers = provenance(&outputs.input, self.partition, offset)
-            .insert(Header {
-                key: "tributary.error",
-                value: Some(reason.as_bytes()),
-            });
+        let headers = provenance(&outputs.input, &outputs.group, self.partition, offset).insert(Header {
+            key: "tributary.error",
+            value: Some(reason.as_bytes()),
+        });
         let partition = self.partition % outputs.dead_letter_partitions.max(1);
-        self.send(&shared.outputs.dead_letter, partition, key, payload, Some(headers));
+        self.send(
+            &shared.outputs.dead_letter,
+            partition,
+            key,
+            payload,
+            Some(headers),
+        );
     }
 
     fn late(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64) {
         let shared = self.shared;
         if let Some((topic, partitions)) = &shared.outputs.late {
-            let headers = provenance(&shared.outputs.input, self.partition, offset);
-            self.send(topic, self.partition % (*partitions).max(1), key, payload, Some(headers));
+            let headers = provenance(
+                &shared.outputs.input,
+                &shared.outputs.group,
+                self.partition,
+                offset,
+            );
+            self.send(
+                topic,
+                self.partition % (*partitions).max(1),
+                key,
+                payload,
+                Some(headers),
+            );
         }
     }
 }
 
 /// Headers that say where a forwarded record came from; the value stays byte-for-byte.
-fn provenance(topic: &str, partition: i32, offset: i64) -> OwnedHeaders {
-    OwnedHeaders::new_with_capacity(4)
+fn provenance(topic: &str, group: &str, partition: i32, offset: i64) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(5)
+        .insert(Header {
+            key: "tributary.group",
+            value: Some(group.as_bytes()),
+        })
         .insert(Header {
             key: "tributary.source.topic",
             value: Some(topic.as_bytes()),

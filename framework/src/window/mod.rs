@@ -176,11 +176,7 @@ impl RollupStage {
         self.next_close = self
             .levels
             .iter()
-            .filter_map(|l| {
-                l.open
-                    .first_key_value()
-                    .map(|(s, _)| s + l.resolution.width_ms)
-            })
+            .filter_map(|l| l.open.first_key_value().map(|(s, _)| s + l.resolution.width_ms))
             .min()
             .unwrap_or(i64::MAX);
     }

@@ -103,7 +103,12 @@ fn assert_same(actual: &BTreeMap<(u8, SeriesId, i64), Agg>, expected: &BTreeMap<
         assert_eq!(a.min, e.min, "{k:?}");
         assert_eq!(a.max, e.max, "{k:?}");
         let tolerance = 1e-12 * e.sum().abs().max(1.0);
-        assert!((a.sum() - e.sum()).abs() <= tolerance, "{k:?}: {} vs {}", a.sum(), e.sum());
+        assert!(
+            (a.sum() - e.sum()).abs() <= tolerance,
+            "{k:?}: {} vs {}",
+            a.sum(),
+            e.sum()
+        );
     }
 }
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks for building and testing Tributary:
+#   - C/C++ toolchain pieces for librdkafka (vendored) and RocksDB's bindings (libclang)
+#   - tansu, a Kafka-protocol broker used by the end-to-end tests (cargo install, once)
+#   - Python's confluent-kafka, the independent Kafka client of the end-to-end tests
+# Safe to run repeatedly: each step is skipped when already satisfied.
+set -euo pipefail
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+
+need_apt=()
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v make >/dev/null || need_apt+=(make)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v perl >/dev/null || need_apt+=(perl)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "apt-get install ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "cargo is required (https://rustup.rs)" >&2
+    exit 1
+fi
+
+# tansu: a real Kafka-protocol broker for the end-to-end tests (~15 minutes to build on
+# 2 cores, so it is installed once into cargo's bin directory and reused).
+TANSU_VERSION=0.6.0
+if ! command -v tansu >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+    log "cargo install tansu $TANSU_VERSION (one-off, about 15 minutes)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+
+if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
+    log "pip install confluent-kafka"
+    python3 -m pip install -q confluent-kafka 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages confluent-kafka
+fi
+log "prerequisites ready"

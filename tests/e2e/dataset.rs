@@ -1,0 +1,112 @@
+//! A data set with out-of-order records within grace, late records, bad records and a
+//! far-future sentinel per series, plus what it must produce.
+
+use std::collections::BTreeMap;
+
+use harness::{Expected, Outgoing, Pt, oracle, point_json};
+
+pub const GRACE_MS: i64 = 60_000;
+pub const LEVELS: [(&str, i64); 3] = [("5m", 300_000), ("1h", 3_600_000), ("1d", 86_400_000)];
+const T0: i64 = 1_732_320_000_000; // a UTC day boundary
+const SENTINEL_TS: i64 = T0 + 30 * 86_400_000;
+
+pub struct DataSet {
+    pub records: Vec<Outgoing>,
+    /// Windows every rollup must match (sentinels' windows stay open and are excluded).
+    pub expected: BTreeMap<(String, String, i64), Expected>,
+    pub late: usize,
+    pub bad: usize,
+    pub partition_of: BTreeMap<String, i32>,
+}
+
+/// `series` series over `hours` hours, one point every 20 s with up to 40 s of disorder,
+/// a late copy every so often, a few bad records, then a sentinel per series.
+pub fn build(series: usize, hours: i64, partitions: i32, seed: u64) -> DataSet {
+    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let names: Vec<String> = (0..series).map(|i| format!("host-{i:03}/cpu.user")).collect();
+    let partition_of: BTreeMap<String, i32> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), (i as i32) % partitions))
+        .collect();
+    // (arrival, series, ts, value, late): arrival order is event time plus disorder below
+    // the grace period, merged across series as a partition would see them.
+    let mut events: Vec<(i64, usize, i64, f64, bool)> = Vec::new();
+    let step = 20_000;
+    for s in 0..series {
+        let mut ts = T0 + (s as i64 * 997) % step;
+        let mut i = 0;
+        while ts < T0 + hours * 3_600_000 {
+            let value = ((next() % 100_000) as f64) / 1000.0 - 20.0 + s as f64;
+            let arrival = ts + (next() % 40_000) as i64;
+            events.push((arrival, s, ts, value, false));
+            if i % 97 == 50 {
+                // Arrives right after this point with a timestamp 11 minutes older than
+                // it: by then the watermark has passed that record's 5m window.
+                events.push((arrival + 1, s, ts - GRACE_MS - 600_000, 1e6, true));
+            }
+            ts += step;
+            i += 1;
+        }
+    }
+    events.sort_by_key(|e| (e.0, e.1, e.4));
+    let mut records = Vec::new();
+    let mut on_time: Vec<Pt<'_>> = Vec::new();
+    let mut late = 0;
+    for &(_, s, ts, value, is_late) in &events {
+        let name = &names[s];
+        records.push(Outgoing {
+            key: Some(name.clone()),
+            value: Some(point_json(name, ts, value)),
+            partition: Some(partition_of[name]),
+        });
+        if is_late {
+            late += 1;
+        } else {
+            on_time.push(Pt {
+                series: name,
+                ts,
+                value,
+            });
+        }
+    }
+    let bad_values = [
+        "{\"series\":\"host-000/cpu.user\",\"ts\":1732320000000",
+        "{\"series\":\"host-000/cpu.user\",\"ts\":1732320000000,\"value\":\"high\"}",
+        "not json at all",
+    ];
+    for v in bad_values {
+        records.push(Outgoing {
+            key: Some(names[0].clone()),
+            value: Some(v.to_owned()),
+            partition: Some(partition_of[&names[0]]),
+        });
+    }
+    records.push(Outgoing {
+        key: None,
+        value: Some(point_json(&names[0], T0, 1.0)),
+        partition: Some(0),
+    });
+    let bad = bad_values.len() + 1;
+    for name in &names {
+        records.push(Outgoing {
+            key: Some(name.clone()),
+            value: Some(point_json(name, SENTINEL_TS, 0.0)),
+            partition: Some(partition_of[name]),
+        });
+    }
+    let expected = oracle(&on_time, &LEVELS);
+    DataSet {
+        records,
+        expected,
+        late,
+        bad,
+        partition_of,
+    }
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Independent Kafka client for Tributary's end-to-end tests (confluent-kafka, which
+bundles its own librdkafka 2.x, so it shares no code with the apps under test).
+
+  kafka_client.py produce BROKERS TOPIC < records.jsonl
+      each line: {"key": str|null, "value": str|null, "partition": int (optional)}
+  kafka_client.py consume BROKERS TOPIC MIN_COUNT TIMEOUT_S [IDLE_S]
+      prints one JSON line per record: key, value, partition, offset, headers
+  kafka_client.py committed BROKERS GROUP TOPIC
+      prints {"partition": committed offset} and {"end": {...}} as JSON
+"""
+import json
+import sys
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+
+def produce(brokers, topic):
+    p = Producer({"bootstrap.servers": brokers, "enable.idempotence": True, "linger.ms": 5})
+    errors = []
+    count = 0
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        kwargs = {}
+        if r.get("partition") is not None:
+            kwargs["partition"] = r["partition"]
+        key = r.get("key")
+        value = r.get("value")
+        while True:
+            try:
+                p.produce(topic, key=None if key is None else key.encode(),
+                          value=None if value is None else value.encode(),
+                          on_delivery=lambda err, msg: err and errors.append(str(err)), **kwargs)
+                break
+            except BufferError:
+                p.poll(0.05)
+        count += 1
+    p.flush(60)
+    if errors:
+        sys.exit(f"delivery failed: {errors[:3]}")
+    print(json.dumps({"produced": count}))
+
+
+def consume(brokers, topic, min_count, timeout, idle):
+    c = Consumer({"bootstrap.servers": brokers, "group.id": f"e2e-reader-{time.time()}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    md = c.list_topics(topic, timeout=10)
+    parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    seen = 0
+    deadline = time.time() + timeout
+    last = time.time()
+    while time.time() < deadline:
+        m = c.poll(0.2)
+        if m is None:
+            if seen >= min_count and time.time() - last > idle:
+                break
+            continue
+        if m.error():
+            continue
+        last = time.time()
+        seen += 1
+        headers = {k: (v.decode(errors="replace") if v is not None else None) for k, v in (m.headers() or [])}
+        print(json.dumps({
+            "key": None if m.key() is None else m.key().decode(errors="replace"),
+            "value": None if m.value() is None else m.value().decode(errors="replace"),
+            "partition": m.partition(), "offset": m.offset(), "headers": headers,
+        }), flush=True)
+    c.close()
+
+
+def committed(brokers, group, topic):
+    c = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
+    md = c.list_topics(topic, timeout=10)
+    parts = [TopicPartition(topic, p) for p in sorted(md.topics[topic].partitions)]
+    out = {"committed": {}, "end": {}}
+    for tp in c.committed(parts, timeout=10):
+        out["committed"][str(tp.partition)] = tp.offset
+    for tp in parts:
+        lo, hi = c.get_watermark_offsets(tp, timeout=10)
+        out["end"][str(tp.partition)] = hi
+    c.close()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "produce":
+        produce(sys.argv[2], sys.argv[3])
+    elif cmd == "consume":
+        idle = float(sys.argv[6]) if len(sys.argv) > 6 else 3.0
+        consume(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), idle)
+    elif cmd == "committed":
+        committed(sys.argv[2], sys.argv[3], sys.argv[4])
+    else:
+        sys.exit(f"unknown command {cmd}")
