@@ -85,6 +85,24 @@ enum Command {
         #[arg(long, default_value = "json")]
         format: String,
     },
+    /// End-to-end figures: throughput through the embedded broker, per CPU-second, memory.
+    Bench {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        /// Worker threads of the rollup runtime.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Series for the memory figure (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        memory_series: usize,
+        /// Run one part only: pipeline, e2e or memory (memory is cleanest in its own process).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Embedded Kafka + load generator + rollup + detector, narrated.
     Demo {
         #[arg(long, default_value_t = 500)]
@@ -189,6 +207,24 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Bench {
+            records,
+            series,
+            partitions,
+            workers,
+            memory_series,
+            only,
+        } => {
+            let opts = crate::bench::BenchOptions {
+                records,
+                series,
+                partitions,
+                workers,
+                memory_series,
+                only,
+            };
+            crate::bench::run(&opts, &mut std::io::stdout())
         }
         Command::Demo {
             series,

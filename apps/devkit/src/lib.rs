@@ -2,6 +2,7 @@
 //! a deterministic load generator, and the one-command demo. Not part of the production
 //! path.
 
+pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod kafka;

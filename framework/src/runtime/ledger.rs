@@ -4,8 +4,8 @@
 //! batch the worker records "offset N is done once the first S outputs are acked".
 //! Delivery reports may arrive out of order across output topics, so acks are tracked as
 //! a contiguous prefix plus a small set of early arrivals. The committable offset is the
-//! last checkpoint whose outputs are all acked; a failed delivery stops commits for good,
-//! so the partition is reprocessed from the last safe offset after a restart.
+//! last checkpoint whose outputs are all acknowledged. A failed delivery is never acked, so
+//! commits stop right before it and the partition is reprocessed from there after a restart.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
@@ -76,9 +76,7 @@ impl Ledger {
     /// Advances the safe offset over checkpoints whose outputs are all acknowledged.
     pub fn safe_offset(&self) -> Option<i64> {
         let mut s = self.lock();
-        if s.failed.is_some() {
-            return s.safe;
-        }
+        // A failed output is never acked, so the prefix stops right before it.
         while let Some(&(needed, offset)) = s.checkpoints.front() {
             if needed > s.acked_below {
                 break;

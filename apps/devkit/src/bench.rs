@@ -1,0 +1,364 @@
+//! `tributary-dev bench`: end-to-end figures. Benchmarks measure; nothing here asserts.
+//!
+//! The embedded broker runs in a child process so the CPU time measured (from
+//! /proc/self/stat) is Tributary's alone.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tributary::codec::{self, Format};
+use tributary::config::{AppKind, Config, HumanDuration};
+use tributary::pipeline::{Pipeline, VecSink};
+use tributary::record::RawPoint;
+use tributary::runtime::Runtime;
+
+use crate::loadgen::{self, LoadSpec};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub records: u64,
+    pub series: usize,
+    pub partitions: i32,
+    pub workers: usize,
+    pub memory_series: usize,
+    /// Run one part only: "pipeline", "e2e" or "memory".
+    pub only: Option<String>,
+}
+
+/// CPU seconds used by this process so far (user + system).
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident set size and its peak, in MiB.
+pub fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+struct Broker {
+    child: Child,
+    brokers: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_broker(topics: &[(&str, i32)]) -> anyhow::Result<Broker> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut brokers = Vec::new();
+    for (name, partitions) in topics {
+        brokers.push(format!("{name}:{partitions}"));
+    }
+    let exe = std::env::current_exe()?;
+    let names: Vec<&str> = topics.iter().map(|t| t.0).collect();
+    let partitions = topics.first().map_or(8, |t| t.1);
+    let child = Command::new(exe)
+        .args([
+            "kafka",
+            "--port",
+            &port.to_string(),
+            "--partitions",
+            &partitions.to_string(),
+            "--topics",
+            &names.join(","),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let brokers = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready: Result<BaseConsumer, _> = ClientConfig::new().set("bootstrap.servers", &brokers).create();
+        if ready.is_ok_and(|c| {
+            c.fetch_metadata(Some(names[0]), Duration::from_secs(1))
+                .is_ok_and(|m| m.topics().iter().any(|t| !t.partitions().is_empty()))
+        }) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "embedded broker did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(Broker { child, brokers })
+}
+
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+        let _ = $out.flush();
+    }};
+}
+
+pub fn run(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
+    say!(
+        out,
+        "# tributary-dev bench on {} CPUs",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let wants = |part: &str| opts.only.as_deref().is_none_or(|o| o == part);
+    if wants("pipeline") {
+        pipeline_only(opts, out);
+    }
+    if wants("e2e") {
+        end_to_end(opts, out)?;
+    }
+    if wants("memory") && opts.memory_series > 0 {
+        memory(opts, out)?;
+    }
+    Ok(())
+}
+
+fn spec(opts: &BenchOptions) -> LoadSpec {
+    LoadSpec {
+        series: opts.series,
+        points: opts.records / opts.series as u64,
+        interval_ms: 10_000,
+        jitter_ms: 5_000,
+        anomaly_fraction: 0.01,
+        ..LoadSpec::default()
+    }
+}
+
+/// Decode + rollup + CUSUM on one thread, no Kafka: the per-core ceiling.
+fn pipeline_only(opts: &BenchOptions, out: &mut impl Write) {
+    let spec = spec(opts);
+    let mut records: Vec<(String, Vec<u8>)> = Vec::with_capacity(opts.records as usize);
+    loadgen::generate(&spec, |s, ts, value| {
+        let mut buf = Vec::new();
+        codec::encode_point(
+            Format::Json,
+            &RawPoint {
+                series: s.into(),
+                ts,
+                value,
+            },
+            &mut buf,
+        );
+        records.push((s.to_owned(), buf));
+        true
+    });
+    let mut config = Config::defaults(AppKind::Rollup);
+    config.cusum.enabled = true;
+    let Ok(full) = config.pipeline_spec() else { return };
+    let mut decode_only = 0usize;
+    let t = Instant::now();
+    for (k, v) in &records {
+        decode_only +=
+            codec::decode_point(Format::Json, Some(k.as_bytes()), Some(v)).map_or(0, |p| p.series.len());
+    }
+    let decode_rate = records.len() as f64 / t.elapsed().as_secs_f64();
+    let mut pipeline = Pipeline::new(&full);
+    let mut sink = VecSink::default();
+    let t = Instant::now();
+    for (i, (k, v)) in records.iter().enumerate() {
+        pipeline.process(Some(k.as_bytes()), Some(v), i as i64, &mut sink);
+        if sink.rollups.len() > 100_000 {
+            sink.rollups.clear();
+        }
+    }
+    let full_rate = records.len() as f64 / t.elapsed().as_secs_f64();
+    say!(
+        out,
+        "pipeline only (1 thread, no Kafka, {} records, {} series):",
+        records.len(),
+        opts.series
+    );
+    say!(
+        out,
+        "  JSON decode                      {:>10.0} records/s  (checksum {decode_only})",
+        decode_rate
+    );
+    say!(
+        out,
+        "  decode + 5m/1h/1d rollup + CUSUM {:>10.0} records/s",
+        full_rate
+    );
+}
+
+fn end_to_end(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
+    let broker = start_broker(&[
+        ("metrics", opts.partitions),
+        ("rollups", opts.partitions),
+        ("anomalies", opts.partitions),
+        ("dead-letter", opts.partitions),
+    ])?;
+    let spec = spec(opts);
+    let report = loadgen::produce(&broker.brokers, "metrics", &spec)?;
+    let total = report.records;
+    // Check nothing was dropped by the mock's 5 MiB-per-partition retention.
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .create()?;
+    let mut available = 0;
+    for p in 0..opts.partitions {
+        let (lo, hi) = probe.fetch_watermarks("metrics", p, Duration::from_secs(5))?;
+        available += hi - lo;
+    }
+    say!(
+        out,
+        "end to end through the embedded broker ({} partitions, broker in a child process):",
+        opts.partitions
+    );
+    say!(
+        out,
+        "  produced {total} records ({} series); {available} retained by the mock",
+        opts.series
+    );
+    let total = available as u64;
+
+    // Baseline: consume and decode only, one consumer thread.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .set("group.id", "bench-baseline")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("queued.min.messages", "200000")
+        .set("fetch.queue.backoff.ms", "5")
+        .set("max.partition.fetch.bytes", "4194304")
+        .create()?;
+    consumer.subscribe(&["metrics"])?;
+    let joined = Instant::now();
+    let mut first: Option<(Instant, f64)> = None;
+    let mut n = 0u64;
+    let mut ok = 0u64;
+    while n < total && joined.elapsed() < Duration::from_secs(300) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            if first.is_none() {
+                first = Some((Instant::now(), cpu_seconds()));
+            }
+            n += 1;
+            ok += codec::decode_point(Format::Json, m.key(), m.payload()).is_ok() as u64;
+        }
+    }
+    let (t, cpu) = first.unwrap_or((joined, 0.0));
+    let (wall, used) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+    drop(consumer);
+    let base_rate = n as f64 / wall;
+    say!(
+        out,
+        "  consume + decode only   {:>10.0} records/s wall, {:>10.0} per CPU-second ({ok} decoded, {used:.2} CPU-s)",
+        base_rate,
+        n as f64 / used
+    );
+
+    // The rollup app with CUSUM in the same process.
+    let mut config = Config::defaults(AppKind::Rollup);
+    config.kafka.brokers = broker.brokers.clone();
+    config.kafka.group = "bench-rollup".into();
+    config.cusum.enabled = true;
+    config.admin.listen = String::new();
+    config.runtime.workers = opts.workers;
+    config.rollup.idle_timeout = HumanDuration(Duration::from_secs(3600));
+    let (t, cpu) = (Instant::now(), cpu_seconds());
+    let rt = Runtime::start(config)?;
+    let mut first: Option<(Instant, f64)> = None;
+    while rt.metrics().records_consumed.get() < total && t.elapsed() < Duration::from_secs(300) {
+        if first.is_none() && rt.metrics().records_consumed.get() > 0 {
+            first = Some((Instant::now(), cpu_seconds()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (start, start_cpu) = first.unwrap_or((t, cpu));
+    let (wall, used) = (start.elapsed().as_secs_f64(), cpu_seconds() - start_cpu);
+    let consumed = rt.metrics().records_consumed.get();
+    let rollups = rt.metrics().rollups_emitted.get();
+    let anomalies = rt.metrics().anomalies_emitted.get();
+    rt.stop();
+    rt.join()?;
+    let rate = consumed as f64 / wall;
+    say!(
+        out,
+        "  rollup 5m/1h/1d + CUSUM {:>10.0} records/s wall, {:>10.0} per CPU-second ({consumed} records, {rollups} rollups, {anomalies} anomalies, {used:.2} CPU-s, {} workers; timed from the first record, group join excluded)",
+        rate,
+        consumed as f64 / used,
+        opts.workers
+    );
+    say!(
+        out,
+        "  ratio to consume + decode: {:.0}% (wall)",
+        100.0 * rate / base_rate
+    );
+    Ok(())
+}
+
+fn memory(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
+    let partitions = 16;
+    let broker = start_broker(&[
+        ("metrics", partitions),
+        ("rollups", partitions),
+        ("anomalies", partitions),
+        ("dead-letter", partitions),
+    ])?;
+    let mut config = Config::defaults(AppKind::Rollup);
+    config.kafka.brokers = broker.brokers.clone();
+    config.kafka.group = "bench-memory".into();
+    config.cusum.enabled = true;
+    config.admin.listen = String::new();
+    config.runtime.workers = opts.workers;
+    config.rollup.idle_timeout = HumanDuration(Duration::from_secs(3600));
+    let (rss_before, _) = rss_mib();
+    let rt = Runtime::start(config)?;
+    while rt.metrics().assigned_partitions.get() < partitions as i64 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Three points per series inside one 5m window: every series holds an open window at
+    // each of the three levels plus CUSUM state, and nothing closes.
+    let spec = LoadSpec {
+        series: opts.memory_series,
+        points: 3,
+        interval_ms: 60_000,
+        jitter_ms: 0,
+        anomaly_fraction: 0.0,
+        ..LoadSpec::default()
+    };
+    let producer = {
+        let brokers = broker.brokers.clone();
+        std::thread::spawn(move || loadgen::produce(&brokers, "metrics", &spec))
+    };
+    let report = producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    let t = Instant::now();
+    while rt.metrics().records_consumed.get() < report.records && t.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let series: i64 = rt.metrics().partitions().values().map(|g| g.series).sum();
+    let (rss, peak) = rss_mib();
+    say!(
+        out,
+        "memory: {} active series ({} records consumed, {} rollups emitted) across 3 levels + CUSUM, {} partitions:",
+        series,
+        rt.metrics().records_consumed.get(),
+        rt.metrics().rollups_emitted.get(),
+        partitions
+    );
+    say!(
+        out,
+        "  RSS {rss:.0} MiB (peak {peak:.0} MiB; {rss_before:.0} MiB before start; includes this bench's load generator)"
+    );
+    rt.stop();
+    rt.join()?;
+    Ok(())
+}
