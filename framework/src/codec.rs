@@ -312,6 +312,17 @@ mod tests {
         assert_eq!(decoded, point);
         buf.push(0);
         assert!(decode_point(Format::Bincode, Some(b"s/1"), Some(&buf)).is_err());
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let p = RawPoint {
+                value: bad,
+                ..point.clone()
+            };
+            encode_point(Format::Bincode, &p, &mut buf);
+            assert!(matches!(
+                decode_point(Format::Bincode, Some(b"s/1"), Some(&buf)),
+                Err(DecodeError::NonFinite(_))
+            ));
+        }
         assert!(decode_point(Format::Bincode, Some(b"s/1"), Some(&[0xff, 0xff])).is_err());
     }
 

@@ -147,6 +147,22 @@ impl Pipeline {
         }
     }
 
+    /// Calls every stage's flush hook and delivers what they emit.
+    pub fn flush(&mut self, offset: i64, sink: &mut impl Sink) {
+        let start = self.collector.len();
+        for stage in &mut self.stages {
+            stage.flush(&mut self.collector);
+        }
+        self.fan_out(
+            start,
+            Context {
+                offset,
+                watermark: self.watermark,
+            },
+        );
+        self.deliver(None, None, sink);
+    }
+
     /// Moves the watermark forward without a record (idle-partition flush).
     pub fn advance_watermark(&mut self, watermark: i64, offset: i64, sink: &mut impl Sink) {
         if watermark > self.watermark {
@@ -242,5 +258,88 @@ impl Sink for VecSink {
 
     fn late(&mut self, _key: Option<&[u8]>, _payload: Option<&[u8]>, offset: i64) {
         self.late.push(offset);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cusum::CusumParams;
+
+    fn point(series: &str, ts: i64, value: f64) -> String {
+        format!(r#"{{"series":"{series}","ts":{ts},"value":{value}}}"#)
+    }
+
+    fn spec(cusum: Option<(CusumParams, Subscription)>) -> PipelineSpec {
+        PipelineSpec {
+            input_format: Format::Json,
+            rollup: Some(vec![
+                Resolution::new(60_000, "1m"),
+                Resolution::new(600_000, "10m"),
+            ]),
+            cusum,
+            grace_ms: 0,
+        }
+    }
+
+    #[test]
+    fn cusum_can_watch_a_rollup_level_in_the_same_pipeline() {
+        let params = CusumParams {
+            warmup: 10,
+            ..CusumParams::default()
+        };
+        let mut p = Pipeline::new(&spec(Some((params, Subscription::RollupLevel(0)))));
+        let mut sink = VecSink::default();
+        // One point per minute: each 1m window average is that point. Level steps at 40.
+        for i in 0..60i64 {
+            let v = if i < 40 { 10.0 + (i % 3) as f64 * 0.1 } else { 30.0 };
+            p.process(
+                Some(b"s"),
+                Some(point("s", i * 60_000, v).as_bytes()),
+                i,
+                &mut sink,
+            );
+        }
+        assert_eq!(sink.anomalies.len(), 1, "{:?}", sink.anomalies);
+        let (series, a) = &sink.anomalies[0];
+        assert_eq!(series, "s");
+        // Fed by the closed 1m window that starts at minute 40.
+        assert_eq!(a.ts, 40 * 60_000);
+        assert_eq!(a.value, 30.0);
+        assert_eq!(p.stats().anomalies, 1);
+    }
+
+    #[test]
+    fn bad_records_are_dead_lettered_and_processing_continues() {
+        let mut p = Pipeline::new(&spec(None));
+        let mut sink = VecSink::default();
+        p.process(Some(b"s"), Some(b"{"), 0, &mut sink);
+        p.process(None, Some(point("s", 0, 1.0).as_bytes()), 1, &mut sink);
+        p.process(Some(b"s"), Some(point("s", 0, 1.0).as_bytes()), 2, &mut sink);
+        p.process(
+            Some(b"s"),
+            Some(point("s", 120_000, 1.0).as_bytes()),
+            3,
+            &mut sink,
+        );
+        assert_eq!(
+            sink.dead_letters.iter().map(|d| d.1).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert_eq!(sink.rollups.len(), 1, "the good records still roll up");
+        assert_eq!(p.stats().dead_lettered, 2);
+        assert_eq!(p.stats().records, 4);
+    }
+
+    #[test]
+    fn idle_advance_closes_open_windows() {
+        let mut p = Pipeline::new(&spec(None));
+        let mut sink = VecSink::default();
+        p.process(Some(b"s"), Some(point("s", 1_000, 2.0).as_bytes()), 0, &mut sink);
+        assert!(sink.rollups.is_empty());
+        p.advance_watermark(600_000, 1, &mut sink);
+        let labels: Vec<&str> = sink.rollups.iter().map(|r| r.1.as_str()).collect();
+        assert_eq!(labels, vec!["1m", "10m"]);
+        assert_eq!(p.replay_start(), None, "nothing left open");
     }
 }

@@ -100,6 +100,10 @@ pub trait Stage: Send {
     /// The partition's watermark advanced: close whatever is complete.
     fn on_watermark(&mut self, _watermark: i64, _out: &mut Collector) {}
 
+    /// The partition is being released (revoke or shutdown): emit whatever must not wait
+    /// for the next owner. State that replay rebuilds (open windows) is not emitted.
+    fn flush(&mut self, _out: &mut Collector) {}
+
     /// The earliest source offset whose record still affects state held now, if any; the
     /// runtime replays from the minimum over stages after a restart.
     fn replay_start(&self) -> Option<i64> {

@@ -63,3 +63,65 @@ fn runs_on_defaults_and_documents_every_flag() {
         }
     }
 }
+
+/// `tributary-dev kafka` on a chosen port serves any Kafka client; `tributary-dev produce`
+/// fills it deterministically.
+#[test]
+fn embedded_kafka_serves_external_clients_on_a_chosen_port() {
+    let port = harness::free_port();
+    let mut kafka = harness::Process::spawn(
+        "tributary-dev-kafka",
+        &app_binary("tributary-dev"),
+        &[
+            "kafka",
+            "--port",
+            &port.to_string(),
+            "--partitions",
+            "3",
+            "--topics",
+            "metrics,other",
+        ],
+        &[],
+    );
+    let brokers = format!("127.0.0.1:{port}");
+    let printed = harness::eventually(std::time::Duration::from_secs(30), || {
+        kafka
+            .log_text()
+            .contains(&format!("bootstrap.servers={brokers}"))
+            .then_some(())
+    });
+    assert!(printed.is_some(), "{}", kafka.log_text());
+    let out = Command::new(app_binary("tributary-dev"))
+        .args([
+            "produce",
+            "--brokers",
+            &brokers,
+            "--series",
+            "7",
+            "--points",
+            "20",
+            "--seed",
+            "3",
+        ])
+        .output()
+        .expect("produce");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("produced 140 records"));
+    // The independent client reads what the load generator wrote, through the fixed port.
+    let records = harness::py_consume(&brokers, "metrics", 140, 60, 2.0);
+    assert_eq!(records.len(), 140);
+    let series: std::collections::BTreeSet<_> = records.iter().filter_map(|r| r.key.clone()).collect();
+    assert_eq!(series.len(), 7);
+    harness::py_produce(
+        &brokers,
+        "other",
+        &[harness::Outgoing {
+            key: Some("k".into()),
+            value: Some("v".into()),
+            partition: None,
+        }],
+    );
+    let back = harness::py_consume(&brokers, "other", 1, 30, 1.0);
+    assert_eq!(back.first().and_then(|r| r.value.as_deref()), Some("v"));
+    assert_eq!(kafka.terminate(std::time::Duration::from_secs(30)), Some(0));
+}

@@ -122,3 +122,87 @@ fn demo_rolls_up_detects_and_dead_letters() {
     }
     assert_eq!(report.steps_detected, report.steps_injected, "{text}");
 }
+
+fn read_rollups(brokers: &str) -> Vec<tributary::codec::RollupRecord> {
+    tributary_devkit::kafka::read_all(brokers, "rollups", Duration::from_secs(30))
+        .expect("read rollups")
+        .iter()
+        .filter_map(|r| r.payload.as_deref())
+        .map(|p| tributary::codec::decode_rollup(tributary::codec::Format::Json, p).expect("rollup JSON"))
+        .collect()
+}
+
+#[test]
+fn idle_partition_closes_its_windows_without_new_records() {
+    let kafka = EmbeddedKafka::start(1, 0).expect("mock");
+    for t in ["metrics", "rollups", "dead-letter"] {
+        kafka.create_topic(t, 1).expect("topic");
+    }
+    // Historical data and no sentinel: only the idle flush can close these windows.
+    let spec = LoadSpec {
+        series: 5,
+        points: 30,
+        interval_ms: 60_000,
+        jitter_ms: 0,
+        anomaly_fraction: 0.0,
+        ..LoadSpec::default()
+    };
+    let report = loadgen::produce(kafka.bootstrap_servers(), "metrics", &spec).expect("produce");
+    let mut c = config(kafka.bootstrap_servers(), "idle-test");
+    c.rollup.idle_timeout = tributary::config::HumanDuration(Duration::from_secs(1));
+    let rt = Runtime::start(c).expect("starts");
+    let flushed = harness::eventually(Duration::from_secs(60), || {
+        (rt.metrics().idle_flushes.get() > 0).then_some(())
+    });
+    assert!(flushed.is_some(), "no idle flush");
+    rt.stop();
+    let summary = rt.join().expect("clean stop");
+    assert_eq!(summary.records, report.records);
+    let rollups = read_rollups(kafka.bootstrap_servers());
+    // 30 one-minute points per series: six 5m windows, the 30 minutes fall in one hour or
+    // two, and one day; the idle flush closes all of them.
+    let fives = rollups.iter().filter(|r| r.resolution == "5m").count();
+    let days = rollups.iter().filter(|r| r.resolution == "1d").count();
+    assert_eq!(fives, 5 * 6, "{rollups:?}");
+    assert_eq!(days, 5);
+    assert!(
+        rollups
+            .iter()
+            .filter(|r| r.resolution == "1d")
+            .all(|r| r.count == 30)
+    );
+}
+
+#[test]
+fn bincode_input_is_selectable() {
+    let kafka = EmbeddedKafka::start(1, 0).expect("mock");
+    for t in ["metrics", "rollups", "dead-letter"] {
+        kafka.create_topic(t, 2).expect("topic");
+    }
+    let spec = LoadSpec {
+        series: 10,
+        points: 100,
+        interval_ms: 60_000,
+        jitter_ms: 0,
+        anomaly_fraction: 0.0,
+        format: tributary::codec::Format::Bincode,
+        ..LoadSpec::default()
+    };
+    let report = loadgen::produce(kafka.bootstrap_servers(), "metrics", &spec).expect("produce");
+    let mut c = config(kafka.bootstrap_servers(), "bincode-test");
+    c.topics.input_format = tributary::codec::Format::Bincode;
+    let rt = Runtime::start(c).expect("starts");
+    let done = harness::eventually(Duration::from_secs(60), || {
+        (rt.metrics().records_consumed.get() >= report.records).then_some(())
+    });
+    assert!(done.is_some());
+    rt.stop();
+    let summary = rt.join().expect("clean stop");
+    assert_eq!(summary.dead_lettered, 0, "bincode records decode");
+    // 100 one-minute points: 20 5m windows per series, the last still open.
+    let fives = read_rollups(kafka.bootstrap_servers())
+        .into_iter()
+        .filter(|r| r.resolution == "5m")
+        .count();
+    assert_eq!(fives, 10 * 19);
+}

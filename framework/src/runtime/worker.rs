@@ -82,7 +82,7 @@ pub enum WorkerMsg {
     },
     /// Processing-time tick for idle-partition flushes.
     Tick,
-    /// Reply once everything queued before is processed.
+    /// Flush every partition and reply once everything queued before is processed (shutdown).
     Drain {
         done: Sender<()>,
     },
@@ -157,7 +157,8 @@ pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
             }
             WorkerMsg::Revoke { tps, done } => {
                 for tp in tps {
-                    if parts.remove(&tp.partition).is_some() {
+                    if let Some(mut run) = parts.remove(&tp.partition) {
+                        flush(&shared, &mut run, &mut buf);
                         shared.metrics.remove_partition(&tp.topic, tp.partition);
                     }
                 }
@@ -169,6 +170,9 @@ pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
                 }
             }
             WorkerMsg::Drain { done } => {
+                for run in parts.values_mut() {
+                    flush(&shared, run, &mut buf);
+                }
                 let _ = done.send(());
             }
         }
@@ -202,6 +206,20 @@ fn process_batch(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, b
     }
     run.last_record = Instant::now();
     report(shared, run);
+}
+
+/// Runs the stages' flush hooks before a partition is released or the process stops.
+fn flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) {
+    let Some(next) = run.next_offset else { return };
+    let mut sink = KafkaSink {
+        shared,
+        partition: run.tp.partition,
+        ledger: &run.ledger,
+        produced: &mut run.produced,
+        buf,
+    };
+    run.pipeline.flush(next, &mut sink);
+    run.ledger.checkpoint(run.produced, next);
 }
 
 fn idle_flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) {
