@@ -35,9 +35,9 @@ if ! command -v tansu >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tans
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
 fi
 
-if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
-    log "pip install confluent-kafka"
-    python3 -m pip install -q confluent-kafka 2>/dev/null \
-        || python3 -m pip install -q --break-system-packages confluent-kafka
+if ! python3 -c "import confluent_kafka, cassandra" 2>/dev/null; then
+    log "pip install confluent-kafka cassandra-driver"
+    python3 -m pip install -q confluent-kafka cassandra-driver 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages confluent-kafka cassandra-driver
 fi
 log "prerequisites ready"

@@ -125,3 +125,62 @@ fn embedded_kafka_serves_external_clients_on_a_chosen_port() {
     assert_eq!(back.first().and_then(|r| r.value.as_deref()), Some("v"));
     assert_eq!(kafka.terminate(std::time::Duration::from_secs(30)), Some(0));
 }
+
+/// Python's cassandra-driver (an independent client) against `tributary-dev cql`.
+#[test]
+fn emulated_ring_serves_the_python_cassandra_driver() {
+    let port = harness::free_port();
+    let http = format!("127.0.0.1:{}", harness::free_port());
+    let mut ring = harness::Process::spawn(
+        "tributary-dev-cql",
+        &app_binary("tributary-dev"),
+        &[
+            "cql",
+            "--nodes",
+            "3",
+            "--port",
+            &port.to_string(),
+            "--http",
+            &http,
+        ],
+        &[],
+    );
+    let ready = harness::eventually(std::time::Duration::from_secs(30), || {
+        ring.log_text().contains("Ctrl-C stops").then_some(())
+    });
+    assert!(ready.is_some(), "{}", ring.log_text());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/cql_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(["127.0.0.1", &port.to_string(), "pyks"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python client failed: {}\nring log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ring.log_text()
+    );
+    let v: harness::Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
+    assert_eq!(
+        v["hosts"],
+        serde_json::json!(["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+    );
+    assert_eq!(v["total"], 51);
+    assert_eq!(v["tables"], serde_json::json!(["kv"]));
+    let key3 = v["key3"].as_array().expect("rows");
+    assert_eq!(key3.len(), 10);
+    assert_eq!(key3[0], serde_json::json!(["key-3", 3, 4.5, ["a", "t3"]]));
+    // The counters endpoint saw the writes, spread over the nodes.
+    let (status, body) = harness::admin_get(&http, "/counters").expect("counters");
+    assert_eq!(status, 200);
+    let counters: harness::Value = serde_json::from_str(&body).expect("counters JSON");
+    let written: u64 = counters
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|c| c["rows_written"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(written, 51);
+    assert_eq!(ring.terminate(std::time::Duration::from_secs(30)), Some(0));
+}

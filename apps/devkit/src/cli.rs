@@ -45,6 +45,21 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         partitions: i32,
     },
+    /// Run the emulated CQL ring (native protocol v4) until Ctrl-C.
+    Cql {
+        /// Number of nodes; node i listens on 127.0.0.(i+1).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Port every node listens on.
+        #[arg(long, default_value_t = 9042)]
+        port: u16,
+        /// Vnode tokens per node.
+        #[arg(long, default_value_t = 16)]
+        vnodes: usize,
+        /// HTTP control: GET /counters, POST /counters/reset, GET /faults, POST /faults?node=N.
+        #[arg(long, default_value = "127.0.0.1:9043")]
+        http: String,
+    },
     /// Generate metric points into a topic: N series, rate, duration, jitter, step changes.
     Produce {
         #[arg(long, default_value = "127.0.0.1:9092")]
@@ -159,6 +174,45 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(tributary::app::shutdown_signal());
             Ok(())
+        }
+        Command::Cql {
+            nodes,
+            port,
+            vnodes,
+            http,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let config = crate::cql::RingConfig {
+                    nodes,
+                    port,
+                    vnodes,
+                    ..Default::default()
+                };
+                let ring = crate::cql::Ring::start(config).await?;
+                let addrs: Vec<String> = ring.addresses().iter().map(ToString::to_string).collect();
+                println!("cql nodes: {}", addrs.join(","));
+                let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+                if !http.is_empty() {
+                    let listener = tributary::admin::bind(&http).await?;
+                    println!("control: http://{}/counters, /faults", listener.local_addr()?);
+                    tokio::spawn(tributary::admin::serve(
+                        listener,
+                        ring.http_handler(),
+                        async move {
+                            let _ = stop_rx.await;
+                        },
+                    ));
+                }
+                println!("Ctrl-C stops");
+                tributary::app::shutdown_signal().await;
+                ring.stop();
+                let _ = stop_tx.send(());
+                Ok::<(), anyhow::Error>(())
+            })
         }
         Command::Produce {
             brokers,

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod cql;
 pub mod demo;
 pub mod kafka;
 pub mod loadgen;

@@ -1,0 +1,724 @@
+//! A small CQL parser for the statements a writer, a driver and a test use: CREATE
+//! KEYSPACE/TABLE, USE, INSERT (with TTL), SELECT (by partition key, clustering range, IN,
+//! full scans, LIMIT), TRUNCATE, DROP.
+
+use super::types::Literal;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Quoted(String),
+    Str(String),
+    Number(String),
+    Uuid([u8; 16]),
+    Blob(Vec<u8>),
+    Sym(&'static str),
+}
+
+fn lex(text: &str) -> Result<Vec<Tok>, String> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    let mut out = Vec::new();
+    while i < b.len() {
+        let c = b[i] as char;
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == '\'' {
+            let mut s = String::new();
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => return Err("unterminated string".into()),
+                    Some(b'\'') if b.get(i + 1) == Some(&b'\'') => {
+                        s.push('\'');
+                        i += 2;
+                    }
+                    Some(b'\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(_) => {
+                        let ch = text[i..].chars().next().ok_or("bad utf-8")?;
+                        s.push(ch);
+                        i += ch.len_utf8();
+                    }
+                }
+            }
+            out.push(Tok::Str(s));
+        } else if c == '"' {
+            let end = text[i + 1..].find('"').ok_or("unterminated quoted identifier")?;
+            out.push(Tok::Quoted(text[i + 1..i + 1 + end].to_owned()));
+            i += end + 2;
+        } else if c.is_ascii_alphanumeric()
+            || c == '_'
+            || (c == '-' && b.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
+        {
+            let start = i;
+            i += 1;
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric()
+                    || b[i] == b'_'
+                    || b[i] == b'.' && start_is_number(&text[start..i])
+                    || b[i] == b'-' && looks_like_uuid_so_far(&text[start..i]))
+            {
+                i += 1;
+            }
+            // Exponents: 1e-5
+            if i < b.len()
+                && (b[i] == b'-' || b[i] == b'+')
+                && text[start..i].ends_with(['e', 'E'])
+                && start_is_number(&text[start..i - 1])
+            {
+                i += 1;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+            }
+            let word = &text[start..i];
+            if let Some(u) = parse_uuid(word) {
+                out.push(Tok::Uuid(u));
+            } else if let Some(hex) = word.strip_prefix("0x").or_else(|| word.strip_prefix("0X")) {
+                out.push(Tok::Blob(parse_hex(hex)?));
+            } else if start_is_number(word) {
+                out.push(Tok::Number(word.to_owned()));
+            } else {
+                out.push(Tok::Ident(word.to_ascii_lowercase()));
+            }
+        } else {
+            let two = text.get(i..i + 2).unwrap_or("");
+            let sym: &'static str = match two {
+                "<=" => "<=",
+                ">=" => ">=",
+                "!=" => "!=",
+                _ => match c {
+                    '(' => "(",
+                    ')' => ")",
+                    ',' => ",",
+                    ';' => ";",
+                    '.' => ".",
+                    '=' => "=",
+                    '<' => "<",
+                    '>' => ">",
+                    '{' => "{",
+                    '}' => "}",
+                    '[' => "[",
+                    ']' => "]",
+                    ':' => ":",
+                    '?' => "?",
+                    '*' => "*",
+                    _ => return Err(format!("unexpected character {c:?}")),
+                },
+            };
+            i += sym.len();
+            out.push(Tok::Sym(sym));
+        }
+    }
+    Ok(out)
+}
+
+fn start_is_number(s: &str) -> bool {
+    let s = s.strip_prefix('-').unwrap_or(s);
+    s.chars().next().is_some_and(|c| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_digit() || ".eE+-".contains(c))
+}
+
+fn looks_like_uuid_so_far(s: &str) -> bool {
+    s.chars().all(|c| c.is_ascii_hexdigit() || c == '-') && s.len() <= 36 && !s.is_empty()
+}
+
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let parts: Vec<&str> = s.split('-').collect();
+    if s.len() != 36 || parts.iter().map(|p| p.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
+        return None;
+    }
+    let hex: String = parts.concat();
+    let bytes = parse_hex(&hex).ok()?;
+    bytes.try_into().ok()
+}
+
+fn parse_hex(hex: &str) -> Result<Vec<u8>, String> {
+    if !hex.len().is_multiple_of(2) {
+        return Err("odd number of hex digits".into());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("bad hex {hex}")))
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub keyspace: Option<String>,
+    pub name: String,
+}
+
+/// A value position: a literal or the n-th bind marker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Term {
+    Literal(Literal),
+    Bind(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    In,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    One(Term),
+    /// `IN (a, b, c)`; `IN ?` is `One(Bind)`.
+    List(Vec<Term>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub column: String,
+    pub op: Op,
+    pub value: Operand,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    All,
+    Count,
+    Columns(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    Select {
+        table: TableRef,
+        selection: Selection,
+        conditions: Vec<Condition>,
+        limit: Option<Term>,
+    },
+    Insert {
+        table: TableRef,
+        columns: Vec<String>,
+        values: Vec<Term>,
+        ttl: Option<Term>,
+    },
+    CreateKeyspace {
+        name: String,
+        if_not_exists: bool,
+        replication: Vec<(String, String)>,
+    },
+    CreateTable {
+        table: TableRef,
+        if_not_exists: bool,
+        columns: Vec<(String, String)>,
+        partition_key: Vec<String>,
+        clustering: Vec<String>,
+    },
+    Use(String),
+    Truncate(TableRef),
+    DropTable {
+        table: TableRef,
+        if_exists: bool,
+    },
+    DropKeyspace {
+        name: String,
+        if_exists: bool,
+    },
+}
+
+/// Parses one statement; returns it with the number of bind markers.
+pub fn parse(text: &str) -> Result<(Statement, usize), String> {
+    let mut p = Parser {
+        toks: lex(text)?,
+        pos: 0,
+        binds: 0,
+    };
+    let stmt = p.statement()?;
+    p.eat_sym(";");
+    if p.pos != p.toks.len() {
+        return Err(format!("unexpected {:?} after the statement", p.toks[p.pos]));
+    }
+    Ok((stmt, p.binds))
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+    binds: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+
+    fn next(&mut self) -> Result<Tok, String> {
+        let t = self
+            .toks
+            .get(self.pos)
+            .cloned()
+            .ok_or("unexpected end of statement")?;
+        self.pos += 1;
+        Ok(t)
+    }
+
+    fn is_kw(&self, kw: &str) -> bool {
+        matches!(self.peek(), Some(Tok::Ident(w)) if w == kw)
+    }
+
+    fn eat_kw(&mut self, kw: &str) -> bool {
+        if self.is_kw(kw) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn kw(&mut self, kw: &str) -> Result<(), String> {
+        if self.eat_kw(kw) {
+            Ok(())
+        } else {
+            Err(format!("expected {} near {:?}", kw.to_uppercase(), self.peek()))
+        }
+    }
+
+    fn eat_sym(&mut self, s: &str) -> bool {
+        if matches!(self.peek(), Some(Tok::Sym(x)) if *x == s) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn sym(&mut self, s: &str) -> Result<(), String> {
+        if self.eat_sym(s) {
+            Ok(())
+        } else {
+            Err(format!("expected '{s}' near {:?}", self.peek()))
+        }
+    }
+
+    fn ident(&mut self) -> Result<String, String> {
+        match self.next()? {
+            Tok::Ident(w) => Ok(w),
+            Tok::Quoted(w) => Ok(w),
+            other => Err(format!("expected a name, found {other:?}")),
+        }
+    }
+
+    fn table_ref(&mut self) -> Result<TableRef, String> {
+        let first = self.ident()?;
+        if self.eat_sym(".") {
+            Ok(TableRef {
+                keyspace: Some(first),
+                name: self.ident()?,
+            })
+        } else {
+            Ok(TableRef {
+                keyspace: None,
+                name: first,
+            })
+        }
+    }
+
+    fn if_not_exists(&mut self) -> Result<bool, String> {
+        if self.eat_kw("if") {
+            self.kw("not")?;
+            self.kw("exists")?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn statement(&mut self) -> Result<Statement, String> {
+        if self.eat_kw("select") {
+            return self.select();
+        }
+        if self.eat_kw("insert") {
+            return self.insert();
+        }
+        if self.eat_kw("use") {
+            return Ok(Statement::Use(self.ident()?));
+        }
+        if self.eat_kw("truncate") {
+            self.eat_kw("table");
+            return Ok(Statement::Truncate(self.table_ref()?));
+        }
+        if self.eat_kw("create") {
+            if self.eat_kw("keyspace") {
+                return self.create_keyspace();
+            }
+            if self.eat_kw("table") || self.eat_kw("columnfamily") {
+                return self.create_table();
+            }
+            return Err("only CREATE KEYSPACE and CREATE TABLE are supported".into());
+        }
+        if self.eat_kw("drop") {
+            let keyspace = if self.eat_kw("keyspace") {
+                true
+            } else if self.eat_kw("table") {
+                false
+            } else {
+                return Err("only DROP KEYSPACE and DROP TABLE are supported".into());
+            };
+            let if_exists = if self.eat_kw("if") {
+                self.kw("exists")?;
+                true
+            } else {
+                false
+            };
+            return Ok(if keyspace {
+                Statement::DropKeyspace {
+                    name: self.ident()?,
+                    if_exists,
+                }
+            } else {
+                Statement::DropTable {
+                    table: self.table_ref()?,
+                    if_exists,
+                }
+            });
+        }
+        Err(format!("unsupported statement starting with {:?}", self.peek()))
+    }
+
+    fn select(&mut self) -> Result<Statement, String> {
+        let selection = if self.eat_sym("*") {
+            Selection::All
+        } else if self.is_kw("count") && matches!(self.toks.get(self.pos + 1), Some(Tok::Sym("("))) {
+            self.pos += 2;
+            if !self.eat_sym("*") {
+                self.ident()?;
+            }
+            self.sym(")")?;
+            Selection::Count
+        } else {
+            let mut cols = vec![self.ident()?];
+            while self.eat_sym(",") {
+                cols.push(self.ident()?);
+            }
+            Selection::Columns(cols)
+        };
+        self.kw("from")?;
+        let table = self.table_ref()?;
+        let mut conditions = Vec::new();
+        if self.eat_kw("where") {
+            loop {
+                conditions.push(self.condition()?);
+                if !self.eat_kw("and") {
+                    break;
+                }
+            }
+        }
+        let mut limit = None;
+        loop {
+            if self.eat_kw("limit") {
+                limit = Some(self.term()?);
+            } else if self.eat_kw("allow") {
+                self.kw("filtering")?;
+            } else if self.eat_kw("bypass") {
+                self.kw("cache")?;
+            } else {
+                break;
+            }
+        }
+        Ok(Statement::Select {
+            table,
+            selection,
+            conditions,
+            limit,
+        })
+    }
+
+    fn condition(&mut self) -> Result<Condition, String> {
+        let column = self.ident()?;
+        let op = match self.next()? {
+            Tok::Sym("=") => Op::Eq,
+            Tok::Sym("<") => Op::Lt,
+            Tok::Sym("<=") => Op::Le,
+            Tok::Sym(">") => Op::Gt,
+            Tok::Sym(">=") => Op::Ge,
+            Tok::Ident(w) if w == "in" => Op::In,
+            other => return Err(format!("unsupported operator {other:?}")),
+        };
+        let value = if op == Op::In && self.eat_sym("(") {
+            let mut items = Vec::new();
+            if !self.eat_sym(")") {
+                loop {
+                    items.push(self.term()?);
+                    if self.eat_sym(")") {
+                        break;
+                    }
+                    self.sym(",")?;
+                }
+            }
+            Operand::List(items)
+        } else {
+            Operand::One(self.term()?)
+        };
+        Ok(Condition { column, op, value })
+    }
+
+    fn term(&mut self) -> Result<Term, String> {
+        if self.eat_sym("?") {
+            self.binds += 1;
+            return Ok(Term::Bind(self.binds - 1));
+        }
+        Ok(Term::Literal(self.literal()?))
+    }
+
+    fn literal(&mut self) -> Result<Literal, String> {
+        match self.next()? {
+            Tok::Str(s) => Ok(Literal::Str(s)),
+            Tok::Number(n) => Ok(Literal::Number(n)),
+            Tok::Uuid(u) => Ok(Literal::Uuid(u)),
+            Tok::Blob(b) => Ok(Literal::Blob(b)),
+            Tok::Ident(w) if w == "true" => Ok(Literal::Bool(true)),
+            Tok::Ident(w) if w == "false" => Ok(Literal::Bool(false)),
+            Tok::Ident(w) if w == "null" => Ok(Literal::Null),
+            Tok::Sym("[") => {
+                let mut items = Vec::new();
+                if !self.eat_sym("]") {
+                    loop {
+                        items.push(self.literal()?);
+                        if self.eat_sym("]") {
+                            break;
+                        }
+                        self.sym(",")?;
+                    }
+                }
+                Ok(Literal::List(items))
+            }
+            Tok::Sym("{") => {
+                if self.eat_sym("}") {
+                    return Ok(Literal::Map(Vec::new()));
+                }
+                let first = self.literal()?;
+                if self.eat_sym(":") {
+                    let mut entries = vec![(first, self.literal()?)];
+                    while self.eat_sym(",") {
+                        let k = self.literal()?;
+                        self.sym(":")?;
+                        entries.push((k, self.literal()?));
+                    }
+                    self.sym("}")?;
+                    Ok(Literal::Map(entries))
+                } else {
+                    let mut items = vec![first];
+                    while self.eat_sym(",") {
+                        items.push(self.literal()?);
+                    }
+                    self.sym("}")?;
+                    Ok(Literal::Set(items))
+                }
+            }
+            other => Err(format!("expected a value, found {other:?}")),
+        }
+    }
+
+    fn insert(&mut self) -> Result<Statement, String> {
+        self.kw("into")?;
+        let table = self.table_ref()?;
+        self.sym("(")?;
+        let mut columns = vec![self.ident()?];
+        while self.eat_sym(",") {
+            columns.push(self.ident()?);
+        }
+        self.sym(")")?;
+        self.kw("values")?;
+        self.sym("(")?;
+        let mut values = vec![self.term()?];
+        while self.eat_sym(",") {
+            values.push(self.term()?);
+        }
+        self.sym(")")?;
+        if columns.len() != values.len() {
+            return Err(format!("{} columns but {} values", columns.len(), values.len()));
+        }
+        self.if_not_exists()?;
+        let mut ttl = None;
+        if self.eat_kw("using") {
+            loop {
+                if self.eat_kw("ttl") {
+                    ttl = Some(self.term()?);
+                } else if self.eat_kw("timestamp") {
+                    self.term()?;
+                } else {
+                    return Err("expected TTL or TIMESTAMP after USING".into());
+                }
+                if !self.eat_kw("and") {
+                    break;
+                }
+            }
+        }
+        Ok(Statement::Insert {
+            table,
+            columns,
+            values,
+            ttl,
+        })
+    }
+
+    fn create_keyspace(&mut self) -> Result<Statement, String> {
+        let if_not_exists = self.if_not_exists()?;
+        let name = self.ident()?;
+        self.kw("with")?;
+        let mut replication = Vec::new();
+        loop {
+            let option = self.ident()?;
+            self.sym("=")?;
+            let value = self.literal()?;
+            if option == "replication" {
+                let Literal::Map(entries) = value else {
+                    return Err("replication must be a map".into());
+                };
+                for (k, v) in entries {
+                    let key = match k {
+                        Literal::Str(s) => s,
+                        other => return Err(format!("bad replication key {other:?}")),
+                    };
+                    let val = match v {
+                        Literal::Str(s) | Literal::Number(s) => s,
+                        other => return Err(format!("bad replication value {other:?}")),
+                    };
+                    replication.push((key, val));
+                }
+            }
+            if !self.eat_kw("and") {
+                break;
+            }
+        }
+        Ok(Statement::CreateKeyspace {
+            name,
+            if_not_exists,
+            replication,
+        })
+    }
+
+    fn create_table(&mut self) -> Result<Statement, String> {
+        let if_not_exists = self.if_not_exists()?;
+        let table = self.table_ref()?;
+        self.sym("(")?;
+        let mut columns = Vec::new();
+        let mut partition_key = Vec::new();
+        let mut clustering = Vec::new();
+        loop {
+            if self.eat_kw("primary") {
+                self.kw("key")?;
+                self.sym("(")?;
+                if self.eat_sym("(") {
+                    partition_key.push(self.ident()?);
+                    while self.eat_sym(",") {
+                        partition_key.push(self.ident()?);
+                    }
+                    self.sym(")")?;
+                } else {
+                    partition_key.push(self.ident()?);
+                }
+                while self.eat_sym(",") {
+                    clustering.push(self.ident()?);
+                }
+                self.sym(")")?;
+            } else {
+                let name = self.ident()?;
+                let ty = self.type_text()?;
+                if self.eat_kw("primary") {
+                    self.kw("key")?;
+                    partition_key.push(name.clone());
+                }
+                columns.push((name, ty));
+            }
+            if self.eat_sym(")") {
+                break;
+            }
+            self.sym(",")?;
+        }
+        // Table options (WITH ...) do not change the emulator's behaviour.
+        self.pos = self.toks.len() - usize::from(matches!(self.toks.last(), Some(Tok::Sym(";"))));
+        if partition_key.is_empty() {
+            return Err("a table needs a PRIMARY KEY".into());
+        }
+        Ok(Statement::CreateTable {
+            table,
+            if_not_exists,
+            columns,
+            partition_key,
+            clustering,
+        })
+    }
+
+    /// A type, possibly generic: reassembled as text for `CqlType::parse`.
+    fn type_text(&mut self) -> Result<String, String> {
+        let mut out = self.ident()?;
+        if self.eat_sym("<") {
+            out.push('<');
+            out.push_str(&self.type_text()?);
+            while self.eat_sym(",") {
+                out.push_str(", ");
+                out.push_str(&self.type_text()?);
+            }
+            self.sym(">")?;
+            out.push('>');
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_driver_and_writer_statements() {
+        let (s, binds) =
+            parse("SELECT keyspace_name, replication FROM system_schema.keyspaces where keyspace_name in ?")
+                .expect("select");
+        assert_eq!(binds, 1);
+        assert!(matches!(s, Statement::Select { ref conditions, .. } if conditions[0].op == Op::In));
+        let (s, _) = parse("SELECT host_id, rpc_address FROM system.local WHERE key='local'").expect("local");
+        assert!(
+            matches!(s, Statement::Select { ref conditions, .. } if conditions[0].value == Operand::One(Term::Literal(Literal::Str("local".into()))))
+        );
+        let (s, binds) =
+            parse("INSERT INTO ks.t (a, b, c) VALUES (?, ?, 1.5e-3) USING TTL ?").expect("insert");
+        assert_eq!(binds, 3);
+        assert!(matches!(
+            s,
+            Statement::Insert {
+                ttl: Some(Term::Bind(2)),
+                ..
+            }
+        ));
+        let (s, _) = parse(
+            "CREATE TABLE IF NOT EXISTS ks.points (series text, bucket bigint, ts timestamp, value double, tags map<text, text>, \
+             PRIMARY KEY ((series, bucket), ts)) WITH CLUSTERING ORDER BY (ts DESC) AND default_time_to_live = 0;",
+        )
+        .expect("create table");
+        match s {
+            Statement::CreateTable {
+                partition_key,
+                clustering,
+                columns,
+                ..
+            } => {
+                assert_eq!(partition_key, vec!["series", "bucket"]);
+                assert_eq!(clustering, vec!["ts"]);
+                assert_eq!(columns[4].1, "map<text, text>");
+            }
+            other => panic!("{other:?}"),
+        }
+        let (s, _) = parse("CREATE KEYSPACE IF NOT EXISTS k WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3} AND durable_writes = true").expect("ks");
+        assert!(matches!(s, Statement::CreateKeyspace { ref replication, .. } if replication.len() == 2));
+        assert!(parse("SELEC * FROM t").is_err());
+        assert!(parse("SELECT * FROM t WHERE a = 'x").is_err());
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Independent CQL client for the end-to-end tests (DataStax cassandra-driver).
+
+  cql_client.py HOST PORT KEYSPACE   creates a table, writes rows, reads them back;
+                                      prints a JSON summary.
+"""
+import json
+import sys
+
+from cassandra.cluster import Cluster
+from cassandra.policies import RoundRobinPolicy
+
+
+def main(host, port, keyspace):
+    cluster = Cluster([host], port=int(port), protocol_version=4,
+                      load_balancing_policy=RoundRobinPolicy(), connect_timeout=10)
+    s = cluster.connect()
+    s.execute(f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
+              "{'class': 'SimpleStrategy', 'replication_factor': 3}")
+    s.execute(f"CREATE TABLE IF NOT EXISTS {keyspace}.kv (k text, n int, v double, tags set<text>, "
+              "PRIMARY KEY (k, n))")
+    s.set_keyspace(keyspace)
+    ins = s.prepare("INSERT INTO kv (k, n, v, tags) VALUES (?, ?, ?, ?)")
+    for i in range(50):
+        s.execute(ins, (f"key-{i % 5}", i, i * 1.5, {"a", f"t{i}"}))
+    s.execute("INSERT INTO kv (k, n, v) VALUES ('literal', 1, 2.5) USING TTL 600")
+    rows = list(s.execute("SELECT k, n, v, tags FROM kv WHERE k = %s", ("key-3",)))
+    every = list(s.execute("SELECT k, n FROM kv"))
+    hosts = sorted(str(h.address) for h in cluster.metadata.all_hosts())
+    print(json.dumps({
+        "hosts": hosts,
+        "key3": [[r.k, r.n, r.v, sorted(r.tags)] for r in rows],
+        "total": len(every),
+        "tables": sorted(cluster.metadata.keyspaces[keyspace].tables.keys()),
+    }))
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
