@@ -171,6 +171,26 @@ async fn batches_are_counted_by_replica_locality() {
     assert_eq!(c.iter().map(|c| c.batches_replica_local).sum::<u64>(), 1);
     assert_eq!(c.iter().map(|c| c.batches_multi_replica_set).sum::<u64>(), 0);
 
+    // Above the 5 KiB warning threshold: accepted, and counted as a warning.
+    let mut warn = Batch::new(BatchType::Unlogged);
+    let mut values = Vec::new();
+    for c in 0..4 {
+        warn.append_statement(insert.clone());
+        values.push(("warn".to_owned(), c, vec![0u8; 2 * 1024]));
+    }
+    s.batch(&warn, values)
+        .await
+        .expect("a large batch is still accepted");
+    assert_eq!(ring.counters().iter().map(|c| c.batch_warnings).sum::<u64>(), 1);
+    assert!(
+        ring.counters()
+            .iter()
+            .map(|c| c.largest_batch_bytes)
+            .max()
+            .unwrap_or(0)
+            > 8 * 1024
+    );
+
     // Too large: above the 50 KiB fail threshold the ring refuses the batch.
     let mut big = Batch::new(BatchType::Unlogged);
     let mut values = Vec::new();
@@ -266,7 +286,10 @@ async fn injected_faults_reach_the_driver() {
         .await
         .expect("healthy again");
     let c = &ring.counters()[0];
-    assert!(c.overloaded_sent >= 11 && c.write_timeouts_sent >= 1, "{c:?}");
+    assert!(
+        c.overloaded_sent >= 11 && c.write_timeouts_sent >= 1 && c.unavailable_sent >= 1,
+        "{c:?}"
+    );
 }
 
 #[test]
