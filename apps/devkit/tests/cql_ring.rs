@@ -249,6 +249,18 @@ async fn injected_faults_reach_the_driver() {
     ring.set_faults(
         0,
         Faults {
+            unavailable: 1.0,
+            ..Faults::default()
+        },
+    );
+    let err = s
+        .query_unpaged("INSERT INTO f.t (k, v) VALUES (1, 'x')", &[])
+        .await
+        .expect_err("unavailable");
+    assert!(err.to_string().to_lowercase().contains("consistency"), "{err}");
+    ring.set_faults(
+        0,
+        Faults {
             max_rows_per_sec: 5,
             ..Faults::default()
         },
