@@ -217,14 +217,12 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    fn one(problem: String) -> Self {
+    pub fn one(problem: String) -> Self {
         Self {
             problems: vec![problem],
         }
     }
 }
-
-const SECTIONS: [&str; 6] = ["kafka", "topics", "rollup", "cusum", "runtime", "admin"];
 
 impl Config {
     /// Built-in defaults of an app.
@@ -285,47 +283,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(&str, toml::Value)],
     ) -> Result<Self, ConfigError> {
-        let mut problems = Vec::new();
-        let mut user = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::one(format!("cannot read {}: {e}", path.display())))?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::one(format!("{} is not valid TOML: {e}", path.display())))?
-            }
-            None => toml::Table::new(),
-        };
-        for (name, value) in env {
-            let Some(rest) = name.strip_prefix("TRIBUTARY_") else {
-                continue;
-            };
-            let rest = rest.to_ascii_lowercase();
-            match SECTIONS
-                .iter()
-                .find_map(|s| rest.strip_prefix(s).and_then(|k| k.strip_prefix('_')).map(|k| (*s, k)))
-            {
-                Some((section, key)) => set(&mut user, section, key, env_value(&value)),
-                None => problems.push(format!(
-                    "environment variable {name}: no such setting (expected TRIBUTARY_<SECTION>_<KEY> with a section among {})",
-                    SECTIONS.join(", ")
-                )),
-            }
-        }
-        for (path, value) in overrides {
-            if let Some((section, key)) = path.split_once('.') {
-                set(&mut user, section, key, value.clone());
-            }
-        }
-        check_keys(&user, &mut problems);
-        if !problems.is_empty() {
-            return Err(ConfigError { problems });
-        }
-        let mut merged = toml::Table::try_from(Config::defaults(app))
-            .map_err(|e| ConfigError::one(format!("internal: defaults do not serialise: {e}")))?;
-        merge(&mut merged, user);
-        let config: Config = toml::Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::one(e.to_string()))?;
+        let config = load_layered(&Config::defaults(app), file, env, overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -524,51 +482,87 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// Checks every key on its own so one bad key does not hide the next.
-fn check_keys(user: &toml::Table, problems: &mut Vec<String>) {
-    for (section, value) in user {
+/// Layers any sectioned configuration type: `defaults` < TOML `file` < environment
+/// (`TRIBUTARY_<SECTION>_<KEY>`) < `overrides` (`("section.key", value)`). Every user key
+/// is checked on its own against the defaults, so one bad key never hides the next and
+/// every problem is named by its key.
+pub fn load_layered<T: Serialize + DeserializeOwned>(
+    defaults: &T,
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &[(&str, toml::Value)],
+) -> Result<T, ConfigError> {
+    let base = toml::Table::try_from(defaults)
+        .map_err(|e| ConfigError::one(format!("internal: defaults do not serialise: {e}")))?;
+    let sections: Vec<String> = base.keys().cloned().collect();
+    let mut problems = Vec::new();
+    let mut user = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::one(format!("cannot read {}: {e}", path.display())))?;
+            text.parse::<toml::Table>()
+                .map_err(|e| ConfigError::one(format!("{} is not valid TOML: {e}", path.display())))?
+        }
+        None => toml::Table::new(),
+    };
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("TRIBUTARY_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let found = sections.iter().find_map(|s| {
+            rest.strip_prefix(s.as_str())
+                .and_then(|k| k.strip_prefix('_'))
+                .map(|k| (s.clone(), k.to_owned()))
+        });
+        match found {
+            Some((section, key)) => set(&mut user, &section, &key, env_value(&value)),
+            None => problems.push(format!(
+                "environment variable {name}: no such setting (expected TRIBUTARY_<SECTION>_<KEY> with a section among {})",
+                sections.join(", ")
+            )),
+        }
+    }
+    for (path, value) in overrides {
+        if let Some((section, key)) = path.split_once('.') {
+            set(&mut user, section, key, value.clone());
+        }
+    }
+    for (section, value) in &user {
+        let Some(toml::Value::Table(defaults_section)) = base.get(section) else {
+            problems.push(format!(
+                "{section}: unknown section (known: {})",
+                sections.join(", ")
+            ));
+            continue;
+        };
         let toml::Value::Table(table) = value else {
             problems.push(format!("{section}: expected a [{section}] table"));
             continue;
         };
-        match section.as_str() {
-            "kafka" => check_section::<KafkaConfig>(section, table, problems),
-            "topics" => check_section::<TopicsConfig>(section, table, problems),
-            "rollup" => check_section::<RollupConfig>(section, table, problems),
-            "cusum" => check_section::<CusumConfig>(section, table, problems),
-            "runtime" => check_section::<RuntimeConfig>(section, table, problems),
-            "admin" => check_section::<AdminConfig>(section, table, problems),
-            other => problems.push(format!(
-                "{other}: unknown section (known: {})",
-                SECTIONS.join(", ")
-            )),
-        }
-    }
-}
-
-/// Deserialises a section's defaults with one user key laid over them, key by key.
-fn check_section<T: DeserializeOwned + Serialize>(
-    section: &str,
-    table: &toml::Table,
-    problems: &mut Vec<String>,
-) {
-    // Any app's defaults will do: only keys and types are checked here.
-    let defaults = toml::Table::try_from(Config::defaults(AppKind::Rollup)).unwrap_or_default();
-    let Some(toml::Value::Table(base)) = defaults.get(section) else {
-        return;
-    };
-    for (key, value) in table {
-        let mut probe = base.clone();
-        probe.insert(key.clone(), value.clone());
-        if let Err(e) = toml::Value::Table(probe).try_into::<T>() {
-            let message = e.message().trim().to_owned();
-            if message.starts_with("unknown field") {
-                problems.push(format!("{section}.{key}: unknown key"));
-            } else {
-                problems.push(format!("{section}.{key}: {message}"));
+        for (key, value) in table {
+            let mut probe_section = defaults_section.clone();
+            probe_section.insert(key.clone(), value.clone());
+            let mut probe = base.clone();
+            probe.insert(section.clone(), toml::Value::Table(probe_section));
+            if let Err(e) = toml::Value::Table(probe).try_into::<T>() {
+                let message = e.message().trim().to_owned();
+                if message.starts_with("unknown field") {
+                    problems.push(format!("{section}.{key}: unknown key"));
+                } else {
+                    problems.push(format!("{section}.{key}: {message}"));
+                }
             }
         }
     }
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    let mut merged = base;
+    merge(&mut merged, user);
+    toml::Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::one(e.to_string()))
 }
 
 #[cfg(test)]

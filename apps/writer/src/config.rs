@@ -1,0 +1,350 @@
+//! The writer's configuration: same layering and error reporting as the other apps
+//! (defaults < file < `TRIBUTARY_*` environment < flags, every bad key named).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tributary::codec::Format;
+use tributary::config::{ConfigError, HumanDuration, load_layered};
+
+use crate::limiter::{Adaptive, RateLimit};
+
+/// Kafka connection and consumer group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated host:port.
+    pub brokers: String,
+    /// Consumer group of the writer.
+    pub group: String,
+    /// How often acknowledged prefixes are committed.
+    pub commit_interval: HumanDuration,
+    /// Extra librdkafka properties (consumer and producer).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Topics the writer reads, and where rejected rows go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Raw points → table `points`; empty skips raw points.
+    pub metrics: String,
+    /// Rollups → tables `rollups_<resolution>`; empty skips them.
+    pub rollups: String,
+    /// Anomalies → table `anomalies`; empty skips them.
+    pub anomalies: String,
+    /// Encoding of all three: "json" or "bincode".
+    pub format: Format,
+    /// Undecodable records and rows the cluster rejects for good, with the reason.
+    pub dead_letter: String,
+}
+
+/// The Cassandra/ScyllaDB cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CassandraConfig {
+    /// Contact points, host:port; the driver discovers the rest of the ring.
+    pub contact_points: Vec<String>,
+    pub keyspace: String,
+    /// "NetworkTopologyStrategy" or "SimpleStrategy" (used by `schema apply`).
+    pub replication_class: String,
+    /// Replication factor (per data centre for NetworkTopologyStrategy).
+    pub replication_factor: u32,
+    /// Data centre name for NetworkTopologyStrategy.
+    pub datacenter: String,
+    /// Write consistency: one, local_one, quorum, local_quorum, all.
+    pub consistency: String,
+    /// Per-request timeout.
+    pub request_timeout: HumanDuration,
+}
+
+/// Time to live per table and resolution ("0s" = keep forever).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtlConfig {
+    pub points: HumanDuration,
+    pub anomalies: HumanDuration,
+    /// Per rollup resolution, e.g. "5m" = "90d"; resolutions not listed are kept forever.
+    pub rollups: BTreeMap<String, HumanDuration>,
+}
+
+/// Micro-batching.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Rows per UNLOGGED batch at most (rows grouped by their exact replica set).
+    pub max_rows: usize,
+    /// Bytes of bound values per batch at most; keep under the cluster's 5 KiB warning.
+    pub max_bytes: usize,
+    /// A group waits at most this long for more rows.
+    pub linger: HumanDuration,
+}
+
+/// Rate limits, changeable at runtime (admin endpoint, `ctl`, SIGHUP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Rows per second into the cluster; 0 = unlimited.
+    pub rows_per_sec: u32,
+    /// Rows admitted at once after an idle spell; at least batch.max_rows.
+    pub burst: u32,
+    /// Requests in flight per coordinator node at most.
+    pub max_in_flight_per_node: usize,
+    /// Back off on Overloaded/timeouts and creep back up.
+    pub adaptive: bool,
+}
+
+/// Flow control and retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Rows read but not yet acknowledged per partition before it is paused.
+    pub max_pending_per_partition: usize,
+    /// Longest wait between retries of a failing batch.
+    pub max_backoff: HumanDuration,
+    /// Upper bound on draining in-flight writes at shutdown or revoke.
+    pub drain_timeout: HumanDuration,
+}
+
+/// Admin endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// /metrics, /health, /status, /rate-limit; empty disables it.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterConfig {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub cassandra: CassandraConfig,
+    pub ttl: TtlConfig,
+    pub batch: BatchConfig,
+    pub limits: LimitsConfig,
+    pub runtime: RuntimeConfig,
+    pub admin: AdminConfig,
+}
+
+fn days(n: u64) -> HumanDuration {
+    HumanDuration(Duration::from_secs(n * 86_400))
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig {
+                brokers: "127.0.0.1:9092".into(),
+                group: "tributary-writer".into(),
+                commit_interval: HumanDuration(Duration::from_secs(1)),
+                properties: BTreeMap::new(),
+            },
+            topics: TopicsConfig {
+                metrics: "metrics".into(),
+                rollups: "rollups".into(),
+                anomalies: "anomalies".into(),
+                format: Format::Json,
+                dead_letter: "dead-letter".into(),
+            },
+            cassandra: CassandraConfig {
+                contact_points: vec!["127.0.0.1:9042".into()],
+                keyspace: "tributary".into(),
+                replication_class: "NetworkTopologyStrategy".into(),
+                replication_factor: 3,
+                datacenter: "datacenter1".into(),
+                consistency: "local_quorum".into(),
+                request_timeout: HumanDuration(Duration::from_secs(10)),
+            },
+            ttl: TtlConfig {
+                points: days(7),
+                anomalies: days(90),
+                rollups: [
+                    ("5m".to_owned(), days(90)),
+                    ("1h".to_owned(), days(730)),
+                    ("1d".to_owned(), HumanDuration(Duration::ZERO)),
+                ]
+                .into(),
+            },
+            batch: BatchConfig {
+                max_rows: 32,
+                max_bytes: 4_000,
+                linger: HumanDuration(Duration::from_millis(5)),
+            },
+            limits: LimitsConfig {
+                rows_per_sec: 0,
+                burst: 1_000,
+                max_in_flight_per_node: 64,
+                adaptive: false,
+            },
+            runtime: RuntimeConfig {
+                max_pending_per_partition: 20_000,
+                max_backoff: HumanDuration(Duration::from_secs(10)),
+                drain_timeout: HumanDuration(Duration::from_secs(30)),
+            },
+            admin: AdminConfig {
+                listen: "127.0.0.1:9643".into(),
+            },
+        }
+    }
+}
+
+impl WriterConfig {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, toml::Value)],
+    ) -> Result<Self, ConfigError> {
+        let c: WriterConfig = load_layered(&WriterConfig::default(), file, env, overrides)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        if self.kafka.brokers.trim().is_empty() {
+            p.push("kafka.brokers: must name at least one broker".to_owned());
+        }
+        let t = &self.topics;
+        if t.metrics.is_empty() && t.rollups.is_empty() && t.anomalies.is_empty() {
+            p.push("topics: at least one of metrics, rollups, anomalies must be set".into());
+        }
+        if t.dead_letter.is_empty() {
+            p.push("topics.dead_letter: must not be empty".into());
+        }
+        if self.cassandra.contact_points.is_empty() {
+            p.push("cassandra.contact_points: at least one host:port".into());
+        }
+        if !self
+            .cassandra
+            .keyspace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || self.cassandra.keyspace.is_empty()
+        {
+            p.push(format!(
+                "cassandra.keyspace: {:?} is not a valid keyspace name",
+                self.cassandra.keyspace
+            ));
+        }
+        if !["NetworkTopologyStrategy", "SimpleStrategy"].contains(&self.cassandra.replication_class.as_str())
+        {
+            p.push(format!(
+                "cassandra.replication_class: {:?} is neither NetworkTopologyStrategy nor SimpleStrategy",
+                self.cassandra.replication_class
+            ));
+        }
+        if self.cassandra.replication_factor == 0 {
+            p.push("cassandra.replication_factor: must be at least 1".into());
+        }
+        if crate::sink::consistency(&self.cassandra.consistency).is_none() {
+            p.push(format!(
+                "cassandra.consistency: {:?} is not one of one, local_one, quorum, local_quorum, all",
+                self.cassandra.consistency
+            ));
+        }
+        for res in self.ttl.rollups.keys() {
+            if HumanDuration::parse(res).is_err() {
+                p.push(format!(
+                    "ttl.rollups.{res}: the key must be a resolution such as \"5m\""
+                ));
+            }
+        }
+        if self.batch.max_rows == 0 {
+            p.push("batch.max_rows: must be at least 1".into());
+        }
+        if self.batch.max_bytes < 64 {
+            p.push("batch.max_bytes: must be at least 64".into());
+        }
+        if let Err(e) = self.rate_limit().validate(self.batch.max_rows) {
+            p.push(format!("limits.burst: {e}"));
+        }
+        if self.limits.max_in_flight_per_node == 0 {
+            p.push("limits.max_in_flight_per_node: must be at least 1".into());
+        }
+        if self.runtime.max_pending_per_partition < self.batch.max_rows {
+            p.push("runtime.max_pending_per_partition: must be at least batch.max_rows".into());
+        }
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "admin.listen: {:?} is not an address like 127.0.0.1:9643",
+                self.admin.listen
+            ));
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: p })
+        }
+    }
+
+    pub fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            rows_per_sec: self.limits.rows_per_sec,
+            burst: self.limits.burst,
+        }
+    }
+
+    pub fn adaptive(&self) -> Adaptive {
+        Adaptive {
+            enabled: self.limits.adaptive,
+            ..Adaptive::default()
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_the_shipped_file_documents_them() {
+        assert_eq!(
+            WriterConfig::load(None, Vec::new(), &[]),
+            Ok(WriterConfig::default())
+        );
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/writer.toml");
+        assert_eq!(
+            WriterConfig::load(Some(&file), Vec::new(), &[]),
+            Ok(WriterConfig::default())
+        );
+    }
+
+    #[test]
+    fn every_bad_key_is_named() {
+        let err = WriterConfig::load(
+            None,
+            vec![
+                ("TRIBUTARY_LIMITS_ROWS_PER_SEC".into(), "fast".into()),
+                ("TRIBUTARY_BATCH_MAX_ROWZ".into(), "3".into()),
+                ("TRIBUTARY_CASSANDRA_CONSISTENCY".into(), "most".into()),
+            ],
+            &[],
+        )
+        .expect_err("invalid");
+        let all = err.problems.join("\n");
+        assert!(all.contains("limits.rows_per_sec"), "{all}");
+        assert!(all.contains("batch.max_rowz: unknown key"), "{all}");
+        let err = WriterConfig::load(
+            None,
+            vec![
+                ("TRIBUTARY_CASSANDRA_CONSISTENCY".into(), "most".into()),
+                ("TRIBUTARY_LIMITS_ROWS_PER_SEC".into(), "10".into()),
+                ("TRIBUTARY_LIMITS_BURST".into(), "5".into()),
+            ],
+            &[],
+        )
+        .expect_err("invalid values");
+        let all = err.problems.join("\n");
+        assert!(
+            all.contains("cassandra.consistency") && all.contains("limits.burst"),
+            "{all}"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! Rows-per-second limiting with governor, changeable at runtime without losing rows, and
+//! an optional adaptive mode that backs off on overload and creeps back up.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+
+/// A limit as operators set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Rows per second; 0 = unlimited.
+    pub rows_per_sec: u32,
+    /// Rows that may go at once after an idle spell.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub fn validate(&self, max_batch_rows: usize) -> Result<(), String> {
+        if self.rows_per_sec > 0 && (self.burst as usize) < max_batch_rows {
+            return Err(format!(
+                "burst ({}) must be at least the largest batch ({max_batch_rows} rows), or a batch could never be admitted",
+                self.burst
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Adaptive behaviour: multiply the effective rate by `backoff` after overload signals,
+/// and by `increase` after each quiet `interval`, never above the configured limit nor
+/// below `floor_ratio` of it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Adaptive {
+    pub enabled: bool,
+    pub backoff: f64,
+    pub increase: f64,
+    pub floor_ratio: f64,
+    pub interval_ms: u64,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            backoff: 0.7,
+            increase: 1.05,
+            floor_ratio: 0.05,
+            interval_ms: 5_000,
+        }
+    }
+}
+
+/// The next effective rate after an overload signal (`overloaded`) or a quiet interval.
+pub fn adapt(effective: u32, configured: u32, a: &Adaptive, overloaded: bool) -> u32 {
+    if configured == 0 {
+        return 0;
+    }
+    let floor = ((configured as f64) * a.floor_ratio).max(1.0);
+    let next = if overloaded {
+        effective as f64 * a.backoff
+    } else {
+        (effective as f64 * a.increase).max(effective as f64 + 1.0)
+    };
+    next.clamp(floor, configured as f64) as u32
+}
+
+struct State {
+    configured: RateLimit,
+    effective: u32,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    last_signal: Instant,
+}
+
+/// Shared by every write task.
+pub struct Limiter {
+    state: RwLock<State>,
+    adaptive: Adaptive,
+    waited_ns: AtomicU64,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("limit", &self.current())
+            .field("effective", &self.effective())
+            .finish()
+    }
+}
+
+fn build(rows_per_sec: u32, burst: u32) -> Option<Arc<DefaultDirectRateLimiter>> {
+    let rate = NonZeroU32::new(rows_per_sec)?;
+    let burst = NonZeroU32::new(burst.max(1))?;
+    Some(Arc::new(RateLimiter::direct(
+        Quota::per_second(rate).allow_burst(burst),
+    )))
+}
+
+impl Limiter {
+    pub fn new(limit: RateLimit, adaptive: Adaptive) -> Self {
+        Self {
+            state: RwLock::new(State {
+                configured: limit,
+                effective: limit.rows_per_sec,
+                limiter: build(limit.rows_per_sec, limit.burst),
+                last_signal: Instant::now(),
+            }),
+            adaptive,
+            waited_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn current(&self) -> RateLimit {
+        self.read().configured
+    }
+
+    /// The rate in force now (below the configured one while adapting).
+    pub fn effective(&self) -> u32 {
+        self.read().effective
+    }
+
+    /// Total time write tasks spent waiting for the limiter.
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed))
+    }
+
+    /// Replaces the limit; tasks already waiting finish on the old one, new ones use this.
+    pub fn set(&self, limit: RateLimit) {
+        let mut s = self.write();
+        s.configured = limit;
+        s.effective = limit.rows_per_sec;
+        s.limiter = build(limit.rows_per_sec, limit.burst);
+        tracing::info!(
+            rows_per_sec = limit.rows_per_sec,
+            burst = limit.burst,
+            "rate limit changed"
+        );
+    }
+
+    /// Waits until `rows` rows may be written.
+    pub async fn acquire(&self, rows: u32) {
+        let (limiter, burst) = {
+            let s = self.read();
+            (s.limiter.clone(), s.configured.burst)
+        };
+        let Some(limiter) = limiter else { return };
+        let Some(n) = NonZeroU32::new(rows.clamp(1, burst.max(1))) else {
+            return;
+        };
+        let started = Instant::now();
+        if limiter.until_n_ready(n).await.is_err() {
+            // Cannot happen with n <= burst; never block forever if it does.
+            tracing::warn!(
+                rows,
+                burst,
+                "batch larger than the burst; admitted without waiting"
+            );
+        }
+        self.waited_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Reports an overload signal (Overloaded, timeouts) or, periodically, a quiet spell.
+    pub fn signal(&self, overloaded: bool) {
+        if !self.adaptive.enabled {
+            return;
+        }
+        let mut s = self.write();
+        if !overloaded && s.last_signal.elapsed() < Duration::from_millis(self.adaptive.interval_ms) {
+            return;
+        }
+        let next = adapt(s.effective, s.configured.rows_per_sec, &self.adaptive, overloaded);
+        s.last_signal = Instant::now();
+        if next != s.effective {
+            s.effective = next;
+            let burst = s.configured.burst;
+            s.limiter = build(next, burst);
+            tracing::info!(rows_per_sec = next, overloaded, "adaptive rate limit");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adaptive_backs_off_and_creeps_back_within_bounds() {
+        let a = Adaptive {
+            enabled: true,
+            ..Adaptive::default()
+        };
+        assert_eq!(adapt(1000, 1000, &a, true), 700);
+        assert_eq!(adapt(700, 1000, &a, false), 735);
+        assert_eq!(
+            adapt(1000, 1000, &a, false),
+            1000,
+            "never above the configured limit"
+        );
+        assert_eq!(adapt(50, 1000, &a, true), 50, "never below the floor");
+        assert_eq!(adapt(5, 0, &a, true), 0, "unlimited stays unlimited");
+        assert_eq!(adapt(10, 1000, &a, false), 50, "climbs at least one row per step");
+    }
+
+    #[test]
+    fn burst_must_admit_a_whole_batch() {
+        assert!(
+            RateLimit {
+                rows_per_sec: 100,
+                burst: 10
+            }
+            .validate(20)
+            .is_err()
+        );
+        assert!(
+            RateLimit {
+                rows_per_sec: 100,
+                burst: 20
+            }
+            .validate(20)
+            .is_ok()
+        );
+        assert!(
+            RateLimit {
+                rows_per_sec: 0,
+                burst: 0
+            }
+            .validate(20)
+            .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn set_changes_the_limit_in_force() {
+        let l = Limiter::new(
+            RateLimit {
+                rows_per_sec: 0,
+                burst: 0,
+            },
+            Adaptive::default(),
+        );
+        l.acquire(1_000_000).await; // unlimited: returns at once
+        l.set(RateLimit {
+            rows_per_sec: 1_000,
+            burst: 100,
+        });
+        assert_eq!(
+            l.current(),
+            RateLimit {
+                rows_per_sec: 1_000,
+                burst: 100
+            }
+        );
+        let t = Instant::now();
+        for _ in 0..3 {
+            l.acquire(100).await; // the burst, then two more refills of 100 rows at 1000/s
+        }
+        assert!(
+            t.elapsed() >= Duration::from_millis(150),
+            "the limit was not applied"
+        );
+        assert!(l.waited() > Duration::ZERO);
+    }
+}

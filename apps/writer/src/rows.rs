@@ -1,0 +1,157 @@
+//! Kafka records → rows for the tables in [`crate::schema`].
+
+use scylla::value::{CqlTimestamp, CqlValue};
+use tributary::codec::{self, DecodeError, Format};
+
+use crate::config::WriterConfig;
+use crate::schema::{DAY_MS, TableKind, WINDOWS_PER_BUCKET};
+
+/// Which kind of record a topic carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Metrics,
+    Rollups,
+    Anomalies,
+}
+
+/// One row to write, with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub table: TableKind,
+    /// Bound values in INSERT order, TTL last.
+    pub values: Vec<CqlValue>,
+    /// Approximate serialised size of the values (for the batch byte limit).
+    pub bytes: usize,
+}
+
+/// Why a record cannot become a row.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RowError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("no table for rollup resolution {0:?} (add it under [ttl.rollups])")]
+    UnknownResolution(String),
+    #[error("value is not finite")]
+    NonFinite,
+}
+
+fn ttl_seconds(d: tributary::config::HumanDuration) -> i32 {
+    d.0.as_secs().min(i32::MAX as u64) as i32
+}
+
+fn size(values: &[CqlValue]) -> usize {
+    values
+        .iter()
+        .map(|v| match v {
+            CqlValue::Text(s) => s.len() + 4,
+            CqlValue::Int(_) => 8,
+            _ => 12,
+        })
+        .sum()
+}
+
+/// Maps a record of `source` to its row.
+pub fn to_row(
+    config: &WriterConfig,
+    source: Source,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Result<Row, RowError> {
+    let format: Format = config.topics.format;
+    let (table, values) = match source {
+        Source::Metrics => {
+            let p = codec::decode_point(format, key, payload)?;
+            let values = vec![
+                CqlValue::Text(p.series.into_owned()),
+                CqlValue::BigInt(p.ts.div_euclid(DAY_MS)),
+                CqlValue::Timestamp(CqlTimestamp(p.ts)),
+                CqlValue::Double(p.value),
+                CqlValue::Int(ttl_seconds(config.ttl.points)),
+            ];
+            (TableKind::Points, values)
+        }
+        Source::Rollups => {
+            let payload = payload
+                .filter(|p| !p.is_empty())
+                .ok_or(DecodeError::EmptyPayload)?;
+            let r = codec::decode_rollup(format, payload)?;
+            let ttl = *config
+                .ttl
+                .rollups
+                .get(&r.resolution)
+                .ok_or_else(|| RowError::UnknownResolution(r.resolution.clone()))?;
+            if ![r.min, r.max, r.sum, r.avg].iter().all(|v| v.is_finite()) {
+                return Err(RowError::NonFinite);
+            }
+            let width = (r.window_end - r.window_start).max(1);
+            let values = vec![
+                CqlValue::Text(r.series),
+                CqlValue::BigInt(r.window_start.div_euclid(width * WINDOWS_PER_BUCKET)),
+                CqlValue::Timestamp(CqlTimestamp(r.window_start)),
+                CqlValue::Timestamp(CqlTimestamp(r.window_end)),
+                CqlValue::BigInt(r.count as i64),
+                CqlValue::Double(r.min),
+                CqlValue::Double(r.max),
+                CqlValue::Double(r.sum),
+                CqlValue::Double(r.avg),
+                CqlValue::Int(ttl_seconds(ttl)),
+            ];
+            (TableKind::Rollups(r.resolution), values)
+        }
+        Source::Anomalies => {
+            let payload = payload
+                .filter(|p| !p.is_empty())
+                .ok_or(DecodeError::EmptyPayload)?;
+            let a = codec::decode_anomaly(format, payload)?;
+            if ![a.value, a.cusum, a.threshold, a.mean, a.stddev]
+                .iter()
+                .all(|v| v.is_finite())
+            {
+                return Err(RowError::NonFinite);
+            }
+            let values = vec![
+                CqlValue::Text(a.series),
+                CqlValue::BigInt(a.ts.div_euclid(DAY_MS)),
+                CqlValue::Timestamp(CqlTimestamp(a.ts)),
+                CqlValue::Double(a.value),
+                CqlValue::Text(a.direction),
+                CqlValue::Double(a.cusum),
+                CqlValue::Double(a.threshold),
+                CqlValue::Double(a.mean),
+                CqlValue::Double(a.stddev),
+                CqlValue::Int(ttl_seconds(config.ttl.anomalies)),
+            ];
+            (TableKind::Anomalies, values)
+        }
+    };
+    let bytes = size(&values);
+    Ok(Row { table, values, bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_each_topic_to_its_table() {
+        let c = WriterConfig::default();
+        let p = br#"{"series":"s","ts":172800000,"value":1.5}"#;
+        let r = to_row(&c, Source::Metrics, Some(b"s"), Some(p)).expect("point");
+        assert_eq!(r.table, TableKind::Points);
+        assert_eq!(r.values[1], CqlValue::BigInt(2), "day bucket");
+        assert_eq!(r.values[4], CqlValue::Int(7 * 86_400));
+        let roll = br#"{"series":"s","resolution":"1h","window_start":3600000,"window_end":7200000,"count":2,"min":1,"max":2,"sum":3,"avg":1.5}"#;
+        let r = to_row(&c, Source::Rollups, Some(b"s"), Some(roll)).expect("rollup");
+        assert_eq!(r.table, TableKind::Rollups("1h".into()));
+        assert_eq!(r.values[1], CqlValue::BigInt(0));
+        let odd = br#"{"series":"s","resolution":"7m","window_start":0,"window_end":420000,"count":1,"min":1,"max":1,"sum":1,"avg":1}"#;
+        assert!(matches!(
+            to_row(&c, Source::Rollups, None, Some(odd)),
+            Err(RowError::UnknownResolution(_))
+        ));
+        assert!(matches!(
+            to_row(&c, Source::Metrics, Some(b"s"), Some(b"{")),
+            Err(RowError::Decode(_))
+        ));
+    }
+}

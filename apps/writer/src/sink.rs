@@ -1,0 +1,228 @@
+//! Writes batches to Cassandra/ScyllaDB with the scylla driver: prepared INSERTs, replica
+//! sets from the driver's view of the ring, UNLOGGED batches whose first statement routes
+//! them to a replica that owns every row, a cap on requests in flight per node, and errors
+//! classified by variant as retryable or not.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::statement::Consistency;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use tokio::sync::Semaphore;
+
+use crate::batcher::ReplicaSet;
+use crate::config::WriterConfig;
+use crate::rows::Row;
+use crate::schema::TableKind;
+
+pub fn consistency(name: &str) -> Option<Consistency> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "one" => Consistency::One,
+        "local_one" => Consistency::LocalOne,
+        "quorum" => Consistency::Quorum,
+        "local_quorum" => Consistency::LocalQuorum,
+        "all" => Consistency::All,
+        _ => return None,
+    })
+}
+
+/// How a failed write should be handled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// Timeouts, overload, unavailable replicas, lost connections: try again later.
+    #[error("retryable: {message}")]
+    Retryable { message: String, overload: bool },
+    /// The cluster refuses these values for good (invalid, too large, …).
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+/// Classifies a driver error by variant, never by message text.
+pub fn classify(e: &ExecutionError) -> WriteError {
+    match e {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, msg)) => match db {
+            DbError::SyntaxError
+            | DbError::Invalid
+            | DbError::AlreadyExists { .. }
+            | DbError::Unauthorized
+            | DbError::ConfigError
+            | DbError::FunctionFailure { .. } => WriteError::Rejected(format!("{db}: {msg}")),
+            DbError::Overloaded | DbError::WriteTimeout { .. } | DbError::RateLimitReached { .. } => {
+                WriteError::Retryable {
+                    message: format!("{db}: {msg}"),
+                    overload: true,
+                }
+            }
+            _ => WriteError::Retryable {
+                message: format!("{db}: {msg}"),
+                overload: false,
+            },
+        },
+        ExecutionError::LastAttemptError(RequestAttemptError::SerializationError(s)) => {
+            WriteError::Rejected(s.to_string())
+        }
+        ExecutionError::BadQuery(b) => WriteError::Rejected(b.to_string()),
+        ExecutionError::RequestTimeout(_) => WriteError::Retryable {
+            message: e.to_string(),
+            overload: true,
+        },
+        other => WriteError::Retryable {
+            message: other.to_string(),
+            overload: false,
+        },
+    }
+}
+
+/// Connects to the cluster (the caller retries with backoff).
+pub async fn connect(config: &WriterConfig) -> Result<Session, String> {
+    SessionBuilder::new()
+        .known_nodes(&config.cassandra.contact_points)
+        .connection_timeout(config.cassandra.request_timeout.0)
+        .build()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the schema statements (idempotent).
+pub async fn apply_schema(session: &Session, config: &WriterConfig) -> Result<usize, String> {
+    let statements = crate::schema::statements(config);
+    for s in &statements {
+        session
+            .query_unpaged(s.as_str(), &[])
+            .await
+            .map_err(|e| format!("{e}\n  while running: {s}"))?;
+    }
+    session.refresh_metadata().await.map_err(|e| e.to_string())?;
+    Ok(statements.len())
+}
+
+pub struct Sink {
+    session: Arc<Session>,
+    keyspace: String,
+    statements: HashMap<TableKind, PreparedStatement>,
+    consistency: Consistency,
+    max_in_flight: usize,
+    in_flight: Mutex<HashMap<u128, Arc<Semaphore>>>,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("keyspace", &self.keyspace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sink {
+    /// Prepares an INSERT for every table the configuration names.
+    pub async fn new(session: Arc<Session>, config: &WriterConfig) -> Result<Self, String> {
+        let ks = config.cassandra.keyspace.clone();
+        let consistency = consistency(&config.cassandra.consistency).unwrap_or(Consistency::LocalQuorum);
+        let mut kinds = vec![TableKind::Points, TableKind::Anomalies];
+        kinds.extend(config.ttl.rollups.keys().map(|r| TableKind::Rollups(r.clone())));
+        let mut statements = HashMap::new();
+        for kind in kinds {
+            let mut p = session.prepare(kind.insert(&ks)).await.map_err(|e| {
+                format!(
+                    "cannot prepare the INSERT for {ks}.{}: {e} (has `tributary-writer schema apply` run?)",
+                    kind.table_name()
+                )
+            })?;
+            p.set_consistency(consistency);
+            statements.insert(kind, p);
+        }
+        Ok(Self {
+            session,
+            keyspace: ks,
+            statements,
+            consistency,
+            max_in_flight: config.limits.max_in_flight_per_node,
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The row's replica set, from the driver's current view of the ring (so ring changes
+    /// are followed): node host ids, sorted.
+    pub fn replica_set(&self, row: &Row) -> Result<ReplicaSet, String> {
+        let stmt = self
+            .statements
+            .get(&row.table)
+            .ok_or_else(|| format!("no statement for {:?}", row.table))?;
+        let token = stmt
+            .calculate_token(&row.values)
+            .map_err(|e| e.to_string())?
+            .ok_or("the statement has no partition key")?;
+        let state = self.session.get_cluster_state();
+        let mut set: ReplicaSet = state
+            .get_token_endpoints(&self.keyspace, &row.table.table_name(), token)
+            .iter()
+            .map(|(node, _)| node.host_id.as_u128())
+            .collect();
+        set.sort_unstable();
+        set.dedup();
+        Ok(set)
+    }
+
+    fn permits(&self, replicas: &ReplicaSet) -> Vec<Arc<Semaphore>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        replicas
+            .iter()
+            .map(|n| {
+                map.entry(*n)
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.max_in_flight)))
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// Writes the rows of one replica set: a plain statement for one row, an UNLOGGED
+    /// batch otherwise. The driver routes a batch by its first statement's token, and every
+    /// row shares that replica set, so the coordinator owns every row.
+    pub async fn write(&self, rows: &[&Row], replicas: &ReplicaSet) -> Result<(), WriteError> {
+        // Hold a permit on every node that may coordinate: a bound per node that holds
+        // whichever replica the driver picks.
+        let semaphores = self.permits(replicas);
+        let mut permits = Vec::with_capacity(semaphores.len());
+        for s in &semaphores {
+            permits.push(
+                s.clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| WriteError::Retryable {
+                        message: e.to_string(),
+                        overload: false,
+                    })?,
+            );
+        }
+        let result = match rows {
+            [] => Ok(()),
+            [one] => {
+                let stmt = self
+                    .statements
+                    .get(&one.table)
+                    .ok_or_else(|| WriteError::Rejected(format!("no statement for {:?}", one.table)))?;
+                self.session.execute_unpaged(stmt, &one.values).await.map(|_| ())
+            }
+            many => {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                batch.set_consistency(self.consistency);
+                let mut values = Vec::with_capacity(many.len());
+                for r in many {
+                    let stmt = self
+                        .statements
+                        .get(&r.table)
+                        .ok_or_else(|| WriteError::Rejected(format!("no statement for {:?}", r.table)))?;
+                    batch.append_statement(stmt.clone());
+                    values.push(&r.values);
+                }
+                self.session.batch(&batch, values).await.map(|_| ())
+            }
+        };
+        drop(permits);
+        result.map_err(|e| classify(&e))
+    }
+}
