@@ -5,3 +5,4 @@ mod cli;
 mod dataset;
 mod embedded;
 mod tansu;
+mod writer;

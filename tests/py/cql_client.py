@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Independent CQL client for the end-to-end tests (DataStax cassandra-driver).
 
-  cql_client.py HOST PORT KEYSPACE   creates a table, writes rows, reads them back;
-                                      prints a JSON summary.
+  cql_client.py HOST PORT KEYSPACE              creates a table, writes rows, reads
+                                                 them back; prints a JSON summary.
+  cql_client.py count HOST PORT KEYSPACE TABLE   prints the table's row count.
 """
 import json
 import sys
@@ -36,5 +37,17 @@ def main(host, port, keyspace):
     cluster.shutdown()
 
 
+def count(host, port, keyspace, table):
+    """Prints the number of rows in keyspace.table."""
+    cluster = Cluster([host], port=int(port), protocol_version=4,
+                      load_balancing_policy=RoundRobinPolicy(), connect_timeout=10)
+    s = cluster.connect()
+    print(s.execute(f"SELECT COUNT(*) FROM {keyspace}.{table}").one()[0])
+    cluster.shutdown()
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    if sys.argv[1] == "count":
+        count(*sys.argv[2:6])
+    else:
+        main(*sys.argv[1:4])

@@ -491,3 +491,127 @@ pub fn admin_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let addr = addr.parse().ok()?;
     tributary::admin::request(addr, "GET", path, b"").ok()
 }
+
+/// The emulated CQL ring as a process (`tributary-dev cql`) with its HTTP control.
+pub struct CqlRing {
+    pub port: u16,
+    pub http: String,
+    pub process: Process,
+}
+
+impl CqlRing {
+    pub fn start(nodes: usize) -> Self {
+        let port = free_port();
+        let http = format!("127.0.0.1:{}", free_port());
+        let process = Process::spawn(
+            "tributary-dev-cql",
+            &app_binary("tributary-dev"),
+            &[
+                "cql",
+                "--nodes",
+                &nodes.to_string(),
+                "--port",
+                &port.to_string(),
+                "--http",
+                &http,
+            ],
+            &[],
+        );
+        let ready = eventually(Duration::from_secs(30), || {
+            process.log_text().contains("Ctrl-C stops").then_some(())
+        });
+        assert!(ready.is_some(), "ring did not start: {}", process.log_text());
+        Self { port, http, process }
+    }
+
+    pub fn contact_point(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Per-node counters.
+    pub fn counters(&self) -> Vec<Value> {
+        let (_, body) = admin_get(&self.http, "/counters").expect("ring counters");
+        serde_json::from_str::<Value>(&body)
+            .expect("counters JSON")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Sum of one counter over every node.
+    pub fn total(&self, name: &str) -> u64 {
+        self.counters()
+            .iter()
+            .map(|c| c[name].as_u64().unwrap_or(0))
+            .sum()
+    }
+
+    /// Changes faults (`node` 1-based, None = every node).
+    pub fn faults(&self, node: Option<usize>, json: &str) {
+        let addr = self.http.parse().expect("addr");
+        let path = node.map_or("/faults".to_owned(), |n| format!("/faults?node={n}"));
+        let (status, body) = tributary::admin::request(addr, "POST", &path, json.as_bytes()).expect("faults");
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Row count of a table, through Python's cassandra-driver.
+    pub fn count(&self, keyspace: &str, table: &str) -> u64 {
+        let out = Command::new("python3")
+            .arg(workspace_root().join("tests/py/cql_client.py"))
+            .args(["count", "127.0.0.1", &self.port.to_string(), keyspace, table])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "count failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a count")
+    }
+}
+
+/// A metric from an app's Prometheus endpoint.
+pub fn metric(admin: &str, name: &str) -> Option<f64> {
+    let (_, text) = admin_get(admin, "/metrics")?;
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// librdkafka's mock cluster as its own process (`tributary-dev kafka`): a Kafka-protocol
+/// broker whose group coordinator expires dead members on their session timeout, which
+/// crash tests need (tansu 0.6 was seen keeping a SIGKILLed member for minutes).
+pub struct DevKafka {
+    pub brokers: String,
+    pub process: Process,
+}
+
+impl DevKafka {
+    pub fn start(topics: &[&str], partitions: i32) -> Self {
+        let port = free_port();
+        let process = Process::spawn(
+            "tributary-dev-kafka",
+            &app_binary("tributary-dev"),
+            &[
+                "kafka",
+                "--port",
+                &port.to_string(),
+                "--partitions",
+                &partitions.to_string(),
+                "--topics",
+                &topics.join(","),
+            ],
+            &[],
+        );
+        let brokers = format!("127.0.0.1:{port}");
+        let ready = eventually(Duration::from_secs(30), || {
+            process.log_text().contains("bootstrap.servers=").then_some(())
+        });
+        assert!(ready.is_some(), "{}", process.log_text());
+        Self { brokers, process }
+    }
+}

@@ -14,9 +14,11 @@
 //!                                              in-flight cap per node, retries
 //! ```
 
+pub mod app;
 pub mod batcher;
 pub mod config;
 pub mod limiter;
 pub mod rows;
+pub mod runtime;
 pub mod schema;
 pub mod sink;

@@ -80,6 +80,8 @@ pub struct Limiter {
     state: RwLock<State>,
     adaptive: Adaptive,
     waited_ns: AtomicU64,
+    /// Wakes waiters when the limiter is replaced, so a new limit applies to them at once.
+    changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -110,6 +112,7 @@ impl Limiter {
             }),
             adaptive,
             waited_ns: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -141,6 +144,8 @@ impl Limiter {
         s.configured = limit;
         s.effective = limit.rows_per_sec;
         s.limiter = build(limit.rows_per_sec, limit.burst);
+        drop(s);
+        self.changed.notify_waiters();
         tracing::info!(
             rows_per_sec = limit.rows_per_sec,
             burst = limit.burst,
@@ -150,22 +155,30 @@ impl Limiter {
 
     /// Waits until `rows` rows may be written.
     pub async fn acquire(&self, rows: u32) {
-        let (limiter, burst) = {
-            let s = self.read();
-            (s.limiter.clone(), s.configured.burst)
-        };
-        let Some(limiter) = limiter else { return };
-        let Some(n) = NonZeroU32::new(rows.clamp(1, burst.max(1))) else {
-            return;
-        };
         let started = Instant::now();
-        if limiter.until_n_ready(n).await.is_err() {
-            // Cannot happen with n <= burst; never block forever if it does.
-            tracing::warn!(
-                rows,
-                burst,
-                "batch larger than the burst; admitted without waiting"
-            );
+        // If the limit changes while waiting, start over under the new one.
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (limiter, burst) = {
+                let s = self.read();
+                (s.limiter.clone(), s.configured.burst)
+            };
+            let Some(limiter) = limiter else { break };
+            let Some(n) = NonZeroU32::new(rows.clamp(1, burst.max(1))) else {
+                break;
+            };
+            tokio::select! {
+                ready = limiter.until_n_ready(n) => {
+                    if ready.is_err() {
+                        // Cannot happen with n <= burst; never block forever if it does.
+                        tracing::warn!(rows, burst, "batch larger than the burst; admitted without waiting");
+                    }
+                    break;
+                }
+                _ = &mut changed => continue,
+            }
         }
         self.waited_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -186,6 +199,8 @@ impl Limiter {
             s.effective = next;
             let burst = s.configured.burst;
             s.limiter = build(next, burst);
+            drop(s);
+            self.changed.notify_waiters();
             tracing::info!(rows_per_sec = next, overloaded, "adaptive rate limit");
         }
     }
@@ -271,5 +286,28 @@ mod tests {
             "the limit was not applied"
         );
         assert!(l.waited() > Duration::ZERO);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raising_the_limit_releases_waiters_at_once() {
+        let l = Arc::new(Limiter::new(
+            RateLimit {
+                rows_per_sec: 1,
+                burst: 10,
+            },
+            Adaptive::default(),
+        ));
+        l.acquire(10).await; // the burst is spent; the next 10 rows would wait 10 s
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move { l.acquire(10).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        l.set(RateLimit {
+            rows_per_sec: 0,
+            burst: 0,
+        });
+        let released = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert!(released.is_ok(), "the waiter kept the old 1 row/s limit");
     }
 }

@@ -1,0 +1,646 @@
+//! The writer's loop: consume → rows → batcher → rate-limited write tasks → acks →
+//! commit of each partition's acknowledged prefix. Partitions whose unacknowledged rows
+//! pile up (slow or unreachable cluster) are paused, never buffered without bound.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::batcher::{BatchLimits, Batcher, ReplicaSet};
+use crate::config::WriterConfig;
+use crate::limiter::Limiter;
+use crate::rows::{Row, Source, to_row};
+use crate::sink::{Sink, WriteError};
+
+/// Counters of the writer, exported at /metrics.
+#[derive(Debug, Default)]
+pub struct WriterMetrics {
+    pub records_consumed: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub batches: AtomicU64,
+    pub single_statements: AtomicU64,
+    pub retries: AtomicU64,
+    pub overload_signals: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub commits: AtomicU64,
+    pub pending_rows: AtomicU64,
+    pub paused_partitions: AtomicU64,
+}
+
+impl WriterMetrics {
+    pub fn render(&self, limiter: &Limiter) -> String {
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let counters = [
+            (
+                "tributary_writer_records_consumed_total",
+                "Records read from Kafka.",
+                c(&self.records_consumed),
+            ),
+            (
+                "tributary_writer_rows_written_total",
+                "Rows the cluster acknowledged.",
+                c(&self.rows_written),
+            ),
+            (
+                "tributary_writer_batches_total",
+                "UNLOGGED batches written.",
+                c(&self.batches),
+            ),
+            (
+                "tributary_writer_single_statements_total",
+                "Rows written as a plain statement.",
+                c(&self.single_statements),
+            ),
+            (
+                "tributary_writer_retries_total",
+                "Retried writes.",
+                c(&self.retries),
+            ),
+            (
+                "tributary_writer_overload_signals_total",
+                "Overloaded/timeout answers.",
+                c(&self.overload_signals),
+            ),
+            (
+                "tributary_writer_dead_lettered_total",
+                "Records sent to the dead-letter topic.",
+                c(&self.dead_lettered),
+            ),
+            (
+                "tributary_writer_commits_total",
+                "Offset commits.",
+                c(&self.commits),
+            ),
+        ];
+        for (name, help, v) in counters {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+            ));
+        }
+        let limit = limiter.current();
+        let gauges = [
+            (
+                "tributary_writer_pending_rows",
+                "Rows read and not yet acknowledged.",
+                c(&self.pending_rows) as f64,
+            ),
+            (
+                "tributary_writer_paused_partitions",
+                "Partitions paused for backpressure.",
+                c(&self.paused_partitions) as f64,
+            ),
+            (
+                "tributary_writer_rate_limit_rows_per_sec",
+                "Configured rate limit (0 = unlimited).",
+                limit.rows_per_sec as f64,
+            ),
+            (
+                "tributary_writer_rate_limit_burst",
+                "Configured burst.",
+                limit.burst as f64,
+            ),
+            (
+                "tributary_writer_rate_limit_effective_rows_per_sec",
+                "Rate in force (adaptive mode may lower it).",
+                limiter.effective() as f64,
+            ),
+            (
+                "tributary_writer_rate_limit_wait_seconds_total",
+                "Time writes waited for the rate limiter.",
+                limiter.waited().as_secs_f64(),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+            ));
+        }
+        out
+    }
+}
+
+/// Offsets of one partition read but not yet acknowledged.
+#[derive(Debug, Default)]
+struct PartitionAcks {
+    pending: BTreeSet<i64>,
+    next: i64,
+    committed: i64,
+    paused: bool,
+}
+
+impl PartitionAcks {
+    fn committable(&self) -> i64 {
+        self.pending.first().copied().unwrap_or(self.next)
+    }
+}
+
+type Tp = (Arc<str>, i32);
+
+type Acks = Arc<Mutex<HashMap<Tp, PartitionAcks>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Commits the acknowledged prefix of revoked partitions before they move; rows still in
+/// flight for them are simply written again by the next owner (upserts are idempotent).
+struct WriterContext {
+    acks: Acks,
+}
+
+impl ClientContext for WriterContext {}
+
+impl ConsumerContext for WriterContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            for el in tpl.elements() {
+                tracing::info!(
+                    topic = el.topic(),
+                    partition = el.partition(),
+                    "partition assigned"
+                );
+            }
+        }
+    }
+
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut commit = TopicPartitionList::new();
+            let mut acks = lock(&self.acks);
+            for el in tpl.elements() {
+                tracing::info!(
+                    topic = el.topic(),
+                    partition = el.partition(),
+                    "partition revoked"
+                );
+                let key: Tp = (el.topic().into(), el.partition());
+                if let Some(a) = acks.remove(&key) {
+                    let o = a.committable();
+                    if o > a.committed {
+                        let _ = commit.add_partition_offset(el.topic(), el.partition(), Offset::Offset(o));
+                    }
+                }
+            }
+            drop(acks);
+            if commit.count() > 0
+                && !consumer.assignment_lost()
+                && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
+            {
+                tracing::warn!(error = %e, "commit at revoke failed");
+            }
+        }
+    }
+}
+
+/// A row and where it came from.
+#[derive(Debug)]
+struct Pending {
+    tp: Tp,
+    offset: i64,
+    row: Row,
+}
+
+enum Done {
+    Written(Vec<(Tp, i64)>, usize),
+    Rejected(Pending, String),
+}
+
+/// Operator controls shared with the admin endpoint.
+#[derive(Debug)]
+pub struct Control {
+    pub limiter: Arc<Limiter>,
+    pub metrics: Arc<WriterMetrics>,
+}
+
+/// Why the writer stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error("kafka: {0}")]
+    Kafka(String),
+    #[error("cassandra: {0}")]
+    Cassandra(String),
+    #[error("stopped before start-up finished")]
+    Stopped,
+}
+
+/// Runs until `shutdown` completes, then drains in-flight writes and commits.
+pub async fn run(
+    config: WriterConfig,
+    control: Arc<Control>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WriterError> {
+    tokio::pin!(shutdown);
+    // Connect with backoff: an unreachable cluster is retried and reported, not fatal.
+    let mut backoff = tributary::runtime::kafka::Backoff::new();
+    let session = loop {
+        match crate::sink::connect(&config).await {
+            Ok(s) => break Arc::new(s),
+            Err(e) => {
+                tracing::warn!(contact_points = ?config.cassandra.contact_points, error = %e, "cannot reach the cluster; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return Err(WriterError::Stopped),
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    };
+    let sink = Arc::new(
+        Sink::new(session, &config)
+            .await
+            .map_err(WriterError::Cassandra)?,
+    );
+
+    let mut sources: HashMap<String, Source> = HashMap::new();
+    for (topic, source) in [
+        (&config.topics.metrics, Source::Metrics),
+        (&config.topics.rollups, Source::Rollups),
+        (&config.topics.anomalies, Source::Anomalies),
+    ] {
+        if !topic.is_empty() {
+            sources.insert(topic.clone(), source);
+        }
+    }
+    let acks: Acks = Arc::new(Mutex::new(HashMap::new()));
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.kafka.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    for (k, v) in &config.kafka.properties {
+        cc.set(k, v);
+    }
+    let consumer: StreamConsumer<WriterContext> = cc
+        .create_with_context(WriterContext { acks: acks.clone() })
+        .map_err(|e| WriterError::Kafka(e.to_string()))?;
+    let topics: Vec<&str> = sources.keys().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| WriterError::Kafka(e.to_string()))?;
+    let mut pc = ClientConfig::new();
+    pc.set("bootstrap.servers", &config.kafka.brokers)
+        .set("enable.idempotence", "true");
+    for (k, v) in &config.kafka.properties {
+        pc.set(k, v);
+    }
+    let dlq: FutureProducer = pc.create().map_err(|e| WriterError::Kafka(e.to_string()))?;
+    tracing::info!(topics = ?topics, group = %config.kafka.group, keyspace = %config.cassandra.keyspace, "writing");
+
+    let limits = BatchLimits {
+        max_rows: config.batch.max_rows,
+        max_bytes: config.batch.max_bytes,
+        linger: config.batch.linger.0,
+    };
+    let mut batcher: Batcher<Pending> = Batcher::new(limits);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let max_pending = config.runtime.max_pending_per_partition;
+    let max_backoff = config.runtime.max_backoff.0;
+    let metrics = control.metrics.clone();
+    let mut commit_tick = tokio::time::interval(config.kafka.commit_interval.0);
+    let mut linger_tick = tokio::time::interval(Duration::from_millis(1).max(limits.linger / 2));
+    let mut adapt_tick = tokio::time::interval(Duration::from_secs(1));
+
+    let dispatch = |replicas: ReplicaSet, rows: Vec<Pending>| {
+        in_flight.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        tokio::spawn(write_task(
+            sink.clone(),
+            control.limiter.clone(),
+            metrics.clone(),
+            replicas,
+            rows,
+            done_tx.clone(),
+            max_backoff,
+        ));
+    };
+
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            received = consumer.recv() => match received {
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error; librdkafka keeps retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(msg) => {
+                    metrics.records_consumed.fetch_add(1, Ordering::Relaxed);
+                    let tp: Tp = (msg.topic().into(), msg.partition());
+                    let offset = msg.offset();
+                    let source = sources.get(msg.topic()).copied().unwrap_or(Source::Metrics);
+                    {
+                        let mut a = lock(&acks);
+                        let e = a.entry(tp.clone()).or_default();
+                        e.pending.insert(offset);
+                        e.next = e.next.max(offset + 1);
+                    }
+                    match to_row(&config, source, msg.key(), msg.payload()) {
+                        Ok(row) => {
+                            // Without a replica set (no metadata yet) rows still go out,
+                            // grouped together and routed by the driver.
+                            let replicas = sink.replica_set(&row).unwrap_or_default();
+                            let pending = Pending { tp: tp.clone(), offset, row };
+                            let bytes = pending.row.bytes;
+                            if let Some((set, rows)) = batcher.push(replicas, pending, bytes, Instant::now()) {
+                                dispatch(set, rows);
+                            }
+                        }
+                        Err(e) => {
+                            dead_letter(&dlq, &config, msg.topic(), msg.partition(), offset, msg.key(), msg.payload(), &e.to_string()).await;
+                            metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            ack(&acks, &tp, offset);
+                        }
+                    }
+                    backpressure(&consumer, &acks, &tp, max_pending, &metrics);
+                }
+            },
+            Some(done) = done_rx.recv() => match done {
+                Done::Written(rows, n) => {
+                    in_flight.fetch_sub(n as u64, Ordering::Relaxed);
+                    for (tp, offset) in rows {
+                        ack(&acks, &tp, offset);
+                    }
+                }
+                Done::Rejected(p, reason) => {
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!(topic = %p.tp.0, partition = p.tp.1, offset = p.offset, reason, "row rejected by the cluster; dead-lettered");
+                    let (key, payload) = row_payload(&p.row);
+                    dead_letter(&dlq, &config, &p.tp.0, p.tp.1, p.offset, Some(key.as_bytes()), Some(payload.as_bytes()), &reason).await;
+                    metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    ack(&acks, &p.tp, p.offset);
+                }
+            },
+            _ = linger_tick.tick() => {
+                for (set, rows) in batcher.take_due(Instant::now(), false) {
+                    dispatch(set, rows);
+                }
+            }
+            _ = commit_tick.tick() => {
+                commit(&consumer, &acks, CommitMode::Async, &metrics);
+                resume(&consumer, &acks, max_pending, &metrics);
+            }
+            _ = adapt_tick.tick() => control.limiter.signal(false),
+        }
+    }
+
+    // Drain: everything batched goes out, in-flight writes finish, then commit.
+    tracing::info!("shutdown requested; draining in-flight writes and committing");
+    for (set, rows) in batcher.take_due(Instant::now(), true) {
+        dispatch(set, rows);
+    }
+    let deadline = Instant::now() + config.runtime.drain_timeout.0;
+    while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(100), done_rx.recv()).await {
+            Ok(Some(Done::Written(rows, n))) => {
+                in_flight.fetch_sub(n as u64, Ordering::Relaxed);
+                for (tp, offset) in rows {
+                    ack(&acks, &tp, offset);
+                }
+            }
+            Ok(Some(Done::Rejected(p, reason))) => {
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                let (key, payload) = row_payload(&p.row);
+                dead_letter(
+                    &dlq,
+                    &config,
+                    &p.tp.0,
+                    p.tp.1,
+                    p.offset,
+                    Some(key.as_bytes()),
+                    Some(payload.as_bytes()),
+                    &reason,
+                )
+                .await;
+                ack(&acks, &p.tp, p.offset);
+            }
+            _ => {}
+        }
+    }
+    if in_flight.load(Ordering::Relaxed) > 0 {
+        tracing::warn!(
+            rows = in_flight.load(Ordering::Relaxed),
+            "rows still unacknowledged at shutdown; they stay uncommitted"
+        );
+    }
+    commit(&consumer, &acks, CommitMode::Sync, &metrics);
+    consumer.unsubscribe();
+    Ok(())
+}
+
+fn ack(acks: &Acks, tp: &Tp, offset: i64) {
+    if let Some(a) = lock(acks).get_mut(tp) {
+        a.pending.remove(&offset);
+    }
+}
+
+fn backpressure(
+    consumer: &StreamConsumer<WriterContext>,
+    acks: &Acks,
+    tp: &Tp,
+    max_pending: usize,
+    metrics: &WriterMetrics,
+) {
+    let mut a = lock(acks);
+    let total: usize = a.values().map(|p| p.pending.len()).sum();
+    metrics.pending_rows.store(total as u64, Ordering::Relaxed);
+    if let Some(p) = a.get_mut(tp)
+        && !p.paused
+        && p.pending.len() >= max_pending
+    {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
+        if consumer.pause(&tpl).is_ok() {
+            p.paused = true;
+            metrics.paused_partitions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(topic = %tp.0, partition = tp.1, pending = p.pending.len(), "partition paused: the cluster is behind");
+        }
+    }
+}
+
+fn resume(
+    consumer: &StreamConsumer<WriterContext>,
+    acks: &Acks,
+    max_pending: usize,
+    metrics: &WriterMetrics,
+) {
+    let mut a = lock(acks);
+    for (tp, p) in a.iter_mut() {
+        if p.paused && p.pending.len() <= max_pending / 2 {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&tp.0, tp.1);
+            if consumer.resume(&tpl).is_ok() {
+                p.paused = false;
+                metrics.paused_partitions.fetch_sub(1, Ordering::Relaxed);
+                tracing::info!(topic = %tp.0, partition = tp.1, "partition resumed");
+            }
+        }
+    }
+}
+
+fn commit(consumer: &StreamConsumer<WriterContext>, acks: &Acks, mode: CommitMode, metrics: &WriterMetrics) {
+    let mut tpl = TopicPartitionList::new();
+    {
+        let mut a = lock(acks);
+        let total: usize = a.values().map(|p| p.pending.len()).sum();
+        metrics.pending_rows.store(total as u64, Ordering::Relaxed);
+        for (tp, p) in a.iter_mut() {
+            let o = p.committable();
+            if o > p.committed {
+                let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(o));
+                p.committed = o;
+            }
+        }
+    }
+    if tpl.count() > 0 {
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                metrics.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "commit failed; will retry");
+                let mut a = lock(acks);
+                for el in tpl.elements() {
+                    if let Some(p) = a.get_mut(&(el.topic().into(), el.partition())) {
+                        p.committed = 0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes one group until it succeeds: retryable errors back off with jitter; a rejected
+/// batch is split so only the offending rows are dead-lettered.
+async fn write_task(
+    sink: Arc<Sink>,
+    limiter: Arc<Limiter>,
+    metrics: Arc<WriterMetrics>,
+    replicas: ReplicaSet,
+    rows: Vec<Pending>,
+    done: mpsc::UnboundedSender<Done>,
+    max_backoff: Duration,
+) {
+    let mut queue: Vec<Vec<Pending>> = vec![rows];
+    while let Some(group) = queue.pop() {
+        let mut backoff = tributary::runtime::kafka::Backoff::new();
+        loop {
+            limiter.acquire(group.len() as u32).await;
+            let refs: Vec<&Row> = group.iter().map(|p| &p.row).collect();
+            match sink.write(&refs, &replicas).await {
+                Ok(()) => {
+                    let n = group.len();
+                    metrics.rows_written.fetch_add(n as u64, Ordering::Relaxed);
+                    if n > 1 {
+                        metrics.batches.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        metrics.single_statements.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = done.send(Done::Written(
+                        group.into_iter().map(|p| (p.tp, p.offset)).collect(),
+                        n,
+                    ));
+                    break;
+                }
+                Err(WriteError::Retryable { message, overload }) => {
+                    metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    if overload {
+                        metrics.overload_signals.fetch_add(1, Ordering::Relaxed);
+                    }
+                    limiter.signal(overload);
+                    let delay = backoff.next_delay().min(max_backoff);
+                    tracing::debug!(error = %message, ?delay, rows = group.len(), "write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(WriteError::Rejected(reason)) => {
+                    if group.len() > 1 {
+                        queue.extend(group.into_iter().map(|p| vec![p]));
+                    } else if let Some(p) = group.into_iter().next() {
+                        let _ = done.send(Done::Rejected(p, reason));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A rejected row as JSON, for the dead-letter topic.
+fn row_payload(row: &Row) -> (String, String) {
+    let key = match row.values.first() {
+        Some(scylla::value::CqlValue::Text(s)) => s.clone(),
+        _ => String::new(),
+    };
+    (
+        key,
+        format!(
+            "{{\"table\":\"{}\",\"values\":\"{:?}\"}}",
+            row.table.table_name(),
+            row.values
+        ),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter(
+    producer: &FutureProducer,
+    config: &WriterConfig,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    reason: &str,
+) {
+    let build = || {
+        let headers = OwnedHeaders::new_with_capacity(5)
+            .insert(Header {
+                key: "tributary.error",
+                value: Some(reason.as_bytes()),
+            })
+            .insert(Header {
+                key: "tributary.source.topic",
+                value: Some(topic.as_bytes()),
+            })
+            .insert(Header {
+                key: "tributary.source.partition",
+                value: Some(partition.to_string().as_bytes()),
+            })
+            .insert(Header {
+                key: "tributary.source.offset",
+                value: Some(offset.to_string().as_bytes()),
+            })
+            .insert(Header {
+                key: "tributary.group",
+                value: Some(config.kafka.group.as_bytes()),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&config.topics.dead_letter).headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        record
+    };
+    // Keep trying: a record is acknowledged only once its dead letter is stored.
+    let mut backoff = tributary::runtime::kafka::Backoff::new();
+    loop {
+        match producer.send(build(), Duration::from_secs(30)).await {
+            Ok(_) => return,
+            Err((e, _)) => {
+                tracing::warn!(error = %e, "cannot write to the dead-letter topic; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! tributary-writer as a process: tansu broker, emulated CQL ring process, Python clients.
+
+use std::time::{Duration, Instant};
+
+use harness::{
+    CqlRing, Outgoing, Process, Tansu, app_binary, committed_and_end, create_topics, eventually, free_port,
+    metric, py_consume, py_produce, unique,
+};
+
+/// Either broker process; both speak the Kafka protocol to the writer.
+enum Broker {
+    Tansu(Tansu),
+    Dev(harness::DevKafka),
+}
+
+impl Broker {
+    fn brokers(&self) -> &str {
+        match self {
+            Broker::Tansu(t) => &t.brokers,
+            Broker::Dev(d) => &d.brokers,
+        }
+    }
+}
+
+struct Setup {
+    kafka: Broker,
+    ring: CqlRing,
+    keyspace: String,
+    metrics: String,
+    rollups: String,
+    anomalies: String,
+    dlq: String,
+    group: String,
+}
+
+fn setup(rf: u32) -> Setup {
+    setup_on(rf, false)
+}
+
+fn setup_on(rf: u32, dev_kafka: bool) -> Setup {
+    let (metrics, rollups, anomalies, dlq) = (
+        unique("metrics"),
+        unique("rollups"),
+        unique("anomalies"),
+        unique("dlq"),
+    );
+    let kafka = if dev_kafka {
+        Broker::Dev(harness::DevKafka::start(
+            &[&metrics, &rollups, &anomalies, &dlq],
+            3,
+        ))
+    } else {
+        let t = Tansu::start();
+        create_topics(
+            &t.brokers,
+            &[(&metrics, 3), (&rollups, 3), (&anomalies, 3), (&dlq, 3)],
+        );
+        Broker::Tansu(t)
+    };
+    let ring = CqlRing::start(3);
+    let s = Setup {
+        keyspace: unique("ks").replace('-', "_"),
+        metrics,
+        rollups,
+        anomalies,
+        dlq,
+        group: unique("writer"),
+        kafka,
+        ring,
+    };
+    for _ in 0..2 {
+        // Twice: schema apply is idempotent.
+        let out = std::process::Command::new(app_binary("tributary-writer"))
+            .args([
+                "schema",
+                "apply",
+                "--contact-points",
+                &s.ring.contact_point(),
+                "--keyspace",
+                &s.keyspace,
+                "--replication-factor",
+                &rf.to_string(),
+                "--log",
+                "warn",
+            ])
+            .output()
+            .expect("schema apply");
+        assert!(
+            out.status.success(),
+            "schema apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    s
+}
+
+fn start_writer(s: &Setup, admin: &str, extra: &[&str]) -> Process {
+    start_writer_env(s, admin, extra, &[])
+}
+
+fn start_writer_env(s: &Setup, admin: &str, extra: &[&str], env: &[(&str, &str)]) -> Process {
+    let mut args = vec![
+        "--brokers",
+        s.kafka.brokers(),
+        "--contact-points",
+        s.ring.contact_point().leak(),
+        "--keyspace",
+        &s.keyspace,
+        "--metrics-topic",
+        &s.metrics,
+        "--rollups-topic",
+        &s.rollups,
+        "--anomalies-topic",
+        &s.anomalies,
+        "--dlq-topic",
+        &s.dlq,
+        "--group",
+        &s.group,
+        "--admin-listen",
+        admin,
+    ];
+    args.extend_from_slice(extra);
+    Process::spawn("tributary-writer", &app_binary("tributary-writer"), &args, env)
+}
+
+fn points(n_series: usize, per_series: usize) -> Vec<Outgoing> {
+    let mut out = Vec::new();
+    for i in 0..per_series {
+        for s in 0..n_series {
+            let name = format!("host-{s}/cpu");
+            out.push(Outgoing {
+                key: Some(name.clone()),
+                value: Some(harness::point_json(
+                    &name,
+                    1_732_320_000_000 + i as i64 * 10_000,
+                    i as f64,
+                )),
+                partition: Some((s % 3) as i32),
+            });
+        }
+    }
+    out
+}
+
+fn wait_written(admin: &str, rows: u64, writer: &mut Process) {
+    let done = eventually(Duration::from_secs(120), || {
+        (metric(admin, "tributary_writer_rows_written_total").unwrap_or(0.0) as u64 >= rows).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "writer wrote {:?} of {rows}:\n{}",
+        metric(admin, "tributary_writer_rows_written_total"),
+        writer.log_text()
+    );
+}
+
+fn writes_everything_token_aware(rf: u32) {
+    let s = setup(rf);
+    let data = points(40, 50);
+    py_produce(s.kafka.brokers(), &s.metrics, &data);
+    let rollup = |res: &str, start: i64, width: i64| Outgoing {
+        key: Some("host-1/cpu".into()),
+        value: Some(format!(
+            r#"{{"series":"host-1/cpu","resolution":"{res}","window_start":{start},"window_end":{},"count":3,"min":1,"max":3,"sum":6,"avg":2}}"#,
+            start + width
+        )),
+        partition: Some(1),
+    };
+    py_produce(
+        s.kafka.brokers(),
+        &s.rollups,
+        &[
+            rollup("5m", 0, 300_000),
+            rollup("5m", 300_000, 300_000),
+            rollup("1h", 0, 3_600_000),
+            rollup("7m", 0, 420_000),
+        ],
+    );
+    py_produce(s.kafka.brokers(), &s.anomalies, &[Outgoing {
+        key: Some("host-2/cpu".into()),
+        value: Some(r#"{"series":"host-2/cpu","ts":1732320000000,"value":9.5,"direction":"up","cusum":6.1,"threshold":5.0,"mean":1.0,"stddev":0.5}"#.into()),
+        partition: Some(2),
+    }]);
+    py_produce(
+        s.kafka.brokers(),
+        &s.metrics,
+        &[Outgoing {
+            key: None,
+            value: Some("not json".into()),
+            partition: Some(0),
+        }],
+    );
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut writer = start_writer(&s, &admin, &[]);
+    wait_written(&admin, data.len() as u64 + 4, &mut writer);
+    assert_eq!(
+        s.ring.count(&s.keyspace, "points"),
+        data.len() as u64,
+        "every point read back"
+    );
+    assert_eq!(s.ring.count(&s.keyspace, "rollups_5m"), 2);
+    assert_eq!(s.ring.count(&s.keyspace, "rollups_1h"), 1);
+    assert_eq!(s.ring.count(&s.keyspace, "anomalies"), 1);
+    let dead = py_consume(s.kafka.brokers(), &s.dlq, 2, 60, 2.0);
+    assert_eq!(
+        dead.len(),
+        2,
+        "the bad point and the 7m rollup (no table) are dead-lettered"
+    );
+    assert!(dead.iter().any(|d| d.headers["tributary.error"].contains("7m")));
+    let batches = s.ring.total("batches");
+    assert!(batches > 0, "rows were batched");
+    assert_eq!(
+        s.ring.total("batches_replica_local"),
+        batches,
+        "every batch owned by its coordinator: {:?}",
+        s.ring.counters()
+    );
+    assert_eq!(s.ring.total("batches_multi_replica_set"), 0);
+    assert!(
+        s.ring
+            .counters()
+            .iter()
+            .all(|c| c["largest_batch_bytes"].as_u64().unwrap_or(0) < 5 * 1024 + 1024),
+        "batches stay near the 5 KiB warning threshold"
+    );
+    assert_eq!(
+        s.ring.total("batch_warnings"),
+        0,
+        "no batch over the 5 KiB warning threshold"
+    );
+    assert_eq!(
+        writer.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        writer.log_text()
+    );
+    let (committed, end) = committed_and_end(s.kafka.brokers(), &s.group, &s.metrics, data.len() + 1);
+    assert_eq!(committed, end, "every acknowledged row committed at shutdown");
+}
+
+#[test]
+fn writer_rf1_every_row_read_back_and_batches_replica_local() {
+    writes_everything_token_aware(1);
+}
+
+#[test]
+fn writer_rf3_every_row_read_back_and_batches_replica_local() {
+    writes_everything_token_aware(3);
+}
+
+#[test]
+fn writer_rate_limit_holds_and_changes_at_runtime() {
+    let s = setup(1);
+    let data = points(30, 200);
+    py_produce(s.kafka.brokers(), &s.metrics, &data);
+    let (rate, burst) = (400.0, 64.0);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut writer = start_writer(&s, &admin, &["--rows-per-sec", "400", "--burst", "64"]);
+    // Sample the ring's own row counter; any window may see at most rate·Δt + burst,
+    // plus what was admitted just before the window but landed inside it (0.25 s worth).
+    let mut samples: Vec<(Instant, u64)> = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        samples.push((Instant::now(), s.ring.total("rows_written")));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        samples.last().map_or(0, |s| s.1) > 0,
+        "nothing written: {}",
+        writer.log_text()
+    );
+    for (i, a) in samples.iter().enumerate() {
+        for b in &samples[i + 1..] {
+            let dt = b.0.duration_since(a.0).as_secs_f64();
+            let bound = rate * (dt + 0.25) + burst;
+            assert!(
+                ((b.1 - a.1) as f64) <= bound,
+                "{} rows in {dt:.2}s exceeds {bound:.0}",
+                b.1 - a.1
+            );
+        }
+    }
+    // Raise the limit through the CLI: the writer speeds up without a restart.
+    let before = s.ring.total("rows_written");
+    let out = std::process::Command::new(app_binary("tributary-writer"))
+        .args([
+            "ctl",
+            "--admin",
+            &admin,
+            "rate-limit",
+            "--rows-per-sec",
+            "5000",
+            "--burst",
+            "500",
+        ])
+        .output()
+        .expect("ctl");
+    assert!(
+        out.status.success(),
+        "ctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        metric(&admin, "tributary_writer_rate_limit_rows_per_sec"),
+        Some(5000.0)
+    );
+    let t1 = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let gained = s.ring.total("rows_written") - before;
+    let old_bound = rate * (t1.elapsed().as_secs_f64() + 0.25) + burst;
+    assert!(
+        gained as f64 > old_bound,
+        "only {gained} rows after raising the limit (old bound {old_bound:.0})"
+    );
+    wait_written(&admin, data.len() as u64, &mut writer);
+    assert!(metric(&admin, "tributary_writer_rate_limit_wait_seconds_total").unwrap_or(0.0) > 0.0);
+    assert_eq!(writer.terminate(Duration::from_secs(60)), Some(0));
+    assert_eq!(s.ring.count(&s.keyspace, "points"), data.len() as u64);
+}
+
+#[test]
+fn writer_loses_nothing_under_faults_a_node_down_and_sigkill() {
+    // The mock broker process: it expires the killed member after its 6 s session.
+    let s = setup_on(3, true);
+    let session = [(
+        "TRIBUTARY_KAFKA_PROPERTIES",
+        r#"{ "session.timeout.ms" = "6000" }"#,
+    )];
+    let data = points(30, 100);
+    py_produce(s.kafka.brokers(), &s.metrics, &data);
+    s.ring.faults(
+        None,
+        r#"{"overloaded": 0.2, "write_timeout": 0.2, "latency_ms": 5}"#,
+    );
+    s.ring.faults(Some(2), r#"{"down": true}"#);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut writer = start_writer_env(
+        &s,
+        &admin,
+        &["--rows-per-sec", "1500", "--burst", "100"],
+        &session,
+    );
+    // Kill it hard mid-run, then restart: at-least-once means nothing is lost.
+    let some = eventually(Duration::from_secs(60), || {
+        (metric(&admin, "tributary_writer_rows_written_total").unwrap_or(0.0) > 500.0).then_some(())
+    });
+    assert!(some.is_some(), "{}", writer.log_text());
+    writer.signal("KILL");
+    assert_eq!(writer.wait(Duration::from_secs(10)), None, "killed by a signal");
+    s.ring.faults(Some(2), r#"{"down": false}"#);
+    let mut writer = start_writer_env(&s, &admin, &[], &session);
+    let retried = eventually(Duration::from_secs(60), || {
+        (metric(&admin, "tributary_writer_retries_total").unwrap_or(0.0) > 0.0).then_some(())
+    });
+    assert!(retried.is_some(), "injected errors were retried");
+    s.ring.faults(
+        None,
+        r#"{"overloaded": 0.0, "write_timeout": 0.0, "latency_ms": 0}"#,
+    );
+    let all = eventually(Duration::from_secs(120), || {
+        (s.ring.count(&s.keyspace, "points") == data.len() as u64).then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "rows lost: {} of {}\n{}",
+        s.ring.count(&s.keyspace, "points"),
+        data.len(),
+        writer.log_text()
+    );
+    assert_eq!(writer.terminate(Duration::from_secs(60)), Some(0));
+    let (committed, end) = committed_and_end(s.kafka.brokers(), &s.group, &s.metrics, data.len());
+    assert_eq!(committed, end);
+}
