@@ -372,3 +372,47 @@ fn writer_loses_nothing_under_faults_a_node_down_and_sigkill() {
     let (committed, end) = committed_and_end(s.kafka.brokers(), &s.group, &s.metrics, data.len());
     assert_eq!(committed, end);
 }
+
+#[test]
+fn writer_pauses_for_a_slow_cluster_and_reloads_limits_on_sighup() {
+    // The mock broker process: tansu 0.6 returns nothing for a fetch that starts inside a
+    // record batch, which is where a resumed partition continues.
+    let s = setup_on(1, true);
+    let data = points(30, 40);
+    py_produce(s.kafka.brokers(), &s.metrics, &data);
+    // A slow ring and a small per-partition allowance: partitions must be paused rather
+    // than read ahead without bound.
+    s.ring.faults(None, r#"{"latency_ms": 200}"#);
+    let dir = std::env::temp_dir().join(unique("writer-config"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("writer.toml");
+    let write_limits = |rows: u32| {
+        std::fs::write(&file, format!("[limits]\nrows_per_sec = {rows}\nburst = 200\n[runtime]\nmax_pending_per_partition = 40\n[batch]\nmax_rows = 8\n"))
+            .expect("config");
+    };
+    write_limits(100_000);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut writer = start_writer(&s, &admin, &["--config", file.to_str().expect("utf-8 path")]);
+    let paused = eventually(Duration::from_secs(60), || {
+        (metric(&admin, "tributary_writer_paused_partitions").unwrap_or(0.0) > 0.0).then_some(())
+    });
+    assert!(paused.is_some(), "no partition was paused: {}", writer.log_text());
+    assert!(
+        metric(&admin, "tributary_writer_pending_rows").unwrap_or(f64::MAX) <= 3.0 * 40.0 + 3.0 * 8.0,
+        "pending rows stay bounded"
+    );
+    write_limits(1234);
+    writer.signal("HUP");
+    let reloaded = eventually(Duration::from_secs(30), || {
+        (metric(&admin, "tributary_writer_rate_limit_rows_per_sec") == Some(1234.0)).then_some(())
+    });
+    assert!(
+        reloaded.is_some(),
+        "SIGHUP did not reload the limits: {}",
+        writer.log_text()
+    );
+    s.ring.faults(None, r#"{"latency_ms": 0}"#);
+    wait_written(&admin, data.len() as u64, &mut writer);
+    assert_eq!(s.ring.count(&s.keyspace, "points"), data.len() as u64);
+    assert_eq!(writer.terminate(Duration::from_secs(60)), Some(0));
+}

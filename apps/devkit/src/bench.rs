@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -126,6 +127,9 @@ pub fn run(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     }
     if wants("memory") && opts.memory_series > 0 {
         memory(opts, out)?;
+    }
+    if wants("writer") {
+        writer(opts, out)?;
     }
     Ok(())
 }
@@ -360,5 +364,134 @@ fn memory(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     );
     rt.stop();
     rt.join()?;
+    Ok(())
+}
+
+/// The writer into the emulated ring (its own process, RF 1), batching on and off.
+fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
+    use tributary_writer::config::WriterConfig;
+    use tributary_writer::limiter::Limiter;
+    use tributary_writer::runtime::{Control, WriterMetrics};
+
+    let rows = opts.records.min(300_000);
+    let broker = start_broker(&[("metrics", opts.partitions), ("dead-letter", opts.partitions)])?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let http = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
+    );
+    let mut ring = Command::new(std::env::current_exe()?)
+        .args([
+            "cql",
+            "--nodes",
+            "3",
+            "--port",
+            &port.to_string(),
+            "--http",
+            &http,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "ring did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spec = LoadSpec {
+        series: opts.series,
+        points: rows / opts.series as u64,
+        ..LoadSpec::default()
+    };
+    let report = loadgen::produce(&broker.brokers, "metrics", &spec)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    say!(
+        out,
+        "writer into the emulated ring (3 nodes, RF 1; broker and ring in child processes), {} rows:",
+        report.records
+    );
+    for (label, max_rows) in [("batching on ", 32usize), ("batching off", 1)] {
+        let mut config = WriterConfig::default();
+        config.kafka.brokers = broker.brokers.clone();
+        config.kafka.group = format!("bench-writer-{max_rows}");
+        config.topics.rollups = String::new();
+        config.topics.anomalies = String::new();
+        config.cassandra.contact_points = vec![format!("127.0.0.1:{port}")];
+        config.cassandra.keyspace = "bench".into();
+        config.cassandra.replication_class = "SimpleStrategy".into();
+        config.cassandra.replication_factor = 1;
+        config.cassandra.consistency = "one".into();
+        config.batch.max_rows = max_rows;
+        config.admin.listen = String::new();
+        let reset = tributary::admin::request(http.parse()?, "POST", "/counters/reset", b"");
+        anyhow::ensure!(reset.is_ok(), "cannot reset ring counters");
+        let control = Arc::new(Control {
+            limiter: Arc::new(Limiter::new(config.rate_limit(), config.adaptive())),
+            metrics: Arc::new(WriterMetrics::default()),
+        });
+        let metrics = control.metrics.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let total = report.records;
+        let (wall, cpu) = rt.block_on(async {
+            let session = tributary_writer::sink::connect(&config)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            tributary_writer::sink::apply_schema(&session, &config)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let task = tokio::spawn(tributary_writer::runtime::run(
+                config.clone(),
+                control.clone(),
+                async move {
+                    let _ = stop_rx.await;
+                },
+            ));
+            let mut first: Option<(Instant, f64)> = None;
+            let started = Instant::now();
+            while metrics.rows_written.load(std::sync::atomic::Ordering::Relaxed) < total
+                && started.elapsed() < Duration::from_secs(600)
+            {
+                if first.is_none() && metrics.rows_written.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                    first = Some((Instant::now(), cpu_seconds()));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let (t, c) = first.unwrap_or((started, cpu_seconds()));
+            let result = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+            let _ = stop_tx.send(());
+            let _ = task.await;
+            Ok::<_, anyhow::Error>(result)
+        })?;
+        let (_, body) = tributary::admin::request(http.parse()?, "GET", "/counters", b"")?;
+        let nodes: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+        let sum = |k: &str| nodes.iter().map(|n| n[k].as_u64().unwrap_or(0)).sum::<u64>();
+        let requests: u64 = nodes
+            .iter()
+            .flat_map(|n| n["requests"].as_object().cloned().unwrap_or_default())
+            .filter(|(op, _)| op == "execute" || op == "batch" || op == "query")
+            .map(|(_, v)| v.as_u64().unwrap_or(0))
+            .sum();
+        let written = sum("rows_written");
+        let batches = sum("batches");
+        let local = sum("batches_replica_local");
+        say!(
+            out,
+            "  {label}: {:>9.0} rows/s wall, {:>9.0} rows per CPU-second ({written} rows, {:.2} CPU-s); {batches} batches, {:.1}% replica-local; {:.1} requests per 1,000 rows",
+            total as f64 / wall,
+            total as f64 / cpu.max(0.01),
+            cpu,
+            if batches > 0 {
+                100.0 * local as f64 / batches as f64
+            } else {
+                0.0
+            },
+            1000.0 * requests as f64 / written.max(1) as f64
+        );
+    }
+    let _ = ring.kill();
+    let _ = ring.wait();
     Ok(())
 }
