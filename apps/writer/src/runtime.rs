@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -601,26 +601,10 @@ async fn dead_letter(
     reason: &str,
 ) {
     let build = || {
-        let headers = OwnedHeaders::new_with_capacity(5)
+        let headers = tributary::runtime::producer::provenance(topic, &config.kafka.group, partition, offset)
             .insert(Header {
                 key: "tributary.error",
                 value: Some(reason.as_bytes()),
-            })
-            .insert(Header {
-                key: "tributary.source.topic",
-                value: Some(topic.as_bytes()),
-            })
-            .insert(Header {
-                key: "tributary.source.partition",
-                value: Some(partition.to_string().as_bytes()),
-            })
-            .insert(Header {
-                key: "tributary.source.offset",
-                value: Some(offset.to_string().as_bytes()),
-            })
-            .insert(Header {
-                key: "tributary.group",
-                value: Some(config.kafka.group.as_bytes()),
             });
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&config.topics.dead_letter).headers(headers);

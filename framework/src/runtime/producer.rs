@@ -44,3 +44,27 @@ impl ProducerContext for OutputContext {
         }
     }
 }
+
+/// Headers that say where a forwarded (dead-lettered or late) record came from, so its
+/// value can stay byte-for-byte: `tributary.group`, `tributary.source.topic`,
+/// `tributary.source.partition`, `tributary.source.offset`.
+pub fn provenance(topic: &str, group: &str, partition: i32, offset: i64) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::Header;
+    rdkafka::message::OwnedHeaders::new_with_capacity(5)
+        .insert(Header {
+            key: "tributary.group",
+            value: Some(group.as_bytes()),
+        })
+        .insert(Header {
+            key: "tributary.source.topic",
+            value: Some(topic.as_bytes()),
+        })
+        .insert(Header {
+            key: "tributary.source.partition",
+            value: Some(partition.to_string().as_bytes()),
+        })
+        .insert(Header {
+            key: "tributary.source.offset",
+            value: Some(offset.to_string().as_bytes()),
+        })
+}

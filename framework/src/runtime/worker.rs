@@ -16,7 +16,7 @@ use crate::pipeline::{Pipeline, PipelineSpec, Sink};
 use crate::record::{Anomaly, RollupRow};
 use crate::runtime::Tp;
 use crate::runtime::ledger::Ledger;
-use crate::runtime::producer::{DeliveryTag, OutputContext};
+use crate::runtime::producer::{DeliveryTag, OutputContext, provenance};
 
 /// Records of one partition copied out of librdkafka into one buffer, so the poll loop
 /// does not allocate per record and workers can own them.
@@ -393,25 +393,4 @@ impl Sink for KafkaSink<'_> {
             );
         }
     }
-}
-
-/// Headers that say where a forwarded record came from; the value stays byte-for-byte.
-fn provenance(topic: &str, group: &str, partition: i32, offset: i64) -> OwnedHeaders {
-    OwnedHeaders::new_with_capacity(5)
-        .insert(Header {
-            key: "tributary.group",
-            value: Some(group.as_bytes()),
-        })
-        .insert(Header {
-            key: "tributary.source.topic",
-            value: Some(topic.as_bytes()),
-        })
-        .insert(Header {
-            key: "tributary.source.partition",
-            value: Some(partition.to_string().as_bytes()),
-        })
-        .insert(Header {
-            key: "tributary.source.offset",
-            value: Some(offset.to_string().as_bytes()),
-        })
 }
