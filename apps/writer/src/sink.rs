@@ -107,7 +107,20 @@ pub struct Sink {
     consistency: Consistency,
     max_in_flight: usize,
     in_flight: Mutex<HashMap<u128, Arc<Semaphore>>>,
+    /// Replica sets by (table, token), valid for one cluster-state snapshot: a ring change
+    /// (the driver publishes a new snapshot) empties it.
+    replica_cache: Mutex<ReplicaCache>,
 }
+
+#[derive(Default)]
+struct ReplicaCache {
+    /// The snapshot the entries belong to; holding it keeps its address from being reused.
+    state: Option<Arc<scylla::cluster::ClusterState>>,
+    sets: HashMap<(TableKind, i64), ReplicaSet>,
+}
+
+/// Entries kept before the cache starts over (bounds memory with many partitions).
+const REPLICA_CACHE_MAX: usize = 1 << 20;
 
 impl std::fmt::Debug for Sink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,6 +155,7 @@ impl Sink {
             consistency,
             max_in_flight: config.limits.max_in_flight_per_node,
             in_flight: Mutex::new(HashMap::new()),
+            replica_cache: Mutex::new(ReplicaCache::default()),
         })
     }
 
@@ -157,6 +171,17 @@ impl Sink {
             .map_err(|e| e.to_string())?
             .ok_or("the statement has no partition key")?;
         let state = self.session.get_cluster_state();
+        let key = (row.table.clone(), token.value());
+        {
+            let mut cache = self.replica_cache.lock().unwrap_or_else(|p| p.into_inner());
+            let current = cache.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, &state));
+            if !current || cache.sets.len() >= REPLICA_CACHE_MAX {
+                cache.state = Some(state.clone());
+                cache.sets.clear();
+            } else if let Some(set) = cache.sets.get(&key) {
+                return Ok(set.clone());
+            }
+        }
         let mut set: ReplicaSet = state
             .get_token_endpoints(&self.keyspace, &row.table.table_name(), token)
             .iter()
@@ -164,6 +189,10 @@ impl Sink {
             .collect();
         set.sort_unstable();
         set.dedup();
+        let mut cache = self.replica_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, &state)) {
+            cache.sets.insert(key, set.clone());
+        }
         Ok(set)
     }
 
