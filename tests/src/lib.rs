@@ -584,7 +584,8 @@ pub fn metric(admin: &str, name: &str) -> Option<f64> {
 
 /// librdkafka's mock cluster as its own process (`tributary-dev kafka`): a Kafka-protocol
 /// broker whose group coordinator expires dead members on their session timeout, which
-/// crash tests need (tansu 0.6 was seen keeping a SIGKILLed member for minutes).
+/// crash tests need (with tansu 0.6 a member restarted after a SIGKILL waited 45 s to
+/// over 80 s for its partitions).
 pub struct DevKafka {
     pub brokers: String,
     pub process: Process,
