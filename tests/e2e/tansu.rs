@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use harness::{
-    Incoming, Outgoing, Process, Tansu, admin_get, app_binary, committed_and_end, create_topics, eventually,
-    free_port, point_json, py_consume, py_produce, unique,
+    Incoming, Outgoing, Process, Tansu, app_binary, committed_and_end, create_topics, eventually, free_port,
+    metric, point_json, py_consume, py_produce, unique,
 };
 
 use crate::dataset::{self, DataSet};
@@ -55,14 +55,6 @@ fn check_rollups(data: &DataSet, rollups: &[Incoming]) {
         "{} windows missing, e.g. {missing:?}",
         data.expected.len() - seen.len()
     );
-}
-
-fn metric(admin: &str, name: &str) -> Option<f64> {
-    let (_, text) = admin_get(admin, "/metrics")?;
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
 }
 
 #[test]

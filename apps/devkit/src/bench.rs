@@ -69,10 +69,6 @@ impl Drop for Broker {
 
 fn start_broker(topics: &[(&str, i32)]) -> anyhow::Result<Broker> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut brokers = Vec::new();
-    for (name, partitions) in topics {
-        brokers.push(format!("{name}:{partitions}"));
-    }
     let exe = std::env::current_exe()?;
     let names: Vec<&str> = topics.iter().map(|t| t.0).collect();
     let partitions = topics.first().map_or(8, |t| t.1);

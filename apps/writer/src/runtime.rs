@@ -363,22 +363,7 @@ pub async fn run(
                     backpressure(&consumer, &acks, &tp, max_pending, &metrics);
                 }
             },
-            Some(done) = done_rx.recv() => match done {
-                Done::Written(rows, n) => {
-                    in_flight.fetch_sub(n as u64, Ordering::Relaxed);
-                    for (tp, offset) in rows {
-                        ack(&acks, &tp, offset);
-                    }
-                }
-                Done::Rejected(p, reason) => {
-                    in_flight.fetch_sub(1, Ordering::Relaxed);
-                    tracing::warn!(topic = %p.tp.0, partition = p.tp.1, offset = p.offset, reason, "row rejected by the cluster; dead-lettered");
-                    let (key, payload) = row_payload(&p.row);
-                    dead_letter(&dlq, &config, &p.tp.0, p.tp.1, p.offset, Some(key.as_bytes()), Some(payload.as_bytes()), &reason).await;
-                    metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    ack(&acks, &p.tp, p.offset);
-                }
-            },
+            Some(done) = done_rx.recv() => settle(done, &acks, &in_flight, &dlq, &config, &metrics).await,
             _ = linger_tick.tick() => {
                 for (set, rows) in batcher.take_due(Instant::now(), false) {
                     dispatch(set, rows);
@@ -399,30 +384,8 @@ pub async fn run(
     }
     let deadline = Instant::now() + config.runtime.drain_timeout.0;
     while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_millis(100), done_rx.recv()).await {
-            Ok(Some(Done::Written(rows, n))) => {
-                in_flight.fetch_sub(n as u64, Ordering::Relaxed);
-                for (tp, offset) in rows {
-                    ack(&acks, &tp, offset);
-                }
-            }
-            Ok(Some(Done::Rejected(p, reason))) => {
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-                let (key, payload) = row_payload(&p.row);
-                dead_letter(
-                    &dlq,
-                    &config,
-                    &p.tp.0,
-                    p.tp.1,
-                    p.offset,
-                    Some(key.as_bytes()),
-                    Some(payload.as_bytes()),
-                    &reason,
-                )
-                .await;
-                ack(&acks, &p.tp, p.offset);
-            }
-            _ => {}
+        if let Ok(Some(done)) = tokio::time::timeout(Duration::from_millis(100), done_rx.recv()).await {
+            settle(done, &acks, &in_flight, &dlq, &config, &metrics).await;
         }
     }
     if in_flight.load(Ordering::Relaxed) > 0 {
@@ -434,6 +397,43 @@ pub async fn run(
     commit(&consumer, &acks, CommitMode::Sync, &metrics);
     consumer.unsubscribe();
     Ok(())
+}
+
+/// Records a finished write: acknowledges its rows, or dead-letters a rejected row first.
+async fn settle(
+    done: Done,
+    acks: &Acks,
+    in_flight: &AtomicU64,
+    dlq: &FutureProducer,
+    config: &WriterConfig,
+    metrics: &WriterMetrics,
+) {
+    match done {
+        Done::Written(rows, n) => {
+            in_flight.fetch_sub(n as u64, Ordering::Relaxed);
+            for (tp, offset) in rows {
+                ack(acks, &tp, offset);
+            }
+        }
+        Done::Rejected(p, reason) => {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(topic = %p.tp.0, partition = p.tp.1, offset = p.offset, reason, "row rejected by the cluster; dead-lettered");
+            let (key, payload) = row_payload(&p.row);
+            dead_letter(
+                dlq,
+                config,
+                &p.tp.0,
+                p.tp.1,
+                p.offset,
+                Some(key.as_bytes()),
+                Some(payload.as_bytes()),
+                &reason,
+            )
+            .await;
+            metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            ack(acks, &p.tp, p.offset);
+        }
+    }
 }
 
 fn ack(acks: &Acks, tp: &Tp, offset: i64) {
@@ -449,9 +449,8 @@ fn backpressure(
     max_pending: usize,
     metrics: &WriterMetrics,
 ) {
+    // The pending-rows gauge is refreshed by `commit`, not here: this runs per record.
     let mut a = lock(acks);
-    let total: usize = a.values().map(|p| p.pending.len()).sum();
-    metrics.pending_rows.store(total as u64, Ordering::Relaxed);
     if let Some(p) = a.get_mut(tp)
         && !p.paused
         && p.pending.len() >= max_pending

@@ -22,7 +22,6 @@ pub struct OutputContext {
 
 impl ClientContext for OutputContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        self.metrics.output_errors.add(0);
         tracing::warn!(error = %error, reason, "producer error");
     }
 }

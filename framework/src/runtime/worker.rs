@@ -123,6 +123,24 @@ struct PartitionRun {
     reported: crate::pipeline::PipelineStats,
 }
 
+impl PartitionRun {
+    /// The partition's pipeline and a sink that produces its outputs, borrowed together.
+    fn split<'a>(
+        &'a mut self,
+        shared: &'a WorkerShared,
+        buf: &'a mut Vec<u8>,
+    ) -> (&'a mut Pipeline, KafkaSink<'a>) {
+        let sink = KafkaSink {
+            shared,
+            partition: self.tp.partition,
+            ledger: &self.ledger,
+            produced: &mut self.produced,
+            buf,
+        };
+        (&mut self.pipeline, sink)
+    }
+}
+
 pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
     let mut parts: HashMap<i32, PartitionRun> = HashMap::new();
     let mut buf = Vec::with_capacity(512);
@@ -180,19 +198,13 @@ pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
 }
 
 fn process_batch(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, buf: &mut Vec<u8>) {
-    let mut sink = KafkaSink {
-        shared,
-        partition: run.tp.partition,
-        ledger: &run.ledger,
-        produced: &mut run.produced,
-        buf,
-    };
     let mut next = run.next_offset.unwrap_or(i64::MIN);
+    let (pipeline, mut sink) = run.split(shared, buf);
     for span in &batch.records {
         if span.offset < next {
             continue;
         }
-        run.pipeline.process(
+        pipeline.process(
             batch.get(span.key),
             batch.get(span.payload),
             span.offset,
@@ -211,14 +223,8 @@ fn process_batch(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, b
 /// Runs the stages' flush hooks before a partition is released or the process stops.
 fn flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) {
     let Some(next) = run.next_offset else { return };
-    let mut sink = KafkaSink {
-        shared,
-        partition: run.tp.partition,
-        ledger: &run.ledger,
-        produced: &mut run.produced,
-        buf,
-    };
-    run.pipeline.flush(next, &mut sink);
+    let (pipeline, mut sink) = run.split(shared, buf);
+    pipeline.flush(next, &mut sink);
     run.ledger.checkpoint(run.produced, next);
 }
 
@@ -234,14 +240,8 @@ fn idle_flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) 
     if target <= run.pipeline.watermark() {
         return;
     }
-    let mut sink = KafkaSink {
-        shared,
-        partition: run.tp.partition,
-        ledger: &run.ledger,
-        produced: &mut run.produced,
-        buf,
-    };
-    run.pipeline.advance_watermark(target, next, &mut sink);
+    let (pipeline, mut sink) = run.split(shared, buf);
+    pipeline.advance_watermark(target, next, &mut sink);
     run.ledger.checkpoint(run.produced, next);
     shared.metrics.idle_flushes.add(1);
     tracing::debug!(topic = %run.tp.topic, partition = run.tp.partition, watermark = target, "idle partition flushed");
