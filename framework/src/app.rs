@@ -8,24 +8,25 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::admin::{self, Request, Response};
 use crate::config::{AppKind, Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::runtime::{RunSummary, Runtime, RuntimeError};
+use crate::replay::request::{self as replay_request, ReplayFrom, ReplayRequest};
+use crate::runtime::{ControlHandle, RunSummary, Runtime, RuntimeError};
 
 /// Command-line flags. Every flag overrides the config file and `TRIBUTARY_*` variables.
 #[derive(Debug, Clone, Parser)]
 pub struct Cli {
     /// TOML config file (see config/*.toml). Without one, built-in defaults apply.
-    #[arg(long, short = 'c', value_name = "FILE")]
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Kafka bootstrap servers, e.g. 127.0.0.1:9092 [kafka.brokers].
-    #[arg(long, value_name = "HOST:PORT,...")]
+    #[arg(long, value_name = "HOST:PORT,...", global = true)]
     pub brokers: Option<String>,
     /// Topic of metric points [topics.input].
-    #[arg(long, value_name = "TOPIC")]
+    #[arg(long, value_name = "TOPIC", global = true)]
     pub input_topic: Option<String>,
     /// Main output topic: rollups for tributary-rollup, anomalies for tributary-detector
     /// [topics.rollups / topics.anomalies].
@@ -41,13 +42,13 @@ pub struct Cli {
     #[arg(long, value_name = "TOPIC")]
     pub late_topic: Option<String>,
     /// Consumer group id [kafka.group].
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, value_name = "GROUP", global = true)]
     pub group: Option<String>,
     /// Worker threads, 0 = one per CPU [runtime.workers].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
     /// Admin endpoint address, empty to disable [admin.listen].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", global = true)]
     pub admin_listen: Option<String>,
     /// Also run CUSUM in this process (tributary-rollup) [cusum.enabled].
     #[arg(long)]
@@ -58,6 +59,101 @@ pub struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. info or tributary=debug.
     #[arg(long, default_value = "info", env = "RUST_LOG", value_name = "FILTER")]
     pub log: String,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Operator commands; without one the app runs.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Replays partitions from an offset or a time and re-emits their outputs. Goes
+    /// through the running app's admin endpoint when it answers, else works offline by
+    /// committing the replay point for the (stopped) consumer group.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["from_offset", "from_time"])))]
+pub struct ReplayArgs {
+    /// Offset to replay from (the same in every chosen partition).
+    #[arg(long, value_name = "N")]
+    pub from_offset: Option<i64>,
+    /// Time to replay from: RFC 3339 (2026-11-24T10:00:00Z) or epoch milliseconds.
+    #[arg(long, value_name = "TIME")]
+    pub from_time: Option<String>,
+    /// Partitions to replay, e.g. 0,3 (default: all).
+    #[arg(long, value_name = "P,...")]
+    pub partitions: Option<String>,
+    /// Do not try the admin endpoint: the app is stopped.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+impl ReplayArgs {
+    fn request(&self) -> Result<ReplayRequest, String> {
+        let from = match (self.from_offset, &self.from_time) {
+            (Some(o), _) => ReplayFrom::Offset(o),
+            (None, Some(t)) => ReplayFrom::Time(replay_request::parse_time(t)?),
+            (None, None) => return Err("give --from-offset or --from-time".into()),
+        };
+        let partitions = self
+            .partitions
+            .as_deref()
+            .map(replay_request::parse_partitions)
+            .transpose()?;
+        Ok(ReplayRequest { from, partitions })
+    }
+}
+
+/// Runs `replay`: online through the admin endpoint if the app answers there, else offline.
+fn replay_command(app: AppKind, config: &Config, args: &ReplayArgs) -> ExitCode {
+    let request = match args.request() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: {e}", app.name());
+            return ExitCode::from(2);
+        }
+    };
+    let addr = config.admin.listen.parse::<std::net::SocketAddr>().ok();
+    if !args.offline
+        && let Some(addr) = addr
+    {
+        let mut query = match request.from {
+            ReplayFrom::Offset(o) => format!("from_offset={o}"),
+            ReplayFrom::Time(t) => format!("from_time={t}"),
+        };
+        if let Some(p) = &request.partitions {
+            let list: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+            query.push_str(&format!("&partitions={}", list.join(",")));
+        }
+        match admin::request(addr, "POST", &format!("/replay?{query}"), b"") {
+            Ok((200, body)) => {
+                println!("{}", body.trim());
+                return ExitCode::SUCCESS;
+            }
+            Ok((_, body)) => {
+                eprintln!(
+                    "{}: replay refused by the running app at {addr}: {}",
+                    app.name(),
+                    body.trim()
+                );
+                return ExitCode::from(2);
+            }
+            Err(_) => eprintln!("{}: no app answers at {addr}; replaying offline", app.name()),
+        }
+    }
+    match replay_request::offline(config, &request) {
+        Ok(offsets) => {
+            for (p, o) in offsets {
+                println!("partition {p}: replay from offset {o} when the app next starts");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", app.name());
+            ExitCode::from(2)
+        }
+    }
 }
 
 impl Cli {
@@ -137,6 +233,9 @@ pub fn main(app: AppKind) -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
+    if let Some(Command::Replay(args)) = &cli.command {
+        return replay_command(app, &config, args);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -187,6 +286,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let listen = config.admin.listen.clone();
     let runtime = Runtime::start(config)?;
     let metrics = runtime.metrics().clone();
+    let control = runtime.control();
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     if !listen.is_empty() {
         match admin::bind(&listen).await {
@@ -196,7 +296,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                     .map(|a| a.to_string())
                     .unwrap_or(listen.clone());
                 tracing::info!(addr, "admin endpoint listening (/metrics, /health, /status)");
-                tokio::spawn(admin::serve(listener, routes(metrics), async move {
+                tokio::spawn(admin::serve(listener, routes(metrics, control), async move {
                     let _ = admin_stop_rx.await;
                 }));
             }
@@ -224,8 +324,21 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     result
 }
 
-fn routes(metrics: Arc<Metrics>) -> Arc<dyn admin::Handler> {
+fn routes(metrics: Arc<Metrics>, control: ControlHandle) -> Arc<dyn admin::Handler> {
     Arc::new(move |r: &Request| match (r.method.as_str(), r.path.as_str()) {
+        ("POST", "/replay") => {
+            let request = ReplayRequest::from_query(|k| r.query_param(k).map(str::to_owned));
+            match request.and_then(|req| control.replay(req)) {
+                Ok(offsets) => {
+                    let started: Vec<_> = offsets
+                        .iter()
+                        .map(|(p, o)| serde_json::json!({"partition": p, "from_offset": o}))
+                        .collect();
+                    Response::json(200, &serde_json::json!({ "replaying": started }))
+                }
+                Err(e) => Response::json(400, &serde_json::json!({ "error": e })),
+            }
+        }
         ("GET", "/metrics") => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4",

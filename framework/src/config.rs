@@ -164,6 +164,30 @@ pub struct CusumConfig {
     pub min_stddev: f64,
     /// Restart the baseline after an alarm so a step is reported once.
     pub reset_baseline: bool,
+    /// Inputs per partition replayed after a restart without a local checkpoint so the
+    /// baselines are warm again (outputs suppressed); 0 replays nothing for CUSUM.
+    pub replay_lookback: usize,
+}
+
+/// Replayable state: where replay plans live and the local RocksDB checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory for local RocksDB checkpoints; empty disables them (restarts then replay
+    /// from the committed plan alone).
+    pub dir: String,
+    /// How often each partition's state is checkpointed (written once its outputs are acked).
+    pub checkpoint_interval: HumanDuration,
+    /// RocksDB block cache shared by every partition, in MiB.
+    pub block_cache_mb: u64,
+    /// Upper bound on RocksDB memtables (write buffer manager), in MiB.
+    pub write_buffer_mb: u64,
+    /// Where replay plans are kept: "auto" (commit metadata when the broker keeps it,
+    /// checked at start-up, else the plan topic), "metadata" or "topic".
+    pub plan_store: String,
+    /// Compacted topic for replay plans when commit metadata is not kept; empty means
+    /// "<group>.replay-plans".
+    pub plan_topic: String,
 }
 
 /// Threads and batching.
@@ -197,6 +221,7 @@ pub struct Config {
     pub rollup: RollupConfig,
     pub cusum: CusumConfig,
     pub runtime: RuntimeConfig,
+    pub state: StateConfig,
     pub admin: AdminConfig,
 }
 
@@ -264,12 +289,21 @@ impl Config {
                 warmup: params.warmup,
                 min_stddev: params.min_stddev,
                 reset_baseline: params.reset_baseline,
+                replay_lookback: params.replay_lookback,
             },
             runtime: RuntimeConfig {
                 workers: 0,
                 batch_size: 1024,
                 queue_depth: 8,
                 drain_timeout: HumanDuration(Duration::from_secs(30)),
+            },
+            state: StateConfig {
+                dir: String::new(),
+                checkpoint_interval: HumanDuration(Duration::from_secs(30)),
+                block_cache_mb: 64,
+                write_buffer_mb: 32,
+                plan_store: "auto".into(),
+                plan_topic: String::new(),
             },
             admin: AdminConfig { listen: admin.into() },
         }
@@ -375,6 +409,19 @@ impl Config {
         if self.runtime.queue_depth == 0 {
             problems.push("runtime.queue_depth: must be at least 1".into());
         }
+        let st = &self.state;
+        if !["auto", "metadata", "topic"].contains(&st.plan_store.as_str()) {
+            problems.push(format!(
+                "state.plan_store: {:?} is not \"auto\", \"metadata\" or \"topic\"",
+                st.plan_store
+            ));
+        }
+        if st.checkpoint_interval.0.is_zero() {
+            problems.push("state.checkpoint_interval: must be greater than zero".into());
+        }
+        if st.block_cache_mb == 0 || st.write_buffer_mb == 0 {
+            problems.push("state.block_cache_mb, state.write_buffer_mb: must be at least 1".into());
+        }
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
             problems.push(format!(
                 "admin.listen: {:?} is not an address like 127.0.0.1:9641 (empty disables it)",
@@ -430,6 +477,7 @@ impl Config {
                 warmup: self.cusum.warmup,
                 min_stddev: self.cusum.min_stddev,
                 reset_baseline: self.cusum.reset_baseline,
+                replay_lookback: self.cusum.replay_lookback,
             };
             let sub = levels
                 .iter()
@@ -444,6 +492,15 @@ impl Config {
             cusum,
             grace_ms: self.rollup.grace.as_millis(),
         })
+    }
+
+    /// The topic that holds replay plans when commit metadata cannot.
+    pub fn plan_topic(&self) -> String {
+        if self.state.plan_topic.is_empty() {
+            format!("{}.replay-plans", self.kafka.group)
+        } else {
+            self.state.plan_topic.clone()
+        }
     }
 
     /// The effective configuration as TOML, for `--print-config`.

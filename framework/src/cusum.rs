@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::record::{Anomaly, Direction, SeriesId};
-use crate::stage::{Collector, Context, Input, Output, Stage, Subscription};
+use crate::stage::{Collector, Context, Input, Output, ReplayPoint, Stage, Subscription};
 
 /// Detector parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,6 +30,9 @@ pub struct CusumParams {
     pub min_stddev: f64,
     /// Restart the baseline after an alarm (otherwise only the sums reset).
     pub reset_baseline: bool,
+    /// Inputs per partition replayed after a restart without a local checkpoint, so the
+    /// baselines are warm again; 0 replays nothing for CUSUM.
+    pub replay_lookback: usize,
 }
 
 impl Default for CusumParams {
@@ -40,12 +43,15 @@ impl Default for CusumParams {
             warmup: 30,
             min_stddev: 1e-9,
             reset_baseline: true,
+            replay_lookback: 100_000,
         }
     }
 }
 
 /// Per-series detector state: a handful of numbers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+)]
 pub struct CusumState {
     pub n: u64,
     pub mean: f64,
@@ -123,6 +129,16 @@ pub struct CusumStage {
     params: CusumParams,
     subscription: Subscription,
     states: Vec<CusumState>,
+    /// Source offsets (and watermarks) of the last `replay_lookback` distinct inputs,
+    /// oldest first.
+    recent: std::collections::VecDeque<(i64, i64)>,
+}
+
+/// What a checkpoint keeps of a [`CusumStage`].
+#[derive(bincode::Encode, bincode::Decode)]
+struct CusumSnapshot {
+    states: Vec<(u32, CusumState)>,
+    recent: Vec<(i64, i64)>,
 }
 
 impl CusumStage {
@@ -131,7 +147,20 @@ impl CusumStage {
             params,
             subscription,
             states: Vec::new(),
+            recent: std::collections::VecDeque::new(),
         }
+    }
+
+    #[inline]
+    fn remember(&mut self, ctx: Context) {
+        let lookback = self.params.replay_lookback;
+        if lookback == 0 || self.recent.back().is_some_and(|r| r.0 == ctx.offset) {
+            return;
+        }
+        if self.recent.len() == lookback {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((ctx.offset, ctx.watermark));
     }
 
     #[inline]
@@ -155,9 +184,14 @@ impl Stage for CusumStage {
     }
 
     #[inline]
-    fn process(&mut self, input: Input<'_>, _ctx: Context, out: &mut Collector) {
+    fn process(&mut self, input: Input<'_>, ctx: Context, out: &mut Collector) {
         let (series, ts, value) = match input {
-            Input::Point(p) => (p.series, p.ts, p.value),
+            Input::Point(p) => {
+                // Only raw points: a rollup input arrives with the watermark after its
+                // record, which is not a valid replay point.
+                self.remember(ctx);
+                (p.series, p.ts, p.value)
+            }
             Input::Rollup(r) => (r.series, r.window_start, r.agg.avg()),
         };
         let params = self.params;
@@ -173,6 +207,35 @@ impl Stage for CusumStage {
                 stddev: alarm.stddev,
             }));
         }
+    }
+
+    /// The look-back: a restarted detector re-learns its baselines from these inputs.
+    fn replay_start(&self) -> Option<ReplayPoint> {
+        self.recent
+            .front()
+            .map(|&(offset, watermark)| ReplayPoint { offset, watermark })
+    }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        let snapshot = CusumSnapshot {
+            states: (self.states.iter().enumerate())
+                .filter(|(_, s)| s.n > 0)
+                .map(|(i, s)| (i as u32, *s))
+                .collect(),
+            recent: self.recent.iter().copied().collect(),
+        };
+        bincode::encode_to_vec(&snapshot, bincode::config::standard()).ok()
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let (snapshot, _): (CusumSnapshot, usize) =
+            bincode::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
+        self.states.clear();
+        for (series, state) in snapshot.states {
+            *self.state(series) = state;
+        }
+        self.recent = snapshot.recent.into();
+        Ok(())
     }
 }
 

@@ -29,6 +29,8 @@ pub mod intern;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;
+pub mod replay;
 pub mod runtime;
 pub mod stage;
+pub mod state;
 pub mod window;

@@ -67,7 +67,13 @@ pub struct Metrics {
     pub idle_flushes: Counter,
     pub consumer_errors: Counter,
     pub producer_queue_full_waits: Counter,
+    pub records_replayed: Counter,
+    pub replays_finished: Counter,
+    pub checkpoints_written: Counter,
+    pub checkpoint_errors: Counter,
     pub assigned_partitions: Gauge,
+    /// RocksDB block cache usage (memtables are charged to it).
+    pub state_memory_bytes: Gauge,
     partitions: Mutex<BTreeMap<(String, i32), PartitionGauges>>,
 }
 
@@ -101,7 +107,7 @@ impl Metrics {
     /// Renders everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &Counter); 13] = [
+        let counters: [(&str, &str, &Counter); 17] = [
             (
                 "tributary_records_consumed_total",
                 "Source records read.",
@@ -167,6 +173,26 @@ impl Metrics {
                 "Times a worker waited for room in the producer queue.",
                 &self.producer_queue_full_waits,
             ),
+            (
+                "tributary_records_replayed_total",
+                "Records processed again to rebuild state after a restart or rebalance (outputs suppressed).",
+                &self.records_replayed,
+            ),
+            (
+                "tributary_replays_finished_total",
+                "Partitions whose state rebuild finished (outputs flow again).",
+                &self.replays_finished,
+            ),
+            (
+                "tributary_checkpoints_written_total",
+                "Local RocksDB checkpoints written.",
+                &self.checkpoints_written,
+            ),
+            (
+                "tributary_checkpoint_errors_total",
+                "Local checkpoints that could not be written or read.",
+                &self.checkpoint_errors,
+            ),
         ];
         for (name, help, c) in counters {
             let _ = writeln!(
@@ -179,6 +205,11 @@ impl Metrics {
             out,
             "# HELP tributary_assigned_partitions Partitions this instance owns.\n# TYPE tributary_assigned_partitions gauge\ntributary_assigned_partitions {}",
             self.assigned_partitions.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tributary_state_memory_bytes RocksDB block cache usage, memtables included.\n# TYPE tributary_state_memory_bytes gauge\ntributary_state_memory_bytes {}",
+            self.state_memory_bytes.get()
         );
         let parts = self.partitions();
         type Read = fn(&PartitionGauges) -> i64;

@@ -7,7 +7,8 @@ use crate::codec::{self, DecodeError, Format};
 use crate::cusum::{CusumParams, CusumStage};
 use crate::intern::Interner;
 use crate::record::{Anomaly, Point, RollupRow};
-use crate::stage::{Collector, Context, Input, Output, Stage, Subscription};
+use crate::replay::Plan;
+use crate::stage::{Collector, Context, Input, Output, ReplayPoint, Stage, Subscription};
 use crate::window::{Resolution, RollupStage};
 
 /// Where a pipeline's outputs go.
@@ -40,6 +41,31 @@ pub struct PipelineStats {
     pub late: u64,
     pub rollups: u64,
     pub anomalies: u64,
+    /// Records processed again to rebuild state, their outputs suppressed.
+    pub replayed: u64,
+}
+
+/// What a local checkpoint keeps of a pipeline.
+#[derive(bincode::Encode, bincode::Decode)]
+struct PipelineSnapshot {
+    /// Fingerprint of the stages and levels, so a checkpoint of another setup is refused.
+    shape: String,
+    /// Interned names in id order, so ids in stage state stay valid.
+    names: Vec<String>,
+    watermark: i64,
+    max_ts: i64,
+    stages: Vec<Vec<u8>>,
+}
+
+/// Where a replay requested by an operator starts re-emitting: windows that begin before
+/// this event time were cut by the replay point and would be partial, so they are not
+/// re-emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    None,
+    /// Set from the first record processed.
+    Pending,
+    At(i64),
 }
 
 pub struct Pipeline {
@@ -53,6 +79,10 @@ pub struct Pipeline {
     watermark: i64,
     collector: Collector,
     stats: PipelineStats,
+    /// Outputs of records before this offset were emitted before a restart: suppressed.
+    replay_until: i64,
+    cut: Cut,
+    shape: String,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -77,6 +107,14 @@ impl Pipeline {
             stages.push(Box::new(CusumStage::new(params, subscription)));
         }
         let subscriptions = stages.iter().map(|s| s.subscription()).collect();
+        let shape = format!(
+            "stages={:?} levels={:?} format={:?}",
+            stages.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            spec.rollup
+                .as_ref()
+                .map(|l| l.iter().map(|r| r.width_ms).collect::<Vec<_>>()),
+            spec.input_format
+        );
         Self {
             format: spec.input_format,
             interner: Interner::new(),
@@ -88,7 +126,91 @@ impl Pipeline {
             watermark: i64::MIN,
             collector: Collector::new(),
             stats: PipelineStats::default(),
+            replay_until: i64::MIN,
+            cut: Cut::None,
+            shape,
         }
+    }
+
+    /// Suppresses outputs of records before `offset`: they were emitted before a restart.
+    pub fn set_replay_until(&mut self, offset: i64) {
+        self.replay_until = offset;
+    }
+
+    pub fn replay_until(&self) -> i64 {
+        self.replay_until
+    }
+
+    /// Restores the watermark a plan recorded for its replay start, so replayed records
+    /// are accepted or found late exactly as they were the first time.
+    pub fn restore_watermark(&mut self, watermark: i64) {
+        self.watermark = watermark;
+        self.max_ts = watermark.saturating_add(self.grace_ms);
+        if watermark == i64::MIN {
+            self.max_ts = i64::MIN;
+        }
+    }
+
+    /// Re-emits from the next record on (an operator's replay): windows the replay point
+    /// cuts through are left out, since they would hold only part of their records.
+    pub fn reemit_from_next_record(&mut self) {
+        self.cut = Cut::Pending;
+    }
+
+    /// The replay plan for the state held after processing everything before `next_offset`.
+    pub fn plan(&self, next_offset: i64) -> Plan {
+        let (replay_start, watermark) = match self.replay_start() {
+            Some(r) if r.offset < next_offset => (r.offset, r.watermark),
+            _ => (next_offset, self.watermark),
+        };
+        Plan {
+            replay_start,
+            next_offset,
+            watermark,
+            requested: false,
+        }
+    }
+
+    /// Serialises everything needed to continue exactly where this pipeline is.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let snapshot = PipelineSnapshot {
+            shape: self.shape.clone(),
+            names: (0..self.interner.len() as u32)
+                .map(|id| self.interner.name(id).to_owned())
+                .collect(),
+            watermark: self.watermark,
+            max_ts: self.max_ts,
+            stages: self
+                .stages
+                .iter()
+                .map(|s| s.snapshot().unwrap_or_default())
+                .collect(),
+        };
+        bincode::encode_to_vec(&snapshot, bincode::config::standard()).unwrap_or_default()
+    }
+
+    /// Restores a [`Pipeline::snapshot`] into this (fresh) pipeline. A snapshot of another
+    /// configuration or a corrupt one is an error and leaves the pipeline to be rebuilt.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let (snapshot, _): (PipelineSnapshot, usize) =
+            bincode::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
+        if snapshot.shape != self.shape {
+            return Err(format!(
+                "checkpoint is of another setup ({}), this one is {}",
+                snapshot.shape, self.shape
+            ));
+        }
+        for name in &snapshot.names {
+            self.interner.intern(name);
+        }
+        for (stage, bytes) in self.stages.iter_mut().zip(&snapshot.stages) {
+            if !bytes.is_empty() {
+                stage.restore(bytes)?;
+            }
+        }
+        self.watermark = snapshot.watermark;
+        self.max_ts = snapshot.max_ts;
+        Ok(())
     }
 
     pub fn stats(&self) -> PipelineStats {
@@ -103,23 +225,32 @@ impl Pipeline {
         self.interner.len()
     }
 
-    /// The earliest source offset that still affects held state, over all stages.
-    pub fn replay_start(&self) -> Option<i64> {
-        self.stages.iter().filter_map(|s| s.replay_start()).min()
+    /// The earliest source record that still affects held state, over all stages.
+    pub fn replay_start(&self) -> Option<ReplayPoint> {
+        self.stages
+            .iter()
+            .filter_map(|s| s.replay_start())
+            .min_by_key(|r| r.offset)
     }
 
     /// Processes one source record.
     #[inline]
     pub fn process(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64, sink: &mut impl Sink) {
         self.stats.records += 1;
+        let replaying = offset < self.replay_until;
         let raw = match codec::decode_point(self.format, key, payload) {
             Ok(raw) => raw,
+            Err(_) if replaying => return,
             Err(error) => {
                 self.stats.dead_lettered += 1;
                 sink.dead_letter(&error, key, payload, offset);
                 return;
             }
         };
+        if self.cut == Cut::Pending {
+            // Records before the replay point may be up to `grace` newer than this one.
+            self.cut = Cut::At(raw.ts.saturating_add(self.grace_ms));
+        }
         let point = Point {
             series: self.interner.intern(&raw.series),
             ts: raw.ts,
@@ -142,7 +273,10 @@ impl Pipeline {
                 self.advance_to(wm, ctx);
             }
         }
-        if !self.collector.is_empty() {
+        if replaying {
+            self.stats.replayed += 1;
+            self.collector.clear();
+        } else if !self.collector.is_empty() {
             self.deliver(key, payload, sink);
         }
     }
@@ -207,6 +341,11 @@ impl Pipeline {
         for output in self.collector.drain() {
             match output {
                 Output::Rollup(row) => {
+                    if let Cut::At(cut) = self.cut
+                        && row.window_start < cut
+                    {
+                        continue;
+                    }
                     self.stats.rollups += 1;
                     sink.rollup(
                         self.interner.name(row.series),

@@ -25,7 +25,7 @@ pub struct RawPoint<'a> {
 /// The sum is kept as an unevaluated pair (`sum_hi + sum_lo`, Neumaier/TwoSum) so that
 /// a sum merged through the cascade equals the sum computed directly from raw records,
 /// whatever order the records arrived in.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bincode::Encode, bincode::Decode)]
 pub struct Agg {
     pub count: u64,
     pub sum_hi: f64,

@@ -28,6 +28,15 @@ pub struct Context {
     pub watermark: i64,
 }
 
+/// Where a replay must start for a stage's state: the source offset, and the partition's
+/// watermark just before that record, so replayed records are accepted or found late
+/// exactly as they were the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayPoint {
+    pub offset: i64,
+    pub watermark: i64,
+}
+
 /// Everything a stage can emit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Output {
@@ -104,9 +113,9 @@ pub trait Stage: Send {
     /// for the next owner. State that replay rebuilds (open windows) is not emitted.
     fn flush(&mut self, _out: &mut Collector) {}
 
-    /// The earliest source offset whose record still affects state held now, if any; the
-    /// runtime replays from the minimum over stages after a restart.
-    fn replay_start(&self) -> Option<i64> {
+    /// The earliest source record that still affects state held now, if any; the runtime
+    /// replays from the earliest over stages after a restart.
+    fn replay_start(&self) -> Option<ReplayPoint> {
         None
     }
 

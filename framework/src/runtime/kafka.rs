@@ -116,7 +116,7 @@ pub fn prepare_topics(
                 Ok(Some(n)) => break n,
                 Ok(None) if !created => {
                     created = true;
-                    create_topic(&admin, &producer, config, &out.name, input_partitions);
+                    create_topic(&admin, &producer, config, &out.name, input_partitions, false);
                     continue;
                 }
                 Ok(None) => tracing::warn!(topic = %out.name, "output topic does not exist yet; retrying"),
@@ -137,15 +137,47 @@ pub fn prepare_topics(
     Ok(layout)
 }
 
+/// Makes sure the single-partition, compacted replay-plan topic exists.
+pub fn ensure_plan_topic(config: &Config, name: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
+    let mut admin_config = ClientConfig::new();
+    admin_config.set("bootstrap.servers", &config.kafka.brokers);
+    apply(&mut admin_config, &config.kafka.properties);
+    let admin: AdminClient<DefaultClientContext> = admin_config
+        .create()
+        .map_err(|e| RuntimeError::Kafka(format!("cannot create admin client: {e}")))?;
+    let producer: rdkafka::producer::BaseProducer = producer_config(config)
+        .create()
+        .map_err(|e| RuntimeError::Kafka(format!("cannot create producer: {e}")))?;
+    let mut backoff = Backoff::new();
+    let mut created = false;
+    loop {
+        match partition_count(admin.inner(), name) {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) if !created => {
+                created = true;
+                create_topic(&admin, &producer, config, name, 1, true);
+                continue;
+            }
+            Ok(None) => tracing::warn!(topic = name, "plan topic does not exist yet; retrying"),
+            Err(e) => tracing::warn!(error = %e, "cannot reach Kafka; retrying"),
+        }
+        backoff.wait(stop)?;
+    }
+}
+
 fn create_topic(
     admin: &AdminClient<DefaultClientContext>,
     producer: &rdkafka::producer::BaseProducer,
     config: &Config,
     name: &str,
     partitions: i32,
+    compact: bool,
 ) {
     let replication = TopicReplication::Fixed(config.kafka.replication_factor);
-    let topic = NewTopic::new(name, partitions, replication);
+    let mut topic = NewTopic::new(name, partitions, replication);
+    if compact {
+        topic = topic.set("cleanup.policy", "compact");
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
     let result = match runtime {

@@ -10,16 +10,18 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
 
+use crate::replay::Plan;
+
 #[derive(Debug, Default)]
 struct State {
     /// Every sequence number below this is acknowledged.
     acked_below: u64,
     early: BTreeSet<u64>,
     failed: Option<String>,
-    /// (outputs that must be acked, next source offset), in order.
-    checkpoints: VecDeque<(u64, i64)>,
-    /// Highest offset known safe to commit.
-    safe: Option<i64>,
+    /// (outputs that must be acked, the plan at that point), in order.
+    checkpoints: VecDeque<(u64, Plan)>,
+    /// Highest offset known safe to commit, with its plan.
+    safe: Option<Plan>,
     /// Offset last handed to a commit request.
     sent: Option<i64>,
 }
@@ -34,19 +36,31 @@ impl Ledger {
         Self::default()
     }
 
+    /// A ledger for a partition resumed at `committed`: nothing at or below it is
+    /// committed again, so replay never moves the group's offset backwards.
+    pub fn resuming_at(committed: Option<i64>) -> Self {
+        let ledger = Self::default();
+        ledger.lock().sent = committed;
+        ledger
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A poisoned ledger means a worker panicked mid-update; the data is still a valid
         // (conservative) prefix, so keep using it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The worker finished everything before `next_offset`, having produced `produced`
-    /// outputs in total so far.
-    pub fn checkpoint(&self, produced: u64, next_offset: i64) {
+    /// The worker finished everything before `plan.next_offset`, having produced
+    /// `produced` outputs in total so far.
+    pub fn checkpoint(&self, produced: u64, plan: Plan) {
         let mut s = self.lock();
         match s.checkpoints.back_mut() {
-            Some(last) if last.0 == produced => last.1 = last.1.max(next_offset),
-            _ => s.checkpoints.push_back((produced, next_offset)),
+            Some(last) if last.0 == produced => {
+                if plan.next_offset >= last.1.next_offset {
+                    last.1 = plan;
+                }
+            }
+            _ => s.checkpoints.push_back((produced, plan)),
         }
     }
 
@@ -73,28 +87,32 @@ impl Ledger {
         self.lock().failed.clone()
     }
 
-    /// Advances the safe offset over checkpoints whose outputs are all acknowledged.
-    pub fn safe_offset(&self) -> Option<i64> {
+    /// Advances the safe point over checkpoints whose outputs are all acknowledged.
+    pub fn safe_plan(&self) -> Option<Plan> {
         let mut s = self.lock();
         // A failed output is never acked, so the prefix stops right before it.
-        while let Some(&(needed, offset)) = s.checkpoints.front() {
+        while let Some(&(needed, plan)) = s.checkpoints.front() {
             if needed > s.acked_below {
                 break;
             }
-            s.safe = Some(offset);
+            s.safe = Some(plan);
             s.checkpoints.pop_front();
         }
         s.safe
     }
 
-    /// The safe offset if it moved since the last call, marking it sent.
-    pub fn take_commit(&self) -> Option<i64> {
-        let safe = self.safe_offset()?;
+    pub fn safe_offset(&self) -> Option<i64> {
+        self.safe_plan().map(|p| p.next_offset)
+    }
+
+    /// The safe offset and its plan if it moved since the last call, marking it sent.
+    pub fn take_commit(&self) -> Option<Plan> {
+        let safe = self.safe_plan()?;
         let mut s = self.lock();
-        if s.sent.is_some_and(|sent| sent >= safe) {
+        if s.sent.is_some_and(|sent| sent >= safe.next_offset) {
             return None;
         }
-        s.sent = Some(safe);
+        s.sent = Some(safe.next_offset);
         Some(safe)
     }
 
@@ -117,42 +135,57 @@ impl Ledger {
 mod tests {
     use super::*;
 
+    fn at(offset: i64) -> Plan {
+        Plan::fresh(offset)
+    }
+
     #[test]
     fn commits_only_fully_acknowledged_prefixes() {
         let l = Ledger::new();
-        l.checkpoint(0, 10); // offsets 0..10 produced nothing
-        assert_eq!(l.take_commit(), Some(10));
-        l.checkpoint(2, 20); // offsets 10..20 produced outputs 0 and 1
-        l.checkpoint(3, 30);
+        l.checkpoint(0, at(10)); // offsets 0..10 produced nothing
+        assert_eq!(l.take_commit(), Some(at(10)));
+        l.checkpoint(2, at(20)); // offsets 10..20 produced outputs 0 and 1
+        l.checkpoint(3, at(30));
         assert_eq!(l.take_commit(), None);
         l.ack(1, Ok(())); // out of order
         assert_eq!(l.take_commit(), None);
         l.ack(0, Ok(()));
-        assert_eq!(l.take_commit(), Some(20));
+        assert_eq!(l.take_commit(), Some(at(20)));
         assert_eq!(l.take_commit(), None, "nothing new");
         l.ack(2, Ok(()));
-        assert_eq!(l.take_commit(), Some(30));
+        assert_eq!(l.take_commit(), Some(at(30)));
     }
 
     #[test]
     fn a_failed_delivery_stops_commits() {
         let l = Ledger::new();
-        l.checkpoint(1, 5);
-        l.checkpoint(2, 9);
+        l.checkpoint(1, at(5));
+        l.checkpoint(2, at(9));
         l.ack(0, Ok(()));
         l.ack(1, Err("timed out".into()));
         assert_eq!(l.safe_offset(), Some(5));
         assert_eq!(l.failure().as_deref(), Some("timed out"));
-        l.checkpoint(2, 12);
+        l.checkpoint(2, at(12));
         assert_eq!(l.safe_offset(), Some(5));
+    }
+
+    #[test]
+    fn a_resumed_partition_never_commits_behind_its_committed_offset() {
+        let l = Ledger::resuming_at(Some(100));
+        l.checkpoint(0, at(60)); // replaying
+        assert_eq!(l.take_commit(), None);
+        l.checkpoint(0, at(100));
+        assert_eq!(l.take_commit(), None);
+        l.checkpoint(0, at(130));
+        assert_eq!(l.take_commit(), Some(at(130)));
     }
 
     #[test]
     fn failed_commits_are_retried() {
         let l = Ledger::new();
-        l.checkpoint(0, 7);
-        assert_eq!(l.take_commit(), Some(7));
+        l.checkpoint(0, at(7));
+        assert_eq!(l.take_commit(), Some(at(7)));
         l.commit_failed(7);
-        assert_eq!(l.take_commit(), Some(7));
+        assert_eq!(l.take_commit(), Some(at(7)));
     }
 }

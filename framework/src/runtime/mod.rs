@@ -18,17 +18,21 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, PipelineSpec};
+use crate::replay::{self, CheckpointPosition, Plan, PlanStore, StartPoint, StateSource};
+use crate::state::StateStore;
 use ledger::Ledger;
 use producer::OutputContext;
-use worker::{Batch, Outputs, WorkerMsg, WorkerShared};
+use worker::{Batch, Outputs, Resume, WorkerMsg, WorkerShared};
 
 /// A topic partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,6 +52,8 @@ pub enum RuntimeError {
     Topology(String),
     #[error("outputs were not delivered, stopped without committing past them: {0}")]
     Delivery(String),
+    #[error("state store: {0}")]
+    State(String),
     #[error("stopped before start-up finished")]
     Stopped,
     #[error("a runtime thread panicked")]
@@ -87,6 +93,20 @@ struct Coordinator {
     producer: Arc<ThreadedProducer<OutputContext>>,
     metrics: Arc<Metrics>,
     drain_timeout: Duration,
+    spec: PipelineSpec,
+    plans: PlanStore,
+    state: Option<Arc<StateStore>>,
+    /// Partitions whose replay has not yet returned a record, though records are known
+    /// to exist from the seek offset on.
+    stalls: Mutex<HashMap<Tp, Stall>>,
+    watching_stalls: AtomicBool,
+}
+
+/// A replay that has not yet read its first record.
+struct Stall {
+    target: i64,
+    since: Instant,
+    back: i64,
 }
 
 impl Coordinator {
@@ -94,29 +114,74 @@ impl Coordinator {
         self.assignments.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn assign(&self, tpl: &TopicPartitionList) {
+    /// Decides how each new partition resumes (plan, checkpoint, or nothing), writes the
+    /// start offsets into `tpl` for the assign call, and hands prepared pipelines to
+    /// workers.
+    fn assign(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &mut TopicPartitionList) {
+        let new: Vec<Tp> = {
+            let map = self.assignments();
+            tpl.elements()
+                .iter()
+                .map(|el| Tp {
+                    topic: el.topic().into(),
+                    partition: el.partition(),
+                })
+                .filter(|tp| !map.contains_key(tp))
+                .collect()
+        };
+        let committed = self.committed(consumer, &new);
+        let topic_plans = match &self.plans {
+            PlanStore::Topic(store) if !new.is_empty() => match store.read_all(Duration::from_secs(30)) {
+                Ok(plans) => plans,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read replay plans; partitions resume from commits only");
+                    Default::default()
+                }
+            },
+            _ => Default::default(),
+        };
+        let mut prepared = Vec::new();
+        for tp in new {
+            let (offset, metadata_plan) = committed.get(&tp).copied().unwrap_or((None, None));
+            let topic_plan = topic_plans.get(&(tp.topic.to_string(), tp.partition)).copied();
+            // The newer of the two copies: a plan is valid on its own, see replay::decide.
+            let plan = metadata_plan
+                .into_iter()
+                .chain(topic_plan)
+                .max_by_key(|p| p.next_offset);
+            let (start, pipeline) = self.restore(&tp, offset, plan);
+            if let Some(seek) = start.seek
+                && let Some(mut el) = tpl.find_partition(&tp.topic, tp.partition)
+                && let Err(e) = el.set_offset(Offset::Offset(seek))
+            {
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "cannot set start offset");
+            }
+            prepared.push((tp, start, pipeline, offset));
+        }
         let mut map = self.assignments();
         let mut load = vec![0usize; self.workers.len()];
         for a in map.values() {
             load[a.worker] += 1;
         }
-        for el in tpl.elements() {
-            let tp = Tp {
-                topic: el.topic().into(),
-                partition: el.partition(),
-            };
-            if map.contains_key(&tp) {
-                continue;
-            }
+        for (tp, start, pipeline, committed) in prepared {
             let worker = (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0);
             load[worker] += 1;
             let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-            let ledger = Arc::new(Ledger::new());
+            let ledger = Arc::new(Ledger::resuming_at(committed));
             tracing::info!(topic = %tp.topic, partition = tp.partition, worker, "partition assigned");
+            if let Some(target) = start.seek.filter(|&s| s < start.replay_until) {
+                self.watch_for_stall(&tp, target);
+            }
+            let resume = Resume {
+                from: start.seek,
+                replay_until: start.replay_until,
+            };
             let _ = self.workers[worker].send(WorkerMsg::Assign {
                 tp: tp.clone(),
                 generation,
                 ledger: ledger.clone(),
+                pipeline,
+                resume,
             });
             map.insert(
                 tp,
@@ -130,6 +195,171 @@ impl Coordinator {
         self.metrics.assigned_partitions.set(map.len() as i64);
         self.metrics.rebalances.add(1);
         self.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    fn watch_for_stall(&self, tp: &Tp, target: i64) {
+        let stall = Stall {
+            target,
+            since: Instant::now(),
+            back: 0,
+        };
+        self.stalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tp.clone(), stall);
+        self.watching_stalls.store(true, Ordering::Relaxed);
+    }
+
+    /// A record arrived: the partition's replay is flowing.
+    fn flowing(&self, topic: &str, partition: i32) {
+        let mut stalls = self.stalls.lock().unwrap_or_else(|p| p.into_inner());
+        stalls.retain(|tp, _| !(tp.partition == partition && &*tp.topic == topic));
+        if stalls.is_empty() {
+            self.watching_stalls.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Replays that read nothing for a while although their records exist: some brokers
+    /// (tansu 0.6) serve nothing for a fetch that starts inside a record batch, so seek
+    /// further back each time; the worker skips records before the real start.
+    fn unstick(&self, consumer: &BaseConsumer<ConsumerCtx>) {
+        let mut stalls = self.stalls.lock().unwrap_or_else(|p| p.into_inner());
+        for (tp, stall) in stalls.iter_mut() {
+            if stall.since.elapsed() < Duration::from_secs(3) || stall.back > stall.target {
+                continue;
+            }
+            stall.back = (stall.back * 8).max(1);
+            let offset = (stall.target - stall.back).max(0);
+            tracing::warn!(topic = %tp.topic, partition = tp.partition, target = stall.target, offset,
+                "replay read nothing; the broker may not serve fetches that start inside a record batch, seeking back");
+            if let Err(e) = consumer.seek(
+                &tp.topic,
+                tp.partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "seek failed");
+            }
+            stall.since = Instant::now();
+        }
+    }
+
+    /// Committed offsets and the plans in their metadata, retried while the coordinator
+    /// is unreachable. After the retries the partitions resume from what librdkafka
+    /// fetches itself, with empty state (logged).
+    fn committed(
+        &self,
+        consumer: &BaseConsumer<ConsumerCtx>,
+        tps: &[Tp],
+    ) -> HashMap<Tp, (Option<i64>, Option<Plan>)> {
+        let mut out = HashMap::new();
+        if tps.is_empty() {
+            return out;
+        }
+        let mut query = TopicPartitionList::new();
+        for tp in tps {
+            query.add_partition(&tp.topic, tp.partition);
+        }
+        let mut backoff = kafka::Backoff::new();
+        for attempt in 1..=5 {
+            match consumer.committed_offsets(query.clone(), Duration::from_secs(10)) {
+                Ok(result) => {
+                    for el in result.elements() {
+                        let offset = match el.offset() {
+                            Offset::Offset(o) if o >= 0 => Some(o),
+                            _ => None,
+                        };
+                        let plan = Plan::decode(el.metadata());
+                        let tp = Tp {
+                            topic: el.topic().into(),
+                            partition: el.partition(),
+                        };
+                        out.insert(tp, (offset, plan));
+                    }
+                    return out;
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "cannot read committed offsets; retrying");
+                    std::thread::sleep(backoff.next_delay());
+                }
+            }
+        }
+        tracing::error!(
+            "committed offsets unreadable; partitions resume from the broker's committed offsets with empty state"
+        );
+        out
+    }
+
+    /// Builds the pipeline a partition resumes with and where it starts reading.
+    fn restore(&self, tp: &Tp, committed: Option<i64>, plan: Option<Plan>) -> (StartPoint, Box<Pipeline>) {
+        let mut pipeline = Box::new(Pipeline::new(&self.spec));
+        let checkpoint = self.state.as_ref().and_then(|store| match store.load(&tp.topic, tp.partition) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.checkpoint_errors.add(1);
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "local checkpoint unusable; replaying from the plan");
+                None
+            }
+        });
+        let position = checkpoint.as_ref().map(|c| CheckpointPosition {
+            next_offset: c.next_offset,
+        });
+        let mut start = replay::decide(committed, plan, position);
+        if start.source == StateSource::Checkpoint
+            && let Some(c) = &checkpoint
+            && let Err(e) = pipeline.restore(&c.pipeline)
+        {
+            self.metrics.checkpoint_errors.add(1);
+            tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "local checkpoint unusable; replaying from the plan");
+            pipeline = Box::new(Pipeline::new(&self.spec));
+            start = replay::decide(committed, plan, None);
+        }
+        match start.source {
+            StateSource::Plan(p) if p.requested => pipeline.reemit_from_next_record(),
+            StateSource::Plan(p) => pipeline.restore_watermark(p.watermark),
+            StateSource::Checkpoint | StateSource::Empty | StateSource::CommittedOnly => {}
+        }
+        pipeline.set_replay_until(start.replay_until);
+        tracing::info!(topic = %tp.topic, partition = tp.partition, source = ?start.source, seek = ?start.seek,
+            replay_until = start.replay_until, committed = ?committed, "resuming partition");
+        (start, pipeline)
+    }
+
+    /// Commits offsets with their plans in the metadata (and in the plan topic when the
+    /// broker drops metadata).
+    fn commit(&self, consumer: &BaseConsumer<ConsumerCtx>, plans: &[(Tp, Plan)], mode: CommitMode) {
+        if plans.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (tp, plan) in plans {
+            let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(plan.next_offset));
+            if let Some(mut el) = tpl.find_partition(&tp.topic, tp.partition) {
+                el.set_metadata(plan.encode());
+            }
+            if let PlanStore::Topic(store) = &self.plans {
+                store.write(&tp.topic, tp.partition, plan);
+            }
+        }
+        match mode {
+            CommitMode::Async => {
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                    tracing::warn!(error = %e, "cannot request commit");
+                }
+            }
+            CommitMode::Sync => {
+                if let PlanStore::Topic(store) = &self.plans {
+                    store.flush(self.drain_timeout);
+                }
+                match consumer.commit(&tpl, CommitMode::Sync) {
+                    Ok(()) => self.metrics.commits.add(1),
+                    Err(e) => {
+                        self.metrics.commit_errors.add(1);
+                        tracing::warn!(error = %e, "commit failed");
+                    }
+                }
+            }
+        }
     }
 
     /// Finishes queued work of `tpl`'s partitions, waits for their outputs, commits them
@@ -170,14 +400,18 @@ impl Coordinator {
         {
             tracing::warn!(error = %e, "outputs still in flight at revoke; their offsets stay uncommitted");
         }
+        self.stalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|tp, _| !tps.contains(tp));
         let lost = consumer.assignment_lost();
-        let mut commit = TopicPartitionList::new();
+        let mut commit = Vec::new();
         let mut map = self.assignments();
         for tp in &tps {
             if let Some(a) = map.remove(tp)
-                && let Some(offset) = a.ledger.take_commit()
+                && let Some(plan) = a.ledger.take_commit()
             {
-                let _ = commit.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset));
+                commit.push((tp.clone(), plan));
             }
             tracing::info!(topic = %tp.topic, partition = tp.partition, "partition revoked");
         }
@@ -186,30 +420,129 @@ impl Coordinator {
         self.metrics.rebalances.add(1);
         if lost {
             tracing::warn!("assignment lost (session timeout?); not committing revoked partitions");
-        } else if commit.count() > 0 {
-            match consumer.commit(&commit, CommitMode::Sync) {
-                Ok(()) => self.metrics.commits.add(1),
-                Err(e) => {
-                    self.metrics.commit_errors.add(1);
-                    tracing::warn!(error = %e, "commit at revoke failed");
-                }
-            }
+        } else {
+            self.commit(consumer, &commit, CommitMode::Sync);
         }
     }
 
-    /// Offsets whose outputs are all acknowledged and that moved since the last commit.
-    fn committable(&self) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        for (tp, a) in self.assignments().iter() {
-            if let Some(offset) = a.ledger.take_commit() {
-                let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset));
-            }
-        }
-        tpl
+    /// Offsets (with their plans) whose outputs are all acknowledged and that moved since
+    /// the last commit.
+    fn committable(&self) -> Vec<(Tp, Plan)> {
+        self.assignments()
+            .iter()
+            .filter_map(|(tp, a)| a.ledger.take_commit().map(|plan| (tp.clone(), plan)))
+            .collect()
     }
 
     fn delivery_failure(&self) -> Option<String> {
         self.assignments().values().find_map(|a| a.ledger.failure())
+    }
+}
+
+impl Coordinator {
+    /// An operator's replay of partitions this instance owns: commits the requested plan
+    /// (so a crash mid-replay resumes it), drops the local checkpoint, restarts the
+    /// partition's pipeline in re-emit mode and seeks the consumer.
+    fn replay(
+        &self,
+        consumer: &BaseConsumer<ConsumerCtx>,
+        input: &str,
+        request: &replay::ReplayRequest,
+    ) -> Result<Vec<(i32, i64)>, String> {
+        let mut owned: Vec<i32> = self
+            .assignments()
+            .keys()
+            .filter(|tp| &*tp.topic == input)
+            .map(|tp| tp.partition)
+            .collect();
+        owned.sort_unstable();
+        let offsets = replay::request::resolve(consumer, input, request, Some(&owned))?;
+        let plans: Vec<(Tp, Plan)> = offsets
+            .iter()
+            .map(|&(partition, offset)| {
+                let tp = Tp {
+                    topic: input.into(),
+                    partition,
+                };
+                (tp, Plan::requested(offset))
+            })
+            .collect();
+        self.commit(consumer, &plans, CommitMode::Sync);
+        let mut map = self.assignments();
+        for (tp, plan) in plans {
+            let Some(worker) = map.get(&tp).map(|a| a.worker) else {
+                continue;
+            };
+            if let Some(store) = &self.state
+                && let Err(e) = store.remove(&tp.topic, tp.partition)
+            {
+                tracing::warn!(error = %e, "cannot drop the local checkpoint of a replayed partition");
+            }
+            let offset = plan.next_offset;
+            let mut pipeline = Box::new(Pipeline::new(&self.spec));
+            pipeline.reemit_from_next_record();
+            let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+            let ledger = Arc::new(Ledger::resuming_at(Some(offset)));
+            let _ = self.workers[worker].send(WorkerMsg::Assign {
+                tp: tp.clone(),
+                generation,
+                ledger: ledger.clone(),
+                pipeline,
+                resume: Resume {
+                    from: Some(offset),
+                    replay_until: offset,
+                },
+            });
+            if let Err(e) = consumer.seek(
+                &tp.topic,
+                tp.partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "seek failed");
+            }
+            tracing::info!(topic = %tp.topic, partition = tp.partition, offset, "operator replay started; outputs are re-emitted");
+            self.watch_for_stall(&tp, offset);
+            map.insert(
+                tp,
+                Assignment {
+                    generation,
+                    worker,
+                    ledger,
+                },
+            );
+        }
+        drop(map);
+        self.epoch.fetch_add(1, Ordering::Release);
+        Ok(offsets)
+    }
+}
+
+/// Requests from the admin endpoint to the poll loop.
+#[derive(Debug)]
+pub enum Control {
+    Replay {
+        request: replay::ReplayRequest,
+        reply: mpsc::Sender<Result<Vec<(i32, i64)>, String>>,
+    },
+}
+
+/// A handle for operator requests to a running runtime.
+#[derive(Debug, Clone)]
+pub struct ControlHandle {
+    tx: SyncSender<Control>,
+}
+
+impl ControlHandle {
+    /// Replays partitions this instance owns; returns the offset each starts from.
+    pub fn replay(&self, request: replay::ReplayRequest) -> Result<Vec<(i32, i64)>, String> {
+        let (reply, answer) = mpsc::channel();
+        self.tx
+            .try_send(Control::Replay { request, reply })
+            .map_err(|_| "the runtime is busy or stopping; try again".to_string())?;
+        answer
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| "the runtime did not answer within 60 s".to_string())?
     }
 }
 
@@ -226,17 +559,40 @@ impl ClientContext for ConsumerCtx {
 }
 
 impl ConsumerContext for ConsumerCtx {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            self.coordinator.revoke(consumer, tpl);
+    /// Replaces rdkafka's default so the start offset of each assigned partition is the
+    /// one its replay plan (or checkpoint) calls for, set before fetching begins.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.coordinator.assign(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.coordinator.revoke(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error");
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "applying the rebalance failed");
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => self.coordinator.assign(tpl),
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        if let Rebalance::Error(e) = rebalance {
+            tracing::warn!(error = %e, "rebalance error");
         }
     }
 
@@ -275,6 +631,7 @@ impl ConsumerContext for ConsumerCtx {
 pub struct Runtime {
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    control: ControlHandle,
     thread: JoinHandle<Result<RunSummary, RuntimeError>>,
 }
 
@@ -291,23 +648,30 @@ impl Runtime {
         let spec = config.pipeline_spec()?;
         let stop = Arc::new(AtomicBool::new(false));
         let metrics = Arc::new(Metrics::new());
+        let (control_tx, control_rx) = mpsc::sync_channel(4);
         let thread = {
             let stop = stop.clone();
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("tributary-poll".into())
-                .spawn(move || poll_thread(config, spec, stop, metrics))
+                .spawn(move || poll_thread(config, spec, stop, metrics, control_rx))
                 .map_err(|e| RuntimeError::Kafka(format!("cannot spawn poll thread: {e}")))?
         };
         Ok(Self {
             stop,
             metrics,
+            control: ControlHandle { tx: control_tx },
             thread,
         })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Operator requests (replay) to this runtime.
+    pub fn control(&self) -> ControlHandle {
+        self.control.clone()
     }
 
     /// Asks the runtime to finish: process what was read, flush outputs, commit, leave the
@@ -331,9 +695,10 @@ impl Runtime {
 
 fn poll_thread(
     config: Config,
-    spec: crate::pipeline::PipelineSpec,
+    spec: PipelineSpec,
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    control: Receiver<Control>,
 ) -> Result<RunSummary, RuntimeError> {
     let topics = &config.topics;
     let mut wanted = Vec::new();
@@ -361,6 +726,8 @@ fn poll_thread(
     }
     let layout = kafka::prepare_topics(&config, &topics.input, &wanted, &stop)?;
     tracing::info!(input = %topics.input, partitions = layout.input_partitions, outputs = ?layout.outputs, "topics ready");
+    let plans = plan_store(&config, &stop)?;
+    let state = open_state(&config)?;
 
     let producer: Arc<ThreadedProducer<OutputContext>> = Arc::new(
         kafka::producer_config(&config)
@@ -392,6 +759,8 @@ fn poll_thread(
         metrics: metrics.clone(),
         idle_timeout: config.rollup.idle_timeout.0,
         recycle: recycle_tx,
+        state: state.clone(),
+        checkpoint_interval: config.state.checkpoint_interval.0,
     });
     let worker_count = match config.runtime.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -417,6 +786,11 @@ fn poll_thread(
         producer: producer.clone(),
         metrics: metrics.clone(),
         drain_timeout: config.runtime.drain_timeout.0,
+        spec: shared.spec.clone(),
+        plans,
+        state,
+        stalls: Mutex::new(HashMap::new()),
+        watching_stalls: AtomicBool::new(false),
     });
     let consumer: BaseConsumer<ConsumerCtx> = kafka::consumer_config(&config)
         .create_with_context(ConsumerCtx {
@@ -428,7 +802,7 @@ fn poll_thread(
         .map_err(|e| RuntimeError::Kafka(format!("cannot subscribe to {}: {e}", topics.input)))?;
     tracing::info!(group = %config.kafka.group, topic = %topics.input, workers = worker_count, "consuming");
 
-    let result = poll_loop(&consumer, &coordinator, &config, &stop, &recycle_rx);
+    let result = poll_loop(&consumer, &coordinator, &config, &stop, &recycle_rx, &control);
 
     // Finish in order: work already read, outputs, final commit, leave the group (the
     // revoke callback finds nothing left), then stop the workers.
@@ -437,12 +811,7 @@ fn poll_thread(
         tracing::warn!(error = %e, "outputs still in flight at shutdown; their offsets stay uncommitted");
     }
     let final_commit = coordinator.committable();
-    if final_commit.count() > 0 {
-        match consumer.commit(&final_commit, CommitMode::Sync) {
-            Ok(()) => metrics.commits.add(1),
-            Err(e) => tracing::warn!(error = %e, "final commit failed"),
-        }
-    }
+    coordinator.commit(&consumer, &final_commit, CommitMode::Sync);
     consumer.unsubscribe();
     drop(consumer);
     let failure = coordinator.delivery_failure();
@@ -473,6 +842,53 @@ fn poll_thread(
     }
 }
 
+/// Chooses where replay plans go: commit metadata when the broker keeps it, otherwise
+/// (or when configured) the plan topic as well.
+fn plan_store(config: &Config, stop: &AtomicBool) -> Result<PlanStore, RuntimeError> {
+    let use_topic = match config.state.plan_store.as_str() {
+        "metadata" => false,
+        "topic" => true,
+        _ => match replay::probe(config, &config.topics.input) {
+            Ok(keeps) => {
+                tracing::info!(
+                    keeps_metadata = keeps,
+                    "probed the broker's offset-commit metadata"
+                );
+                !keeps
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot probe commit metadata; keeping plans in the plan topic too");
+                true
+            }
+        },
+    };
+    if !use_topic {
+        return Ok(PlanStore::Metadata);
+    }
+    let topic = config.plan_topic();
+    kafka::ensure_plan_topic(config, &topic, stop)?;
+    tracing::info!(topic, "replay plans are also kept in the plan topic");
+    replay::PlanTopic::new(config, topic)
+        .map(PlanStore::Topic)
+        .map_err(RuntimeError::Kafka)
+}
+
+fn open_state(config: &Config) -> Result<Option<Arc<StateStore>>, RuntimeError> {
+    let dir = config.state.dir.trim();
+    if dir.is_empty() {
+        return Ok(None);
+    }
+    let mib = 1usize << 20;
+    let store = StateStore::open(
+        std::path::Path::new(dir),
+        config.state.block_cache_mb as usize * mib,
+        config.state.write_buffer_mb as usize * mib,
+    )
+    .map_err(|e| RuntimeError::State(e.to_string()))?;
+    tracing::info!(dir, "local checkpoints enabled");
+    Ok(Some(Arc::new(store)))
+}
+
 fn drain_workers(coordinator: &Coordinator) {
     let deadline = Instant::now() + coordinator.drain_timeout;
     let waits: Vec<_> = coordinator
@@ -499,6 +915,7 @@ fn poll_loop(
     config: &Config,
     stop: &AtomicBool,
     recycle: &Receiver<Batch>,
+    control: &Receiver<Control>,
 ) -> Result<(), RuntimeError> {
     let batch_size = config.runtime.batch_size;
     let commit_interval = config.kafka.commit_interval.0;
@@ -527,6 +944,9 @@ fn poll_loop(
         match polled {
             Some(Ok(msg)) => {
                 let partition = msg.partition();
+                if coordinator.watching_stalls.load(Ordering::Relaxed) {
+                    coordinator.flowing(msg.topic(), partition);
+                }
                 let entry = match pending.get_mut(&partition) {
                     Some(p) => p,
                     None => {
@@ -570,6 +990,12 @@ fn poll_loop(
             }
         }
         since_clock = 0;
+        while let Ok(Control::Replay { request, reply }) = control.try_recv() {
+            // Batches already read for these partitions belong to the old generation and
+            // are dropped by their worker.
+            pending.drain().for_each(|(_, p)| send(p));
+            let _ = reply.send(coordinator.replay(consumer, &config.topics.input, &request));
+        }
         let now = Instant::now();
         if now.duration_since(last_flush) >= Duration::from_millis(20) {
             pending.drain().for_each(|(_, p)| send(p));
@@ -578,6 +1004,15 @@ fn poll_loop(
         if now.duration_since(last_tick) >= Duration::from_secs(1) {
             for w in &coordinator.workers {
                 let _ = w.try_send(WorkerMsg::Tick);
+            }
+            if let Some(store) = &coordinator.state {
+                coordinator
+                    .metrics
+                    .state_memory_bytes
+                    .set(store.memory_bytes() as i64);
+            }
+            if coordinator.watching_stalls.load(Ordering::Relaxed) {
+                coordinator.unstick(consumer);
             }
             last_tick = now;
         }
@@ -588,12 +1023,8 @@ fn poll_loop(
                 pending.drain().for_each(|(_, p)| send(p));
                 return Err(RuntimeError::Delivery(e));
             }
-            let tpl = coordinator.committable();
-            if tpl.count() > 0
-                && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
-            {
-                tracing::warn!(error = %e, "cannot request commit");
-            }
+            let plans = coordinator.committable();
+            coordinator.commit(consumer, &plans, CommitMode::Async);
         }
     }
     pending.drain().for_each(|(_, p)| send(p));

@@ -17,6 +17,7 @@ use crate::record::{Anomaly, RollupRow};
 use crate::runtime::Tp;
 use crate::runtime::ledger::Ledger;
 use crate::runtime::producer::{DeliveryTag, OutputContext, provenance};
+use crate::state::{Checkpoint, StateStore};
 
 /// Records of one partition copied out of librdkafka into one buffer, so the poll loop
 /// does not allocate per record and workers can own them.
@@ -69,10 +70,13 @@ impl Batch {
 /// Messages from the poll loop (and rebalance callbacks) to a worker.
 #[derive(Debug)]
 pub enum WorkerMsg {
+    /// Start (or restart, for an operator's replay) a partition with a prepared pipeline.
     Assign {
         tp: Tp,
         generation: u64,
         ledger: Arc<Ledger>,
+        pipeline: Box<Pipeline>,
+        resume: Resume,
     },
     Batch(Batch),
     /// Drop these partitions once everything queued before is processed.
@@ -102,6 +106,15 @@ pub struct Outputs {
     pub group: String,
 }
 
+/// How a partition's pipeline resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// First offset read (for progress reports); `None` when left to `auto.offset.reset`.
+    pub from: Option<i64>,
+    /// Outputs of records before this offset are suppressed: state is being rebuilt.
+    pub replay_until: i64,
+}
+
 pub struct WorkerShared {
     pub spec: PipelineSpec,
     pub producer: Arc<ThreadedProducer<OutputContext>>,
@@ -109,6 +122,17 @@ pub struct WorkerShared {
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
     pub recycle: Sender<Batch>,
+    /// Local checkpoints, if configured.
+    pub state: Option<Arc<StateStore>>,
+    pub checkpoint_interval: Duration,
+}
+
+/// A replay in progress, for progress reports.
+struct ReplayProgress {
+    from: i64,
+    until: i64,
+    started: Instant,
+    last_report: Instant,
 }
 
 struct PartitionRun {
@@ -121,6 +145,10 @@ struct PartitionRun {
     next_offset: Option<i64>,
     last_record: Instant,
     reported: crate::pipeline::PipelineStats,
+    replay: Option<ReplayProgress>,
+    last_checkpoint: Instant,
+    /// A snapshot waiting for its outputs to be acknowledged before it is written.
+    pending_checkpoint: Option<Checkpoint>,
 }
 
 impl PartitionRun {
@@ -150,20 +178,35 @@ pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
                 tp,
                 generation,
                 ledger,
+                pipeline,
+                resume,
             } => {
-                parts.insert(
-                    tp.partition,
-                    PartitionRun {
-                        pipeline: Pipeline::new(&shared.spec),
-                        tp,
-                        ledger,
-                        generation,
-                        produced: 0,
-                        next_offset: None,
-                        last_record: Instant::now(),
-                        reported: Default::default(),
-                    },
-                );
+                let replay = resume.from.filter(|&from| from < resume.replay_until).map(|from| {
+                    tracing::info!(topic = %tp.topic, partition = tp.partition, from, until = resume.replay_until,
+                        records = resume.replay_until - from, "replay started: rebuilding state, outputs suppressed");
+                    ReplayProgress {
+                        from,
+                        until: resume.replay_until,
+                        started: Instant::now(),
+                        last_report: Instant::now(),
+                    }
+                });
+                let run = PartitionRun {
+                    pipeline: *pipeline,
+                    tp,
+                    ledger,
+                    generation,
+                    produced: 0,
+                    // Records below the start (a broker may return the whole batch that
+                    // holds it) are skipped like duplicates.
+                    next_offset: resume.from,
+                    last_record: Instant::now(),
+                    reported: Default::default(),
+                    replay,
+                    last_checkpoint: Instant::now(),
+                    pending_checkpoint: None,
+                };
+                parts.insert(run.tp.partition, run);
             }
             WorkerMsg::Batch(batch) => {
                 if let Some(run) = parts.get_mut(&batch.partition)
@@ -185,6 +228,7 @@ pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
             WorkerMsg::Tick => {
                 for run in parts.values_mut() {
                     idle_flush(&shared, run, &mut buf);
+                    checkpoint(&shared, run);
                 }
             }
             WorkerMsg::Drain { done } => {
@@ -214,10 +258,68 @@ fn process_batch(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, b
     }
     if next != i64::MIN {
         run.next_offset = Some(next);
-        run.ledger.checkpoint(run.produced, next);
+        run.ledger.checkpoint(run.produced, run.pipeline.plan(next));
+        track_replay(shared, run, next);
+        checkpoint(shared, run);
     }
     run.last_record = Instant::now();
     report(shared, run);
+}
+
+/// Reports replay progress every few seconds and finishes the replay once the partition
+/// is past the offset its outputs were suppressed up to.
+fn track_replay(shared: &WorkerShared, run: &mut PartitionRun, next: i64) {
+    let Some(replay) = run.replay.as_mut() else { return };
+    let tp = &run.tp;
+    let done = next - replay.from;
+    let secs = replay.started.elapsed().as_secs_f64().max(1e-3);
+    let rate = done as f64 / secs;
+    if next >= replay.until {
+        tracing::info!(topic = %tp.topic, partition = tp.partition, records = done, secs = format!("{secs:.2}"),
+            rate = rate as u64, "replay finished; emitting from here on");
+        run.replay = None;
+        shared.metrics.replays_finished.add(1);
+    } else if replay.last_report.elapsed() >= Duration::from_secs(5) {
+        let remaining = replay.until - next;
+        let eta = remaining as f64 / rate.max(1.0);
+        tracing::info!(topic = %tp.topic, partition = tp.partition, offset = next, until = replay.until,
+            remaining, rate = rate as u64, eta_secs = eta as u64, "replay progress");
+        replay.last_report = Instant::now();
+    }
+}
+
+/// Writes a pending snapshot once every output up to its offset is acknowledged, and takes
+/// a new one every `checkpoint_interval` (never mid-replay: that state is not yet whole).
+fn checkpoint(shared: &WorkerShared, run: &mut PartitionRun) {
+    let Some(store) = shared.state.as_deref() else {
+        return;
+    };
+    if let Some(pending) = &run.pending_checkpoint
+        && run
+            .ledger
+            .safe_offset()
+            .is_some_and(|safe| safe >= pending.next_offset)
+        && let Some(pending) = run.pending_checkpoint.take()
+    {
+        match store.save(&run.tp.topic, run.tp.partition, pending) {
+            Ok(()) => shared.metrics.checkpoints_written.add(1),
+            Err(e) => {
+                shared.metrics.checkpoint_errors.add(1);
+                tracing::warn!(topic = %run.tp.topic, partition = run.tp.partition, error = %e, "cannot write checkpoint");
+            }
+        }
+    }
+    if run.pending_checkpoint.is_none()
+        && run.replay.is_none()
+        && run.last_checkpoint.elapsed() >= shared.checkpoint_interval
+        && let Some(next) = run.next_offset
+    {
+        run.pending_checkpoint = Some(Checkpoint {
+            next_offset: next,
+            pipeline: run.pipeline.snapshot(),
+        });
+        run.last_checkpoint = Instant::now();
+    }
 }
 
 /// Runs the stages' flush hooks before a partition is released or the process stops.
@@ -225,12 +327,13 @@ fn flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) {
     let Some(next) = run.next_offset else { return };
     let (pipeline, mut sink) = run.split(shared, buf);
     pipeline.flush(next, &mut sink);
-    run.ledger.checkpoint(run.produced, next);
+    run.ledger.checkpoint(run.produced, run.pipeline.plan(next));
 }
 
 fn idle_flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) {
     let Some(next) = run.next_offset else { return };
-    if run.last_record.elapsed() < shared.idle_timeout {
+    // Never during replay: processing time says nothing about replayed event time.
+    if run.replay.is_some() || run.last_record.elapsed() < shared.idle_timeout {
         return;
     }
     let now_ms = std::time::SystemTime::now()
@@ -242,7 +345,7 @@ fn idle_flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) 
     }
     let (pipeline, mut sink) = run.split(shared, buf);
     pipeline.advance_watermark(target, next, &mut sink);
-    run.ledger.checkpoint(run.produced, next);
+    run.ledger.checkpoint(run.produced, run.pipeline.plan(next));
     shared.metrics.idle_flushes.add(1);
     tracing::debug!(topic = %run.tp.topic, partition = run.tp.partition, watermark = target, "idle partition flushed");
     report(shared, run);
@@ -258,6 +361,7 @@ fn report(shared: &WorkerShared, run: &mut PartitionRun) {
     m.records_late.add(now.late - before.late);
     m.rollups_emitted.add(now.rollups - before.rollups);
     m.anomalies_emitted.add(now.anomalies - before.anomalies);
+    m.records_replayed.add(now.replayed - before.replayed);
     let watermark = run.pipeline.watermark();
     let series = run.pipeline.series() as i64;
     let processed = run.next_offset.unwrap_or(-1);

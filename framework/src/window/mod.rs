@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::record::{Agg, RollupRow, SeriesId};
-use crate::stage::{Collector, Context, Input, Output, Stage};
+use crate::stage::{Collector, Context, Input, Output, ReplayPoint, Stage};
 
 #[cfg(test)]
 mod tests;
@@ -39,6 +39,8 @@ struct Window {
     touched: Vec<SeriesId>,
     /// Earliest source offset that fed this window (through any finer level).
     first_offset: i64,
+    /// The watermark just before that record.
+    first_watermark: i64,
 }
 
 impl Window {
@@ -72,14 +74,18 @@ struct Level {
 }
 
 impl Level {
-    fn window(&mut self, start: i64, offset: i64) -> &mut Window {
+    fn window(&mut self, start: i64, first: ReplayPoint) -> &mut Window {
         let spare = &mut self.spare;
         let w = self.open.entry(start).or_insert_with(|| {
             let mut w = spare.pop().unwrap_or_default();
-            w.first_offset = offset;
+            w.first_offset = first.offset;
+            w.first_watermark = first.watermark;
             w
         });
-        w.first_offset = w.first_offset.min(offset);
+        if first.offset < w.first_offset {
+            w.first_offset = first.offset;
+            w.first_watermark = first.watermark;
+        }
         w
     }
 }
@@ -132,7 +138,11 @@ impl RollupStage {
             });
             return;
         }
-        level.window(start, ctx.offset).slot(series).add(value);
+        let first = ReplayPoint {
+            offset: ctx.offset,
+            watermark: ctx.watermark,
+        };
+        level.window(start, first).slot(series).add(value);
         self.next_close = self.next_close.min(end);
     }
 
@@ -153,7 +163,13 @@ impl RollupStage {
                 window.touched.sort_unstable();
                 let coarse_window = next.as_mut().map(|c| {
                     let cstart = c.resolution.window_start(start);
-                    c.window(cstart, window.first_offset)
+                    c.window(
+                        cstart,
+                        ReplayPoint {
+                            offset: window.first_offset,
+                            watermark: window.first_watermark,
+                        },
+                    )
                 });
                 let mut coarse_window = coarse_window;
                 for &series in &window.touched {
@@ -173,6 +189,10 @@ impl RollupStage {
                 level.spare.push(window);
             }
         }
+        self.refresh_next_close();
+    }
+
+    fn refresh_next_close(&mut self) {
         self.next_close = self
             .levels
             .iter()
@@ -201,10 +221,74 @@ impl Stage for RollupStage {
         }
     }
 
-    fn replay_start(&self) -> Option<i64> {
+    fn replay_start(&self) -> Option<ReplayPoint> {
         self.levels
             .iter()
-            .flat_map(|l| l.open.values().map(|w| w.first_offset))
-            .min()
+            .flat_map(|l| l.open.values())
+            .min_by_key(|w| w.first_offset)
+            .map(|w| ReplayPoint {
+                offset: w.first_offset,
+                watermark: w.first_watermark,
+            })
     }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        let levels = self
+            .levels
+            .iter()
+            .map(|l| {
+                l.open
+                    .iter()
+                    .map(|(&start, w)| WindowSnapshot {
+                        start,
+                        first_offset: w.first_offset,
+                        first_watermark: w.first_watermark,
+                        aggs: w.touched.iter().map(|&s| (s, w.aggs[s as usize])).collect(),
+                    })
+                    .collect()
+            })
+            .collect();
+        bincode::encode_to_vec(&RollupSnapshot { levels }, bincode::config::standard()).ok()
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let (snapshot, _): (RollupSnapshot, usize) =
+            bincode::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
+        if snapshot.levels.len() != self.levels.len() {
+            return Err(format!(
+                "checkpoint has {} rollup levels, configuration has {}",
+                snapshot.levels.len(),
+                self.levels.len()
+            ));
+        }
+        for (level, windows) in self.levels.iter_mut().zip(snapshot.levels) {
+            level.open.clear();
+            for w in windows {
+                let first = ReplayPoint {
+                    offset: w.first_offset,
+                    watermark: w.first_watermark,
+                };
+                let window = level.window(w.start, first);
+                for (series, agg) in w.aggs {
+                    window.slot(series).merge(&agg);
+                }
+            }
+        }
+        self.refresh_next_close();
+        Ok(())
+    }
+}
+
+/// What a checkpoint keeps of a [`RollupStage`]: the open windows of every level.
+#[derive(bincode::Encode, bincode::Decode)]
+struct RollupSnapshot {
+    levels: Vec<Vec<WindowSnapshot>>,
+}
+
+#[derive(bincode::Encode, bincode::Decode)]
+struct WindowSnapshot {
+    start: i64,
+    first_offset: i64,
+    first_watermark: i64,
+    aggs: Vec<(SeriesId, Agg)>,
 }

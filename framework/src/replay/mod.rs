@@ -1,0 +1,200 @@
+//! Replayable state without changelog topics.
+//!
+//! Every commit carries a [`Plan`]: how far back to replay for the state held at the
+//! committed offset, and the watermark then. On assignment the runtime [`decide`]s where
+//! to seek (the plan's replay start, or a newer local checkpoint) and suppresses outputs up
+//! to the committed offset while state is rebuilt.
+//!
+//! Plans travel in the offset commit's metadata when the broker keeps it (Apache Kafka,
+//! librdkafka's mock cluster). tansu 0.6 accepts metadata and returns it empty, so at
+//! start-up the runtime [`probe`]s the broker, and where metadata is lost it also writes
+//! plans to a compacted topic ([`PlanTopic`]).
+
+mod plan;
+pub mod request;
+
+pub use plan::{CheckpointPosition, Plan, StartPoint, StateSource, decide};
+pub use request::{ReplayFrom, ReplayRequest};
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::config::Config;
+
+/// Whether the broker returns an offset commit's metadata. Commits a marker for
+/// partition 0 of `topic` under a probe group of our own (never the app's group) and
+/// reads it back.
+pub fn probe(config: &Config, topic: &str) -> Result<bool, String> {
+    let group = format!("{}.metadata-probe", config.kafka.group);
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false");
+    for (k, v) in &config.kafka.properties {
+        c.set(k, v);
+    }
+    let consumer: BaseConsumer = c.create().map_err(|e| e.to_string())?;
+    let marker = format!(
+        "tributary-probe {}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(0))
+        .map_err(|e| e.to_string())?;
+    if let Some(mut el) = tpl.find_partition(topic, 0) {
+        el.set_metadata(marker.clone());
+    }
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .map_err(|e| format!("probe commit: {e}"))?;
+    let mut query = TopicPartitionList::new();
+    query.add_partition(topic, 0);
+    let back = consumer
+        .committed_offsets(query, Duration::from_secs(10))
+        .map_err(|e| format!("probe read-back: {e}"))?;
+    Ok(back
+        .find_partition(topic, 0)
+        .is_some_and(|el| el.metadata() == marker))
+}
+
+/// Plans in a compacted topic (one partition, key = "topic/partition"), for brokers that
+/// drop commit metadata. Read back up to a fence record this process writes first, so
+/// the read ends exactly at what was there, whatever the broker says its end offsets are.
+pub struct PlanTopic {
+    topic: String,
+    producer: FutureProducer,
+    reader: ClientConfig,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for PlanTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanTopic").field("topic", &self.topic).finish()
+    }
+}
+
+fn plan_key(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+impl PlanTopic {
+    pub fn new(config: &Config, topic: String) -> Result<Self, String> {
+        let mut p = ClientConfig::new();
+        p.set("bootstrap.servers", &config.kafka.brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5");
+        let mut reader = ClientConfig::new();
+        reader
+            .set("bootstrap.servers", &config.kafka.brokers)
+            .set("group.id", format!("{}.plan-reader", config.kafka.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        for (k, v) in &config.kafka.properties {
+            p.set(k, v);
+            reader.set(k, v);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            topic,
+            producer: p.create().map_err(|e| e.to_string())?,
+            reader,
+            rt,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Queues a plan; it is a valid resume point on its own (outputs before its offset
+    /// are acknowledged), so the write need not be awaited.
+    pub fn write(&self, topic: &str, partition: i32, plan: &Plan) {
+        let key = plan_key(topic, partition);
+        let value = plan.encode();
+        let record = FutureRecord::to(&self.topic)
+            .partition(0)
+            .key(&key)
+            .payload(&value);
+        if let Err((e, _)) = self.producer.send_result(record) {
+            tracing::warn!(topic = %self.topic, error = %e, "cannot queue replay plan");
+        }
+    }
+
+    /// Waits for queued plan writes (shutdown and revoke).
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer;
+        let _ = self.producer.flush(timeout);
+    }
+
+    /// The newest plan of every partition written so far.
+    pub fn read_all(&self, timeout: Duration) -> Result<HashMap<(String, i32), Plan>, String> {
+        let fence_value = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let fence = FutureRecord::to(&self.topic)
+            .partition(0)
+            .key("fence")
+            .payload(&fence_value);
+        let fence_offset = self
+            .rt
+            .block_on(self.producer.send(fence, timeout))
+            .map_err(|(e, _)| format!("cannot write the plan topic's fence: {e}"))?
+            .offset;
+        let consumer: BaseConsumer = self.reader.create().map_err(|e| e.to_string())?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + timeout;
+        let mut plans = HashMap::new();
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(msg)) => {
+                    if msg.offset() >= fence_offset {
+                        return Ok(plans);
+                    }
+                    let key = msg.key().and_then(|k| std::str::from_utf8(k).ok());
+                    let value = msg.payload().and_then(|v| std::str::from_utf8(v).ok());
+                    if let (Some((topic, partition)), Some(plan)) =
+                        (key.and_then(|k| k.rsplit_once('/')), value.and_then(Plan::decode))
+                        && let Ok(partition) = partition.parse()
+                    {
+                        plans.insert((topic.to_owned(), partition), plan);
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(topic = %self.topic, error = %e, "reading replay plans"),
+                None => {}
+            }
+        }
+        Err(format!(
+            "plan topic {} not read up to its fence at offset {fence_offset} within {timeout:?}",
+            self.topic
+        ))
+    }
+}
+
+/// Where this process keeps plans.
+#[derive(Debug)]
+pub enum PlanStore {
+    /// In the offset commit's metadata only.
+    Metadata,
+    /// Also in a plan topic (the broker drops metadata).
+    Topic(PlanTopic),
+}
+
+#[cfg(test)]
+mod tests;

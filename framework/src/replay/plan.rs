@@ -1,0 +1,290 @@
+//! The replay plan committed next to each offset, and the pure decision of where a newly
+//! assigned partition starts and how much of it is replay.
+
+use std::fmt::Write as _;
+
+/// What a restart needs besides the committed offset: where to start reading so that the
+/// state held at `next_offset` can be rebuilt, and the watermark that state had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// First source offset that still affects state (minimum over stages).
+    pub replay_start: i64,
+    /// The offset this plan belongs to: everything before it is processed and its outputs
+    /// are acknowledged.
+    pub next_offset: i64,
+    /// The partition's watermark (max event time − grace) just before `replay_start`, so
+    /// replayed records are accepted or found late exactly as the first time.
+    pub watermark: i64,
+    /// An operator asked to replay from `next_offset`: outputs are re-emitted (not
+    /// suppressed), except windows the replay point cuts through.
+    pub requested: bool,
+}
+
+/// Prefix of every encoded plan; the version lets a later format coexist.
+const TAG: &str = "tributary-plan/1";
+
+impl Plan {
+    /// A plan with no state to rebuild: start at `offset`, nothing emitted yet.
+    pub fn fresh(offset: i64) -> Self {
+        Self {
+            replay_start: offset,
+            next_offset: offset,
+            watermark: i64::MIN,
+            requested: false,
+        }
+    }
+
+    /// An operator's replay from `offset`.
+    pub fn requested(offset: i64) -> Self {
+        Self {
+            requested: true,
+            ..Self::fresh(offset)
+        }
+    }
+
+    /// A short text that fits Kafka's commit metadata (4 KiB by default) many times over.
+    pub fn encode(&self) -> String {
+        let mut s = String::with_capacity(96);
+        let _ = write!(
+            s,
+            "{TAG} r={} n={} w={}",
+            self.replay_start, self.next_offset, self.watermark
+        );
+        if self.requested {
+            s.push_str(" requested");
+        }
+        s
+    }
+
+    /// Parses [`Plan::encode`]'s output; anything else (empty metadata from a broker that
+    /// drops it, another tool's metadata, a future version) is `None`.
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split(' ');
+        if parts.next()? != TAG {
+            return None;
+        }
+        let mut field = |name: &str| -> Option<i64> {
+            let (k, v) = parts.next()?.split_once('=')?;
+            if k != name {
+                return None;
+            }
+            v.parse().ok()
+        };
+        let mut plan = Plan {
+            replay_start: field("r")?,
+            next_offset: field("n")?,
+            watermark: field("w")?,
+            requested: false,
+        };
+        match parts.next() {
+            None => {}
+            Some("requested") => plan.requested = true,
+            Some(_) => return None,
+        }
+        (plan.replay_start <= plan.next_offset).then_some(plan)
+    }
+}
+
+/// Where a local checkpoint stands, as far as the start decision is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPosition {
+    /// The checkpointed state is the state after processing everything before this.
+    pub next_offset: i64,
+}
+
+/// How a partition's state comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateSource {
+    /// Nothing committed: start where `auto.offset.reset` says, with empty state.
+    Empty,
+    /// Committed without a plan (older version, or the plan was lost): empty state from the
+    /// committed offset, as a plain consumer would.
+    CommittedOnly,
+    /// Rebuild by replaying the source from the plan's replay start.
+    Plan(Plan),
+    /// Load the local checkpoint, then replay what came after it.
+    Checkpoint,
+}
+
+/// Where to seek and until which offset outputs are suppressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartPoint {
+    /// Offset to seek to; `None` leaves it to `auto.offset.reset`.
+    pub seek: Option<i64>,
+    /// Outputs of records before this offset were emitted before: suppress them.
+    pub replay_until: i64,
+    pub source: StateSource,
+}
+
+/// Decides how a newly assigned partition resumes. The committed plan is the source of
+/// truth; a local checkpoint is used only when it is at or after the plan's replay start
+/// (then it holds everything the replay would rebuild, in less time) and not past what is
+/// known to be acknowledged.
+pub fn decide(
+    committed: Option<i64>,
+    plan: Option<Plan>,
+    checkpoint: Option<CheckpointPosition>,
+) -> StartPoint {
+    // A plan is written only once every output before its offset is acknowledged, so it
+    // is a valid resume point even when the group's commit lags behind it.
+    let acked = committed.into_iter().chain(plan.map(|p| p.next_offset)).max();
+    let Some(acked) = acked else {
+        return StartPoint {
+            seek: None,
+            replay_until: i64::MIN,
+            source: StateSource::Empty,
+        };
+    };
+    let plan = plan.filter(|p| p.next_offset <= acked);
+    if let (Some(ckpt), Some(p)) = (checkpoint, plan)
+        && !p.requested
+        && ckpt.next_offset >= p.replay_start
+        && ckpt.next_offset <= acked
+    {
+        return StartPoint {
+            seek: Some(ckpt.next_offset),
+            replay_until: acked,
+            source: StateSource::Checkpoint,
+        };
+    }
+    match plan {
+        Some(p) => StartPoint {
+            // With nothing open, start one record early anyway: under the restored
+            // watermark that record is late (its window closed before the commit), so it
+            // changes nothing, and every resume then reads a record that is known to
+            // exist, which lets the runtime notice a broker that serves nothing from a
+            // mid-batch offset (tansu) and seek back.
+            seek: Some(if p.replay_start == acked && acked > 0 && !p.requested {
+                acked - 1
+            } else {
+                p.replay_start
+            }),
+            replay_until: acked,
+            source: StateSource::Plan(p),
+        },
+        None => StartPoint {
+            seek: Some(acked),
+            replay_until: acked,
+            source: StateSource::CommittedOnly,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(r: i64, n: i64) -> Plan {
+        Plan {
+            replay_start: r,
+            next_offset: n,
+            watermark: 1_000,
+            requested: false,
+        }
+    }
+
+    #[test]
+    fn plans_round_trip_and_foreign_metadata_is_ignored() {
+        let p = Plan {
+            replay_start: 17,
+            next_offset: 42,
+            watermark: i64::MIN,
+            requested: false,
+        };
+        assert_eq!(Plan::decode(&p.encode()), Some(p));
+        assert_eq!(
+            Plan::decode(&Plan::requested(9).encode()),
+            Some(Plan::requested(9))
+        );
+        assert!(p.encode().len() < 128);
+        for bad in [
+            "",
+            "hello",
+            "tributary-plan/2 r=1 n=2 w=3",
+            "tributary-plan/1 r=1 n=x w=3",
+            "tributary-plan/1 r=1 n=2 w=3 x",
+        ] {
+            assert_eq!(Plan::decode(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            Plan::decode("tributary-plan/1 r=9 n=2 w=3"),
+            None,
+            "start after offset"
+        );
+    }
+
+    #[test]
+    fn nothing_committed_starts_empty() {
+        let s = decide(None, None, Some(CheckpointPosition { next_offset: 5 }));
+        assert_eq!(s.source, StateSource::Empty);
+        assert_eq!(s.seek, None);
+    }
+
+    #[test]
+    fn a_plan_replays_from_its_start_and_suppresses_up_to_the_commit() {
+        let s = decide(Some(100), Some(plan(40, 100)), None);
+        assert_eq!(s.seek, Some(40));
+        assert_eq!(s.replay_until, 100);
+        assert_eq!(s.source, StateSource::Plan(plan(40, 100)));
+    }
+
+    #[test]
+    fn a_plan_ahead_of_a_lagging_commit_still_counts() {
+        let s = decide(Some(80), Some(plan(40, 100)), None);
+        assert_eq!((s.seek, s.replay_until), (Some(40), 100));
+    }
+
+    #[test]
+    fn a_usable_checkpoint_shortens_the_replay() {
+        let s = decide(
+            Some(100),
+            Some(plan(40, 100)),
+            Some(CheckpointPosition { next_offset: 90 }),
+        );
+        assert_eq!(
+            (s.seek, s.replay_until, s.source),
+            (Some(90), 100, StateSource::Checkpoint)
+        );
+    }
+
+    #[test]
+    fn stale_or_future_checkpoints_fall_back_to_the_plan() {
+        let stale = decide(
+            Some(100),
+            Some(plan(40, 100)),
+            Some(CheckpointPosition { next_offset: 30 }),
+        );
+        assert_eq!(stale.seek, Some(40));
+        let future = decide(
+            Some(100),
+            Some(plan(40, 100)),
+            Some(CheckpointPosition { next_offset: 120 }),
+        );
+        assert_eq!(future.seek, Some(40));
+    }
+
+    #[test]
+    fn a_requested_replay_starts_at_its_offset_without_suppression_or_checkpoint() {
+        let p = Plan::requested(10);
+        let s = decide(Some(10), Some(p), Some(CheckpointPosition { next_offset: 10 }));
+        assert_eq!(
+            (s.seek, s.replay_until, s.source),
+            (Some(10), 10, StateSource::Plan(p))
+        );
+    }
+
+    #[test]
+    fn a_plan_with_nothing_open_still_reads_one_known_record() {
+        let s = decide(Some(100), Some(plan(100, 100)), None);
+        assert_eq!((s.seek, s.replay_until), (Some(99), 100));
+    }
+
+    #[test]
+    fn a_commit_without_a_plan_resumes_there_with_empty_state() {
+        let s = decide(Some(100), None, Some(CheckpointPosition { next_offset: 90 }));
+        assert_eq!(
+            (s.seek, s.replay_until, s.source),
+            (Some(100), 100, StateSource::CommittedOnly)
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! Replays an operator asks for: from an offset or a timestamp, for chosen partitions (or
+//! all), against a running app (through its admin endpoint) or offline (app stopped). Both
+//! end the same way: a commit of a "requested" plan at the replay offset, which the owner
+//! of the partition then resumes from, re-emitting outputs.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::replay::Plan;
+
+/// Where a requested replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    Offset(i64),
+    /// Epoch milliseconds, resolved per partition to the first record at or after it.
+    Time(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRequest {
+    pub from: ReplayFrom,
+    /// `None` means every partition (online: every partition this instance owns).
+    pub partitions: Option<Vec<i32>>,
+}
+
+impl ReplayRequest {
+    /// Parses the admin endpoint's query: `from_offset=N` or `from_time=RFC3339|ms`, and
+    /// optionally `partitions=0,3`.
+    pub fn from_query(query: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let from = match (query("from_offset"), query("from_time")) {
+            (Some(o), None) => ReplayFrom::Offset(
+                o.parse()
+                    .map_err(|_| format!("from_offset: {o:?} is not an offset"))?,
+            ),
+            (None, Some(t)) => ReplayFrom::Time(parse_time(&t)?),
+            _ => return Err("give exactly one of from_offset=N or from_time=RFC3339".into()),
+        };
+        let partitions = query("partitions").map(|p| parse_partitions(&p)).transpose()?;
+        Ok(Self { from, partitions })
+    }
+}
+
+/// `0,3,5` → [0, 3, 5].
+pub fn parse_partitions(text: &str) -> Result<Vec<i32>, String> {
+    text.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|p| *p >= 0)
+                .ok_or_else(|| format!("partitions: {p:?} is not a partition number"))
+        })
+        .collect()
+}
+
+/// RFC 3339 (`2026-11-24T10:00:00Z`, `2026-11-24T10:00:00.250+01:00`) or epoch ms.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    if let Ok(ms) = t.parse::<i64>() {
+        return Ok(ms);
+    }
+    let bad = || format!("{t:?} is not an RFC 3339 time like 2026-11-24T10:00:00Z (or epoch ms)");
+    let b = t.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| t.get(r).and_then(|s| s.parse::<i64>().ok()).ok_or_else(bad);
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return Err(bad());
+    }
+    let mut rest = &t[19..];
+    let mut millis = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.find(|c: char| !c.is_ascii_digit()).unwrap_or(frac.len());
+        let padded = format!("{:0<3}", &frac[..digits.min(3)]);
+        millis = padded.parse::<i64>().map_err(|_| bad())?;
+        rest = &frac[digits..];
+    }
+    let offset_minutes = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            let h = rest[1..3].parse::<i64>().map_err(|_| bad())?;
+            let m = rest[4..6].parse::<i64>().map_err(|_| bad())?;
+            sign * (h * 60 + m)
+        }
+        _ => return Err(bad()),
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
+    Ok(secs * 1_000 + millis)
+}
+
+/// Checks the partitions and turns the request into an offset per partition, with errors
+/// an operator can act on. `owned` limits an online replay to this instance's partitions.
+pub fn resolve<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    request: &ReplayRequest,
+    owned: Option<&[i32]>,
+) -> Result<Vec<(i32, i64)>, String> {
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("cannot read metadata of {topic}: {e}"))?;
+    let total = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len() as i32);
+    if total == 0 {
+        return Err(format!("topic {topic} does not exist"));
+    }
+    let partitions = match (&request.partitions, owned) {
+        (Some(p), _) => p.clone(),
+        (None, Some(owned)) => owned.to_vec(),
+        (None, None) => (0..total).collect(),
+    };
+    if partitions.is_empty() {
+        return Err("no partitions to replay (this instance owns none)".into());
+    }
+    let mut out = Vec::new();
+    for &p in &partitions {
+        if p >= total {
+            return Err(format!(
+                "partition {p} does not exist: {topic} has {total} partitions (0..={})",
+                total - 1
+            ));
+        }
+        if let Some(owned) = owned
+            && !owned.contains(&p)
+        {
+            return Err(format!(
+                "partition {p} is not assigned to this instance (it owns {owned:?}); ask its owner, or stop the group and replay offline"
+            ));
+        }
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(|e| format!("cannot read the offsets of {topic}/{p}: {e}"))?;
+        let offset = match request.from {
+            ReplayFrom::Offset(o) => {
+                if o < low || o > high {
+                    return Err(format!(
+                        "offset {o} is not in {topic}/{p}, which holds offsets {low}..{high}"
+                    ));
+                }
+                o
+            }
+            ReplayFrom::Time(ms) => {
+                let mut q = TopicPartitionList::new();
+                q.add_partition_offset(topic, p, Offset::Offset(ms))
+                    .map_err(|e| e.to_string())?;
+                let r = consumer
+                    .offsets_for_times(q, timeout)
+                    .map_err(|e| format!("cannot look up {topic}/{p} by time: {e}"))?;
+                match r.find_partition(topic, p).map(|el| el.offset()) {
+                    Some(Offset::Offset(o)) if o >= 0 => o,
+                    // No record at or after that time: replay nothing, resume at the end.
+                    _ => high,
+                }
+            }
+        };
+        out.push((p, offset));
+    }
+    Ok(out)
+}
+
+/// An offline replay: the app's group must have no active members. Commits a requested
+/// plan for every chosen partition (and writes it to the plan topic, if there is one).
+pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64)>, String> {
+    let topic = &config.topics.input;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.kafka.group)
+        .set("enable.auto.commit", "false");
+    for (k, v) in &config.kafka.properties {
+        c.set(k, v);
+    }
+    let consumer: BaseConsumer = c.create().map_err(|e| e.to_string())?;
+    let offsets = resolve(&consumer, topic, request, None)?;
+    let mut tpl = TopicPartitionList::new();
+    for &(p, o) in &offsets {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))
+            .map_err(|e| e.to_string())?;
+        if let Some(mut el) = tpl.find_partition(topic, p) {
+            el.set_metadata(Plan::requested(o).encode());
+        }
+    }
+    write_plan_topic(config, &c, topic, &offsets)?;
+    consumer.commit(&tpl, CommitMode::Sync).map_err(|e| {
+        format!("cannot commit the replay offsets for group {} (is the app still running? then replay through its admin endpoint): {e}", config.kafka.group)
+    })?;
+    Ok(offsets)
+}
+
+/// Where plans are kept in a topic, the requested plans must be the newest there too.
+fn write_plan_topic(
+    config: &Config,
+    client: &ClientConfig,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<(), String> {
+    let plan_topic = config.plan_topic();
+    let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
+    let exists = consumer
+        .fetch_metadata(Some(&plan_topic), Duration::from_secs(10))
+        .map(|m| {
+            m.topics()
+                .iter()
+                .any(|t| t.name() == plan_topic && !t.partitions().is_empty() && t.error().is_none())
+        })
+        .unwrap_or(false);
+    if !exists {
+        return Ok(());
+    }
+    let mut pc = ClientConfig::new();
+    pc.set("bootstrap.servers", &config.kafka.brokers)
+        .set("allow.auto.create.topics", "false");
+    let producer: BaseProducer = pc.create().map_err(|e| e.to_string())?;
+    for &(p, o) in offsets {
+        let key = format!("{topic}/{p}");
+        let value = Plan::requested(o).encode();
+        producer
+            .send(
+                BaseRecord::<str, str>::to(&plan_topic)
+                    .partition(0)
+                    .key(&key)
+                    .payload(&value),
+            )
+            .map_err(|(e, _)| format!("cannot write the plan topic {plan_topic}: {e}"))?;
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .map_err(|e| format!("cannot write the plan topic {plan_topic}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_and_epoch_millis_parse() {
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_time("2024-11-23T16:40:00.123Z"), Ok(1_732_380_000_123));
+        assert_eq!(parse_time("2024-11-23T17:40:00.123+01:00"), Ok(1_732_380_000_123));
+        assert_eq!(parse_time("2000-03-01T00:00:00Z"), Ok(951_868_800_000));
+        assert_eq!(parse_time("1732380000123"), Ok(1_732_380_000_123));
+        for bad in [
+            "yesterday",
+            "2024-13-01T00:00:00Z",
+            "2024-11-23T16:40:00",
+            "2024-11-23",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn admin_queries_parse_with_clear_errors() {
+        let q = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(
+            ReplayRequest::from_query(q(&[("from_offset", "5"), ("partitions", "0,3")])),
+            Ok(ReplayRequest {
+                from: ReplayFrom::Offset(5),
+                partitions: Some(vec![0, 3])
+            })
+        );
+        assert!(ReplayRequest::from_query(q(&[])).is_err());
+        assert!(ReplayRequest::from_query(q(&[("from_offset", "5"), ("from_time", "0")])).is_err());
+        assert!(ReplayRequest::from_query(q(&[("from_offset", "x")])).is_err());
+        assert!(ReplayRequest::from_query(q(&[("from_offset", "1"), ("partitions", "0,-1")])).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! Local checkpoints of partition state in RocksDB. A checkpoint is the pipeline's
+//! snapshot and the offset it corresponds to, in one value (so one atomic write), put only
+//! after every output up to that offset is acknowledged. It only shortens replay: the
+//! committed replay plan stays the source of truth, and a missing, corrupt or foreign
+//! checkpoint means "replay from the plan".
+
+use std::path::Path;
+
+use rocksdb::{BlockBasedOptions, Cache, DB, Options, WriteBufferManager};
+
+const FORMAT_VERSION: u32 = 1;
+
+/// One partition's checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Checkpoint {
+    /// The snapshot is the state after processing every record before this offset.
+    pub next_offset: i64,
+    /// [`crate::pipeline::Pipeline::snapshot`] bytes.
+    pub pipeline: Vec<u8>,
+}
+
+#[derive(bincode::Encode, bincode::Decode)]
+struct Stored {
+    version: u32,
+    checkpoint: Checkpoint,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store at {path}: {source}")]
+    Open { path: String, source: rocksdb::Error },
+    #[error("state store write: {0}")]
+    Write(#[from] rocksdb::Error),
+}
+
+/// The RocksDB database holding every partition's checkpoint, with its memory bounded by
+/// one shared block cache that the memtables are charged to as well.
+pub struct StateStore {
+    db: DB,
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+fn key(topic: &str, partition: i32) -> Vec<u8> {
+    format!("ckpt/{topic}/{partition}").into_bytes()
+}
+
+impl StateStore {
+    /// Opens (or creates) the store in `dir` with `cache_bytes` of block cache and at most
+    /// `write_buffer_bytes` of memtables, which are charged to the same cache.
+    pub fn open(dir: &Path, cache_bytes: usize, write_buffer_bytes: usize) -> Result<Self, StateError> {
+        let cache = Cache::new_lru_cache(cache_bytes);
+        let write_buffers =
+            WriteBufferManager::new_write_buffer_manager_with_cache(write_buffer_bytes, false, cache.clone());
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_cache_index_and_filter_blocks(true);
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_block_based_table_factory(&table);
+        opts.set_write_buffer_manager(&write_buffers);
+        opts.set_write_buffer_size(write_buffer_bytes.clamp(1 << 20, 64 << 20));
+        opts.set_max_write_buffer_number(2);
+        opts.set_max_open_files(256);
+        opts.set_keep_log_file_num(2);
+        let db = DB::open(&opts, dir).map_err(|source| StateError::Open {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            db,
+            cache,
+            write_buffers,
+        })
+    }
+
+    /// The partition's checkpoint, or why there is none usable (for the log).
+    pub fn load(&self, topic: &str, partition: i32) -> Result<Option<Checkpoint>, String> {
+        let Some(bytes) = self.db.get(key(topic, partition)).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let (stored, _): (Stored, usize) = bincode::decode_from_slice(&bytes, bincode::config::standard())
+            .map_err(|e| format!("corrupt checkpoint: {e}"))?;
+        if stored.version != FORMAT_VERSION {
+            return Err(format!(
+                "checkpoint format {} is not {FORMAT_VERSION}",
+                stored.version
+            ));
+        }
+        Ok(Some(stored.checkpoint))
+    }
+
+    /// Replaces the partition's checkpoint in one write.
+    pub fn save(&self, topic: &str, partition: i32, checkpoint: Checkpoint) -> Result<(), StateError> {
+        let stored = Stored {
+            version: FORMAT_VERSION,
+            checkpoint,
+        };
+        let bytes = bincode::encode_to_vec(&stored, bincode::config::standard()).unwrap_or_default();
+        self.db.put(key(topic, partition), bytes)?;
+        Ok(())
+    }
+
+    /// Forgets a partition's checkpoint (an operator's replay makes it stale).
+    pub fn remove(&self, topic: &str, partition: i32) -> Result<(), StateError> {
+        self.db.delete(key(topic, partition))?;
+        Ok(())
+    }
+
+    /// Bytes held by the block cache (which also carries the memtables' charge).
+    pub fn memory_bytes(&self) -> usize {
+        self.cache.get_usage()
+    }
+
+    /// Bytes of memtables, bounded by the write buffer manager.
+    pub fn memtable_bytes(&self) -> usize {
+        self.write_buffers.get_usage()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("tributary-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn checkpoints_survive_reopening_and_are_per_partition() {
+        let dir = temp_dir("reopen");
+        {
+            let store = StateStore::open(&dir, 8 << 20, 4 << 20).expect("open");
+            let c = Checkpoint {
+                next_offset: 42,
+                pipeline: vec![1, 2, 3],
+            };
+            store.save("metrics", 3, c).expect("save");
+            assert_eq!(store.load("metrics", 4).expect("load"), None);
+        }
+        let store = StateStore::open(&dir, 8 << 20, 4 << 20).expect("reopen");
+        let c = store.load("metrics", 3).expect("load").expect("present");
+        assert_eq!((c.next_offset, c.pipeline), (42, vec![1, 2, 3]));
+        store.remove("metrics", 3).expect("remove");
+        assert_eq!(store.load("metrics", 3).expect("load"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_corrupt_checkpoint_is_reported_not_used() {
+        let dir = temp_dir("corrupt");
+        let store = StateStore::open(&dir, 8 << 20, 4 << 20).expect("open");
+        store
+            .db
+            .put(key("metrics", 0), b"\xff\xff\xff garbage")
+            .expect("put");
+        assert!(store.load("metrics", 0).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
