@@ -3,7 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use harness::{Expected, Outgoing, Pt, oracle, point_json};
+use harness::{Expected, Incoming, Outgoing, Pt, oracle, point_json};
+
+/// Whether a window may appear more than once in the output (at-least-once after a crash:
+/// only with identical values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duplicates {
+    Refused,
+    Identical,
+}
 
 pub const GRACE_MS: i64 = 60_000;
 pub const LEVELS: [(&str, i64); 3] = [("5m", 300_000), ("1h", 3_600_000), ("1d", 86_400_000)];
@@ -109,4 +117,61 @@ pub fn build(series: usize, hours: i64, partitions: i32, seed: u64) -> DataSet {
         bad,
         partition_of,
     }
+}
+
+/// Every rollup equals the oracle and every oracle window is there.
+pub fn check_rollups(data: &DataSet, duplicates: Duplicates, rollups: &[Incoming]) {
+    let mut seen: BTreeMap<(String, String, i64), String> = BTreeMap::new();
+    for r in rollups {
+        let v = r.json();
+        let series = v["series"].as_str().expect("series").to_owned();
+        let key = (
+            series.clone(),
+            v["resolution"].as_str().expect("resolution").to_owned(),
+            v["window_start"].as_i64().expect("start"),
+        );
+        assert_eq!(r.key.as_deref(), Some(series.as_str()), "rollup keyed by series");
+        assert_eq!(
+            r.partition, data.partition_of[&series],
+            "rollup co-partitioned with its source"
+        );
+        let values = format!("{} {} {} {}", v["count"], v["min"], v["max"], v["sum"]);
+        if let Some(before) = seen.insert(key.clone(), values.clone()) {
+            assert!(
+                duplicates == Duplicates::Identical,
+                "window emitted twice: {key:?}"
+            );
+            assert_eq!(
+                before, values,
+                "window {key:?} emitted twice with different values"
+            );
+        }
+        let Some(e) = data.expected.get(&key) else {
+            // Only the sentinels' far-future windows are not in the oracle, and they never close.
+            panic!("unexpected window {key:?}: {v}");
+        };
+        let width = LEVELS.iter().find(|l| l.0 == key.1).expect("level").1;
+        assert_eq!(v["window_end"].as_i64(), Some(key.2 + width), "{key:?}");
+        assert_eq!(v["count"].as_u64(), Some(e.count), "{key:?}");
+        assert_eq!(v["min"].as_f64(), Some(e.min), "{key:?}");
+        assert_eq!(v["max"].as_f64(), Some(e.max), "{key:?}");
+        assert_eq!(v["sum"].as_f64(), Some(e.sum), "{key:?}");
+        let avg = v["avg"].as_f64().expect("avg");
+        let want = e.sum / e.count as f64;
+        assert!(
+            (avg - want).abs() <= 1e-9 * want.abs().max(1e-300),
+            "{key:?}: avg {avg} vs {want}"
+        );
+    }
+    let missing: Vec<_> = data
+        .expected
+        .keys()
+        .filter(|k| !seen.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} windows missing, e.g. {missing:?}",
+        data.expected.keys().filter(|k| !seen.contains_key(*k)).count()
+    );
 }

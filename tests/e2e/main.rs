@@ -4,5 +4,6 @@
 mod cli;
 mod dataset;
 mod embedded;
+mod replay;
 mod tansu;
 mod writer;

@@ -1,61 +1,15 @@
 //! Through a real Kafka-protocol broker process (tansu) with the app binaries as
 //! processes and Python's confluent-kafka on the other side.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use harness::{
-    Incoming, Outgoing, Process, Tansu, app_binary, committed_and_end, create_topics, eventually, free_port,
-    metric, point_json, py_consume, py_produce, unique,
+    Outgoing, Process, Tansu, app_binary, committed_and_end, create_topics, eventually, free_port, metric,
+    point_json, py_consume, py_produce, unique,
 };
 
-use crate::dataset::{self, DataSet};
-
-fn check_rollups(data: &DataSet, rollups: &[Incoming]) {
-    let mut seen = BTreeSet::new();
-    for r in rollups {
-        let v = r.json();
-        let series = v["series"].as_str().expect("series").to_owned();
-        let key = (
-            series.clone(),
-            v["resolution"].as_str().expect("resolution").to_owned(),
-            v["window_start"].as_i64().expect("start"),
-        );
-        assert_eq!(r.key.as_deref(), Some(series.as_str()), "rollup keyed by series");
-        assert_eq!(
-            r.partition, data.partition_of[&series],
-            "rollup co-partitioned with its source"
-        );
-        assert!(seen.insert(key.clone()), "window emitted twice: {key:?}");
-        let Some(e) = data.expected.get(&key) else {
-            // Only the sentinels' far-future windows are not in the oracle, and they never close.
-            panic!("unexpected window {key:?}: {v}");
-        };
-        let width = dataset::LEVELS.iter().find(|l| l.0 == key.1).expect("level").1;
-        assert_eq!(v["window_end"].as_i64(), Some(key.2 + width), "{key:?}");
-        assert_eq!(v["count"].as_u64(), Some(e.count), "{key:?}");
-        assert_eq!(v["min"].as_f64(), Some(e.min), "{key:?}");
-        assert_eq!(v["max"].as_f64(), Some(e.max), "{key:?}");
-        assert_eq!(v["sum"].as_f64(), Some(e.sum), "{key:?}");
-        let avg = v["avg"].as_f64().expect("avg");
-        let want = e.sum / e.count as f64;
-        assert!(
-            (avg - want).abs() <= 1e-9 * want.abs().max(1e-300),
-            "{key:?}: avg {avg} vs {want}"
-        );
-    }
-    let missing: Vec<_> = data
-        .expected
-        .keys()
-        .filter(|k| !seen.contains(*k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} windows missing, e.g. {missing:?}",
-        data.expected.len() - seen.len()
-    );
-}
+use crate::dataset::{self, Duplicates};
 
 #[test]
 fn rollup_app_matches_an_independent_oracle() {
@@ -96,7 +50,7 @@ fn rollup_app_matches_an_independent_oracle() {
     );
     let out = py_consume(&kafka.brokers, &rollups, data.expected.len(), 180, 3.0);
     assert!(app.is_running(), "app died:\n{}", app.log_text());
-    check_rollups(&data, &out);
+    dataset::check_rollups(&data, Duplicates::Refused, &out);
 
     let dead = py_consume(&kafka.brokers, &dlq, data.bad, 60, 2.0);
     assert_eq!(dead.len(), data.bad, "every bad record dead-lettered once");
@@ -278,7 +232,7 @@ fn two_instances_share_a_topic() {
     let data = dataset::build(8, 3, 4, 11);
     py_produce(&kafka.brokers, &input, &data.records);
     let out = py_consume(&kafka.brokers, &rollups, data.expected.len(), 180, 3.0);
-    check_rollups(&data, &out);
+    dataset::check_rollups(&data, Duplicates::Refused, &out);
     for admin in &admins {
         assert!(
             metric(admin, "tributary_records_consumed_total").unwrap_or(0.0) > 0.0,

@@ -178,19 +178,42 @@ pub fn resolve<C: ConsumerContext>(
     Ok(out)
 }
 
-/// An offline replay: the app's group must have no active members. Commits a requested
-/// plan for every chosen partition (and writes it to the plan topic, if there is one).
+/// An offline replay: the app must be stopped. Joins the app's group as its only member
+/// (which also proves nobody else holds the partitions), commits a requested plan for
+/// every chosen partition (and writes it to the plan topic, if there is one), and leaves.
 pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64)>, String> {
     let topic = &config.topics.input;
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.kafka.brokers)
         .set("group.id", &config.kafka.group)
-        .set("enable.auto.commit", "false");
+        .set("enable.auto.commit", "false")
+        .set("partition.assignment.strategy", "cooperative-sticky");
     for (k, v) in &config.kafka.properties {
         c.set(k, v);
     }
     let consumer: BaseConsumer = c.create().map_err(|e| e.to_string())?;
     let offsets = resolve(&consumer, topic, request, None)?;
+    consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
+    // A member that just left or was killed holds its partitions until the broker expires
+    // it (its session timeout), so wait a while before calling the app still running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let _ = consumer.poll(Duration::from_millis(200));
+        let held = consumer.assignment().map_err(|e| e.to_string())?;
+        if offsets
+            .iter()
+            .all(|&(p, _)| held.find_partition(topic, p).is_some())
+        {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "group {} did not hand this tool partitions {:?} within 90 s: is the app still running? Then replay through its admin endpoint",
+                config.kafka.group,
+                offsets.iter().map(|o| o.0).collect::<Vec<_>>()
+            ));
+        }
+    }
     let mut tpl = TopicPartitionList::new();
     for &(p, o) in &offsets {
         tpl.add_partition_offset(topic, p, Offset::Offset(o))
@@ -201,8 +224,12 @@ pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64
     }
     write_plan_topic(config, &c, topic, &offsets)?;
     consumer.commit(&tpl, CommitMode::Sync).map_err(|e| {
-        format!("cannot commit the replay offsets for group {} (is the app still running? then replay through its admin endpoint): {e}", config.kafka.group)
+        format!(
+            "cannot commit the replay offsets for group {}: {e}",
+            config.kafka.group
+        )
     })?;
+    consumer.unsubscribe();
     Ok(offsets)
 }
 

@@ -24,6 +24,9 @@ struct State {
     safe: Option<Plan>,
     /// Offset last handed to a commit request.
     sent: Option<i64>,
+    /// Already committed before this ledger began (a resumed partition): never commit at
+    /// or below it, so replay does not move the group's offset backwards.
+    floor: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -40,7 +43,7 @@ impl Ledger {
     /// committed again, so replay never moves the group's offset backwards.
     pub fn resuming_at(committed: Option<i64>) -> Self {
         let ledger = Self::default();
-        ledger.lock().sent = committed;
+        ledger.lock().floor = committed;
         ledger
     }
 
@@ -105,11 +108,15 @@ impl Ledger {
         self.safe_plan().map(|p| p.next_offset)
     }
 
-    /// The safe offset and its plan if it moved since the last call, marking it sent.
-    pub fn take_commit(&self) -> Option<Plan> {
+    /// The safe offset and its plan if it moved since the last call (or, with `again`,
+    /// even if not: an async commit can fail unseen, so it is repeated now and then),
+    /// marking it sent.
+    pub fn take_commit(&self, again: bool) -> Option<Plan> {
         let safe = self.safe_plan()?;
         let mut s = self.lock();
-        if s.sent.is_some_and(|sent| sent >= safe.next_offset) {
+        if s.floor.is_some_and(|f| safe.next_offset <= f)
+            || (!again && s.sent.is_some_and(|sent| sent >= safe.next_offset))
+        {
             return None;
         }
         s.sent = Some(safe.next_offset);
@@ -143,17 +150,17 @@ mod tests {
     fn commits_only_fully_acknowledged_prefixes() {
         let l = Ledger::new();
         l.checkpoint(0, at(10)); // offsets 0..10 produced nothing
-        assert_eq!(l.take_commit(), Some(at(10)));
+        assert_eq!(l.take_commit(false), Some(at(10)));
         l.checkpoint(2, at(20)); // offsets 10..20 produced outputs 0 and 1
         l.checkpoint(3, at(30));
-        assert_eq!(l.take_commit(), None);
+        assert_eq!(l.take_commit(false), None);
         l.ack(1, Ok(())); // out of order
-        assert_eq!(l.take_commit(), None);
+        assert_eq!(l.take_commit(false), None);
         l.ack(0, Ok(()));
-        assert_eq!(l.take_commit(), Some(at(20)));
-        assert_eq!(l.take_commit(), None, "nothing new");
+        assert_eq!(l.take_commit(false), Some(at(20)));
+        assert_eq!(l.take_commit(false), None, "nothing new");
         l.ack(2, Ok(()));
-        assert_eq!(l.take_commit(), Some(at(30)));
+        assert_eq!(l.take_commit(false), Some(at(30)));
     }
 
     #[test]
@@ -173,19 +180,21 @@ mod tests {
     fn a_resumed_partition_never_commits_behind_its_committed_offset() {
         let l = Ledger::resuming_at(Some(100));
         l.checkpoint(0, at(60)); // replaying
-        assert_eq!(l.take_commit(), None);
+        assert_eq!(l.take_commit(false), None);
         l.checkpoint(0, at(100));
-        assert_eq!(l.take_commit(), None);
+        assert_eq!(l.take_commit(false), None);
         l.checkpoint(0, at(130));
-        assert_eq!(l.take_commit(), Some(at(130)));
+        assert_eq!(l.take_commit(false), Some(at(130)));
+        assert_eq!(l.take_commit(false), None);
+        assert_eq!(l.take_commit(true), Some(at(130)), "repeated on request");
     }
 
     #[test]
     fn failed_commits_are_retried() {
         let l = Ledger::new();
         l.checkpoint(0, at(7));
-        assert_eq!(l.take_commit(), Some(at(7)));
+        assert_eq!(l.take_commit(false), Some(at(7)));
         l.commit_failed(7);
-        assert_eq!(l.take_commit(), Some(at(7)));
+        assert_eq!(l.take_commit(false), Some(at(7)));
     }
 }

@@ -409,7 +409,7 @@ impl Coordinator {
         let mut map = self.assignments();
         for tp in &tps {
             if let Some(a) = map.remove(tp)
-                && let Some(plan) = a.ledger.take_commit()
+                && let Some(plan) = a.ledger.take_commit(true)
             {
                 commit.push((tp.clone(), plan));
             }
@@ -426,11 +426,11 @@ impl Coordinator {
     }
 
     /// Offsets (with their plans) whose outputs are all acknowledged and that moved since
-    /// the last commit.
-    fn committable(&self) -> Vec<(Tp, Plan)> {
+    /// the last commit, or all of them with `again`.
+    fn committable(&self, again: bool) -> Vec<(Tp, Plan)> {
         self.assignments()
             .iter()
-            .filter_map(|(tp, a)| a.ledger.take_commit().map(|plan| (tp.clone(), plan)))
+            .filter_map(|(tp, a)| a.ledger.take_commit(again).map(|plan| (tp.clone(), plan)))
             .collect()
     }
 
@@ -810,7 +810,7 @@ fn poll_thread(
     if let Err(e) = producer.flush(config.runtime.drain_timeout.0) {
         tracing::warn!(error = %e, "outputs still in flight at shutdown; their offsets stay uncommitted");
     }
-    let final_commit = coordinator.committable();
+    let final_commit = coordinator.committable(true);
     coordinator.commit(&consumer, &final_commit, CommitMode::Sync);
     consumer.unsubscribe();
     drop(consumer);
@@ -923,6 +923,7 @@ fn poll_loop(
     let mut seen_epoch = coordinator.epoch.load(Ordering::Acquire);
     let mut last_flush = Instant::now();
     let mut last_commit = Instant::now();
+    let mut last_full_commit = Instant::now();
     let mut last_tick = Instant::now();
     let mut last_error_log: Option<Instant> = None;
     let mut since_clock = 0u32;
@@ -1023,7 +1024,13 @@ fn poll_loop(
                 pending.drain().for_each(|(_, p)| send(p));
                 return Err(RuntimeError::Delivery(e));
             }
-            let plans = coordinator.committable();
+            // Async commits can fail unseen (e.g. during a rebalance): every few seconds
+            // the current offsets are committed again even if they did not move.
+            let again = last_full_commit.elapsed() >= Duration::from_secs(5);
+            if again {
+                last_full_commit = now;
+            }
+            let plans = coordinator.committable(again);
             coordinator.commit(consumer, &plans, CommitMode::Async);
         }
     }

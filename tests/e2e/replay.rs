@@ -1,0 +1,420 @@
+//! Replayable state end to end: the rollup binary as a process on a Kafka-protocol broker
+//! process, killed with SIGKILL at arbitrary points, restarted with and without its
+//! RocksDB directory, joined by a second instance, and asked to replay by an operator.
+//! The final rollups must equal the oracle, with duplicates only where identical.
+//!
+//! These run on librdkafka's mock cluster as its own process (`tributary-dev kafka`),
+//! whose group coordinator expires a killed member after its session timeout; tansu 0.6
+//! kept a restarted member waiting 45 s to over 80 s (see README). The plan-topic path
+//! that tansu needs is covered by `plans_survive_on_a_broker_that_drops_commit_metadata`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use harness::{
+    DevKafka, Incoming, Outgoing, Process, Tansu, app_binary, create_topics, eventually, free_port, metric,
+    py_committed, py_consume, py_produce, unique,
+};
+
+use crate::dataset::{self, DataSet, Duplicates};
+
+const PARTITIONS: i32 = 4;
+
+struct Bed {
+    brokers: String,
+    input: String,
+    rollups: String,
+    group: String,
+    config: PathBuf,
+    state_dir: PathBuf,
+    /// The broker process, held so it lives as long as the bed.
+    _kafka: Box<dyn std::any::Any>,
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A config file: quick commits and checkpoints, a short session so a killed member is
+/// replaced quickly.
+fn write_config(dir: &Path, state_dir: &Path) -> PathBuf {
+    let path = dir.join("rollup.toml");
+    let text = format!(
+        r#"
+[kafka]
+commit_interval = "200ms"
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+[rollup]
+idle_timeout = "1d"
+[state]
+dir = "{}"
+checkpoint_interval = "500ms"
+"#,
+        state_dir.display()
+    );
+    std::fs::write(&path, text).expect("config file");
+    path
+}
+
+fn bed_on(broker: Box<dyn std::any::Any>, brokers: String) -> Bed {
+    let dir = scratch("replay-bed");
+    let state_dir = dir.join("state");
+    Bed {
+        config: write_config(&dir, &state_dir),
+        state_dir,
+        brokers,
+        input: unique("metrics"),
+        rollups: unique("rollups"),
+        group: unique("rollup"),
+        _kafka: broker,
+    }
+}
+
+fn dev_bed() -> Bed {
+    let (input, rollups) = (unique("metrics"), unique("rollups"));
+    let kafka = DevKafka::start(&[&input, &rollups, "dead-letter"], PARTITIONS);
+    let brokers = kafka.brokers.clone();
+    Bed {
+        input,
+        rollups,
+        ..bed_on(Box::new(kafka), brokers)
+    }
+}
+
+impl Bed {
+    fn start(&self, admin: &str, state_dir: &Path) -> Process {
+        let state = state_dir.display().to_string();
+        Process::spawn(
+            "tributary-rollup",
+            &app_binary("tributary-rollup"),
+            &[
+                "--config",
+                &self.config.display().to_string(),
+                "--brokers",
+                &self.brokers,
+                "--input-topic",
+                &self.input,
+                "--output-topic",
+                &self.rollups,
+                "--group",
+                &self.group,
+                "--admin-listen",
+                admin,
+            ],
+            &[("TRIBUTARY_STATE_DIR", &state), ("RUST_LOG", "info")],
+        )
+    }
+
+    /// Waits until the group's commits reach the end of every partition that has records.
+    fn wait_caught_up(&self, records: &[Outgoing], app: &Process) {
+        let mut end = std::collections::BTreeMap::new();
+        for r in records {
+            *end.entry(r.partition.unwrap_or(0)).or_insert(0i64) += 1;
+        }
+        let mut last = Default::default();
+        let done = eventually(Duration::from_secs(120), || {
+            let (committed, _) = py_committed(&self.brokers, &self.group, &self.input);
+            let caught_up = end
+                .iter()
+                .all(|(p, n)| committed.get(p).copied().unwrap_or(-1) >= *n);
+            last = committed;
+            caught_up.then_some(())
+        });
+        assert!(
+            done.is_some(),
+            "never caught up: committed {last:?}, expected {end:?}; log:\n{}",
+            app.log_text()
+        );
+    }
+
+    fn rollups_out(&self, min: usize) -> Vec<Incoming> {
+        py_consume(&self.brokers, &self.rollups, min, 120, 3.0)
+    }
+}
+
+/// The records before the sentinels, and the sentinels (which close every window).
+fn split(data: &DataSet, series: usize) -> (&[Outgoing], &[Outgoing]) {
+    data.records.split_at(data.records.len() - series)
+}
+
+fn kill(app: &mut Process) {
+    app.signal("KILL");
+    assert_eq!(app.wait(Duration::from_secs(10)), None, "killed by a signal");
+}
+
+#[test]
+fn rollups_survive_repeated_sigkills_including_during_replay() {
+    let bed = dev_bed();
+    let series = 16;
+    let data = dataset::build(series, 26, PARTITIONS, 11);
+    let (body, sentinels) = split(&data, series);
+    let chunks: Vec<&[Outgoing]> = body.chunks(body.len() / 5 + 1).collect();
+    let admin = format!("127.0.0.1:{}", free_port());
+    py_produce(&bed.brokers, &bed.input, chunks[0]);
+    // Kill points after the partitions are assigned: at once (mid-replay), and later
+    // while new records are processed. Every other restart runs without its RocksDB
+    // directory, so both rebuild paths are crashed into.
+    let delays_ms = [0u64, 1_500, 30, 800];
+    let mut replays_seen = 0;
+    for (i, delay) in delays_ms.iter().enumerate() {
+        if i % 2 == 1 {
+            let _ = std::fs::remove_dir_all(&bed.state_dir);
+        }
+        let mut app = bed.start(&admin, &bed.state_dir);
+        let assigned = eventually(Duration::from_secs(60), || {
+            app.log_text().contains("partition assigned").then_some(())
+        });
+        assert!(assigned.is_some(), "{}", app.log_text());
+        if let Some(chunk) = chunks.get(i + 1) {
+            py_produce(&bed.brokers, &bed.input, chunk);
+        }
+        std::thread::sleep(Duration::from_millis(*delay));
+        if app.log_text().contains("replay started") {
+            replays_seen += 1;
+        }
+        kill(&mut app);
+    }
+    assert!(replays_seen > 0, "no restart rebuilt state by replay");
+    for chunk in chunks.iter().skip(delays_ms.len() + 1) {
+        py_produce(&bed.brokers, &bed.input, chunk);
+    }
+    py_produce(&bed.brokers, &bed.input, sentinels);
+    let mut app = bed.start(&admin, &bed.state_dir);
+    bed.wait_caught_up(&data.records, &app);
+    let out = bed.rollups_out(data.expected.len());
+    dataset::check_rollups(&data, Duplicates::Identical, &out);
+    assert_eq!(
+        app.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        app.log_text()
+    );
+}
+
+#[test]
+fn restarts_resume_from_the_checkpoint_when_kept_and_replay_when_deleted() {
+    let bed = dev_bed();
+    let series = 12;
+    let data = dataset::build(series, 26, PARTITIONS, 5);
+    let (body, sentinels) = split(&data, series);
+    let (first, second) = body.split_at(body.len() / 2);
+    let admin = format!("127.0.0.1:{}", free_port());
+    py_produce(&bed.brokers, &bed.input, first);
+    let mut app = bed.start(&admin, &bed.state_dir);
+    bed.wait_caught_up(first, &app);
+    let written = eventually(Duration::from_secs(30), || {
+        (metric(&admin, "tributary_checkpoints_written_total").unwrap_or(0.0) >= PARTITIONS as f64)
+            .then_some(())
+    });
+    assert!(written.is_some(), "no checkpoints written:\n{}", app.log_text());
+    kill(&mut app);
+
+    // Kept: every partition resumes from its checkpoint.
+    let mut app = bed.start(&admin, &bed.state_dir);
+    let resumed = eventually(Duration::from_secs(60), || {
+        (app.log_text().matches("source=Checkpoint").count() >= PARTITIONS as usize).then_some(())
+    });
+    assert!(resumed.is_some(), "checkpoints not used:\n{}", app.log_text());
+    kill(&mut app);
+
+    // Deleted: full replay from the committed plans, same results.
+    std::fs::remove_dir_all(&bed.state_dir).expect("delete state dir");
+    py_produce(&bed.brokers, &bed.input, second);
+    let mut app = bed.start(&admin, &bed.state_dir);
+    let replayed = eventually(Duration::from_secs(60), || {
+        (app.log_text().matches("source=Plan").count() >= PARTITIONS as usize).then_some(())
+    });
+    assert!(replayed.is_some(), "plans not used:\n{}", app.log_text());
+    py_produce(&bed.brokers, &bed.input, sentinels);
+    bed.wait_caught_up(&data.records, &app);
+    let finished = eventually(Duration::from_secs(30), || {
+        (metric(&admin, "tributary_replays_finished_total").unwrap_or(0.0) >= PARTITIONS as f64).then_some(())
+    });
+    assert!(finished.is_some(), "{}", app.log_text());
+    assert!(metric(&admin, "tributary_records_replayed_total").unwrap_or(0.0) > 0.0);
+    let out = bed.rollups_out(data.expected.len());
+    dataset::check_rollups(&data, Duplicates::Identical, &out);
+    assert_eq!(
+        app.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        app.log_text()
+    );
+}
+
+#[test]
+fn a_second_instance_joining_and_leaving_loses_and_changes_nothing() {
+    let bed = dev_bed();
+    let series = 16;
+    let data = dataset::build(series, 26, PARTITIONS, 23);
+    let (body, sentinels) = split(&data, series);
+    let thirds: Vec<&[Outgoing]> = body.chunks(body.len() / 3 + 1).collect();
+    let (admin_a, admin_b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    py_produce(&bed.brokers, &bed.input, thirds[0]);
+    let mut a = bed.start(&admin_a, &bed.state_dir);
+    bed.wait_caught_up(thirds[0], &a);
+    let mut b = bed.start(&admin_b, &bed.state_dir.with_extension("b"));
+    let shared = eventually(Duration::from_secs(60), || {
+        (metric(&admin_b, "tributary_assigned_partitions").unwrap_or(0.0) > 0.0).then_some(())
+    });
+    assert!(
+        shared.is_some(),
+        "second instance got no partitions:\n{}",
+        b.log_text()
+    );
+    py_produce(&bed.brokers, &bed.input, thirds[1]);
+    let moved = eventually(Duration::from_secs(60), || {
+        b.log_text().contains("source=Plan").then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "moved partitions were not rebuilt from plans:\n{}",
+        b.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(b.terminate(Duration::from_secs(60)), Some(0), "{}", b.log_text());
+    for rest in &thirds[2..] {
+        py_produce(&bed.brokers, &bed.input, rest);
+    }
+    py_produce(&bed.brokers, &bed.input, sentinels);
+    bed.wait_caught_up(&data.records, &a);
+    let out = bed.rollups_out(data.expected.len());
+    dataset::check_rollups(&data, Duplicates::Identical, &out);
+    assert_eq!(a.terminate(Duration::from_secs(60)), Some(0), "{}", a.log_text());
+}
+
+fn replay_cli(bed: &Bed, admin: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec![
+        "--config",
+        bed.config.to_str().expect("path"),
+        "--brokers",
+        &bed.brokers,
+        "--input-topic",
+        &bed.input,
+        "--group",
+        &bed.group,
+        "--admin-listen",
+        admin,
+        "replay",
+    ];
+    all.extend_from_slice(args);
+    let out = std::process::Command::new(app_binary("tributary-rollup"))
+        .args(&all)
+        .output()
+        .expect("replay command");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn an_operator_replay_re_emits_identical_rollups_online_and_offline() {
+    let bed = dev_bed();
+    let series = 8;
+    let data = dataset::build(series, 26, PARTITIONS, 3);
+    let admin = format!("127.0.0.1:{}", free_port());
+    py_produce(&bed.brokers, &bed.input, &data.records);
+    let mut app = bed.start(&admin, &bed.state_dir);
+    bed.wait_caught_up(&data.records, &app);
+    let before = bed.rollups_out(data.expected.len());
+    dataset::check_rollups(&data, Duplicates::Refused, &before);
+    let on_partition_1 = |rs: &[Incoming]| rs.iter().filter(|r| r.partition == 1).count();
+
+    // Bad requests get clear errors and change nothing.
+    let (code, text) = replay_cli(&bed, &admin, &["--from-offset", "0", "--partitions", "9"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("partition 9 does not exist"), "{text}");
+    let (code, text) = replay_cli(&bed, &admin, &["--from-offset", "999999", "--partitions", "1"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("offset 999999 is not in"), "{text}");
+
+    // Online, through the admin endpoint: partition 1 again from its first record.
+    let (code, text) = replay_cli(&bed, &admin, &["--from-offset", "0", "--partitions", "1"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("\"from_offset\":0"), "{text}");
+    let again = eventually(Duration::from_secs(60), || {
+        let out = bed.rollups_out(before.len());
+        (on_partition_1(&out) > on_partition_1(&before)).then_some(out)
+    })
+    .expect("replayed rollups re-emitted");
+    dataset::check_rollups(&data, Duplicates::Identical, &again);
+    let reemitted = on_partition_1(&again) - on_partition_1(&before);
+    assert_eq!(
+        app.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        app.log_text()
+    );
+
+    // Offline, with the app stopped: the next start replays and re-emits.
+    let (code, text) = replay_cli(
+        &bed,
+        &admin,
+        &["--offline", "--from-offset", "0", "--partitions", "1"],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let mut app = bed.start(&admin, &bed.state_dir);
+    let third = eventually(Duration::from_secs(60), || {
+        let out = bed.rollups_out(again.len());
+        (on_partition_1(&out) >= on_partition_1(&again) + reemitted).then_some(out)
+    })
+    .expect("offline replay re-emitted");
+    dataset::check_rollups(&data, Duplicates::Identical, &third);
+    assert_eq!(
+        app.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        app.log_text()
+    );
+}
+
+#[test]
+fn plans_survive_on_a_broker_that_drops_commit_metadata() {
+    let tansu = Tansu::start();
+    let brokers = tansu.brokers.clone();
+    let bed = bed_on(Box::new(tansu), brokers);
+    create_topics(&bed.brokers, &[(&bed.input, 2)]);
+    let series = 8;
+    let data = dataset::build(series, 26, 2, 17);
+    let (body, sentinels) = split(&data, series);
+    let (first, second) = body.split_at(body.len() / 2);
+    let admin = format!("127.0.0.1:{}", free_port());
+    py_produce(&bed.brokers, &bed.input, first);
+    // No local checkpoints: the restart must rebuild from the plan alone.
+    let no_state = Path::new("");
+    let mut app = bed.start(&admin, no_state);
+    bed.wait_caught_up(first, &app);
+    assert!(
+        app.log_text().contains("keeps_metadata=false"),
+        "{}",
+        app.log_text()
+    );
+    assert_eq!(
+        app.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        app.log_text()
+    );
+
+    py_produce(&bed.brokers, &bed.input, second);
+    py_produce(&bed.brokers, &bed.input, sentinels);
+    let mut app = bed.start(&admin, no_state);
+    bed.wait_caught_up(&data.records, &app);
+    assert!(app.log_text().contains("source=Plan"), "{}", app.log_text());
+    let out = bed.rollups_out(data.expected.len());
+    dataset::check_rollups(&data, Duplicates::Identical, &out);
+    assert_eq!(
+        app.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        app.log_text()
+    );
+}
