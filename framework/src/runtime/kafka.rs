@@ -82,15 +82,7 @@ pub fn prepare_topics(
     outputs: &[OutputTopic],
     stop: &AtomicBool,
 ) -> Result<TopicLayout, RuntimeError> {
-    let mut admin_config = ClientConfig::new();
-    admin_config.set("bootstrap.servers", &config.kafka.brokers);
-    apply(&mut admin_config, &config.kafka.properties);
-    let admin: AdminClient<DefaultClientContext> = admin_config
-        .create()
-        .map_err(|e| RuntimeError::Kafka(format!("cannot create admin client: {e}")))?;
-    let producer: rdkafka::producer::BaseProducer = producer_config(config)
-        .create()
-        .map_err(|e| RuntimeError::Kafka(format!("cannot create producer: {e}")))?;
+    let (admin, producer) = admin_clients(config)?;
 
     let mut backoff = Backoff::new();
     let input_partitions = loop {
@@ -137,17 +129,26 @@ pub fn prepare_topics(
     Ok(layout)
 }
 
-/// Makes sure the single-partition, compacted replay-plan topic exists.
-pub fn ensure_plan_topic(config: &Config, name: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
+/// An admin client for CreateTopics, and a producer whose metadata requests auto-create
+/// topics on brokers without CreateTopics.
+fn admin_clients(
+    config: &Config,
+) -> Result<(AdminClient<DefaultClientContext>, rdkafka::producer::BaseProducer), RuntimeError> {
     let mut admin_config = ClientConfig::new();
     admin_config.set("bootstrap.servers", &config.kafka.brokers);
     apply(&mut admin_config, &config.kafka.properties);
-    let admin: AdminClient<DefaultClientContext> = admin_config
+    let admin = admin_config
         .create()
         .map_err(|e| RuntimeError::Kafka(format!("cannot create admin client: {e}")))?;
-    let producer: rdkafka::producer::BaseProducer = producer_config(config)
+    let producer = producer_config(config)
         .create()
         .map_err(|e| RuntimeError::Kafka(format!("cannot create producer: {e}")))?;
+    Ok((admin, producer))
+}
+
+/// Makes sure the single-partition, compacted replay-plan topic exists.
+pub fn ensure_plan_topic(config: &Config, name: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
+    let (admin, producer) = admin_clients(config)?;
     let mut backoff = Backoff::new();
     let mut created = false;
     loop {

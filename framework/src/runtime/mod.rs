@@ -232,14 +232,7 @@ impl Coordinator {
             let offset = (stall.target - stall.back).max(0);
             tracing::warn!(topic = %tp.topic, partition = tp.partition, target = stall.target, offset,
                 "replay read nothing; the broker may not serve fetches that start inside a record batch, seeking back");
-            if let Err(e) = consumer.seek(
-                &tp.topic,
-                tp.partition,
-                Offset::Offset(offset),
-                Duration::from_secs(10),
-            ) {
-                tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "seek failed");
-            }
+            seek(consumer, tp, offset);
             stall.since = Instant::now();
         }
     }
@@ -493,14 +486,7 @@ impl Coordinator {
                     replay_until: offset,
                 },
             });
-            if let Err(e) = consumer.seek(
-                &tp.topic,
-                tp.partition,
-                Offset::Offset(offset),
-                Duration::from_secs(10),
-            ) {
-                tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "seek failed");
-            }
+            seek(consumer, &tp, offset);
             tracing::info!(topic = %tp.topic, partition = tp.partition, offset, "operator replay started; outputs are re-emitted");
             self.watch_for_stall(&tp, offset);
             map.insert(
@@ -515,6 +501,17 @@ impl Coordinator {
         drop(map);
         self.epoch.fetch_add(1, Ordering::Release);
         Ok(offsets)
+    }
+}
+
+fn seek(consumer: &BaseConsumer<ConsumerCtx>, tp: &Tp, offset: i64) {
+    if let Err(e) = consumer.seek(
+        &tp.topic,
+        tp.partition,
+        Offset::Offset(offset),
+        Duration::from_secs(10),
+    ) {
+        tracing::warn!(topic = %tp.topic, partition = tp.partition, offset, error = %e, "seek failed");
     }
 }
 
