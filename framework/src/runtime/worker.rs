@@ -206,7 +206,9 @@ pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
                     last_checkpoint: Instant::now(),
                     pending_checkpoint: None,
                 };
-                parts.insert(run.tp.partition, run);
+                let run = parts.entry(run.tp.partition).insert_entry(run).into_mut();
+                // /status shows where the partition resumes before its first record.
+                report(&shared, run);
             }
             WorkerMsg::Batch(batch) => {
                 if let Some(run) = parts.get_mut(&batch.partition)
