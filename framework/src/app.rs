@@ -87,6 +87,10 @@ pub struct ReplayArgs {
     /// Do not try the admin endpoint: the app is stopped.
     #[arg(long)]
     pub offline: bool,
+    /// Return once the running app has started the replay instead of following its
+    /// progress.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 impl ReplayArgs {
@@ -102,6 +106,84 @@ impl ReplayArgs {
             .map(replay_request::parse_partitions)
             .transpose()?;
         Ok(ReplayRequest { from, partitions })
+    }
+}
+
+/// Follows an online replay on the app's `/status` until every replayed partition reaches
+/// the end offset it had when the replay started: a progress bar on a terminal, a line
+/// every 5 s otherwise. Stops following if the app stops answering or makes no progress
+/// for a minute.
+fn follow_replay(addr: std::net::SocketAddr, config: &Config, started: &str) {
+    use std::io::{IsTerminal, Write};
+    use std::time::Instant;
+    let topic = &config.topics.input;
+    let started: serde_json::Value = serde_json::from_str(started).unwrap_or_default();
+    let mut from = std::collections::BTreeMap::new();
+    for p in started["replaying"].as_array().into_iter().flatten() {
+        if let (Some(partition), Some(offset)) = (p["partition"].as_i64(), p["from_offset"].as_i64()) {
+            from.insert(partition as i32, offset);
+        }
+    }
+    let ends = replay_request::end_offsets(config, from.keys().copied());
+    let total: i64 = from
+        .iter()
+        .map(|(p, f)| ends.get(p).map_or(0, |e| (e - f).max(0)))
+        .sum();
+    let terminal = std::io::stdout().is_terminal();
+    let started_at = Instant::now();
+    let (mut last_line, mut last_progress, mut last_done) = (Instant::now(), Instant::now(), -1i64);
+    loop {
+        let Ok((200, body)) = admin::request(addr, "GET", "/status", b"") else {
+            eprintln!("\nthe app stopped answering; stopped following the replay");
+            return;
+        };
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let mut done = 0;
+        for g in status["partitions"].as_array().into_iter().flatten() {
+            let partition = g["partition"].as_i64().unwrap_or(-1) as i32;
+            if g["topic"].as_str() == Some(topic.as_str())
+                && let (Some(f), Some(e)) = (from.get(&partition), ends.get(&partition))
+            {
+                done += g["processed_offset"].as_i64().unwrap_or(*f).clamp(*f, *e) - f;
+            }
+        }
+        let secs = started_at.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        let eta = (total - done) as f64 / rate.max(1.0);
+        let share = if total > 0 {
+            done as f64 / total as f64
+        } else {
+            1.0
+        };
+        let line = format!(
+            "replay {done}/{total} records ({:.0}%), {rate:.0}/s, ETA {eta:.0}s",
+            share * 100.0
+        );
+        if terminal {
+            let filled = (share * 30.0) as usize;
+            print!(
+                "\r[{}{}] {line}   ",
+                "#".repeat(filled),
+                " ".repeat(30 - filled.min(30))
+            );
+            let _ = std::io::stdout().flush();
+        } else if last_line.elapsed() >= std::time::Duration::from_secs(5) || done >= total {
+            println!("{line}");
+            last_line = Instant::now();
+        }
+        if done >= total {
+            if terminal {
+                println!();
+            }
+            return;
+        }
+        if done != last_done {
+            (last_done, last_progress) = (done, Instant::now());
+        } else if last_progress.elapsed() > std::time::Duration::from_secs(60) {
+            eprintln!("\nno progress for a minute; stopped following the replay");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 
@@ -129,6 +211,9 @@ fn replay_command(app: AppKind, config: &Config, args: &ReplayArgs) -> ExitCode 
         match admin::request(addr, "POST", &format!("/replay?{query}"), b"") {
             Ok((200, body)) => {
                 println!("{}", body.trim());
+                if !args.no_wait {
+                    follow_replay(addr, config, &body);
+                }
                 return ExitCode::SUCCESS;
             }
             Ok((_, body)) => {

@@ -340,6 +340,11 @@ fn an_operator_replay_re_emits_identical_rollups_online_and_offline() {
     let (code, text) = replay_cli(&bed, &admin, &["--from-offset", "0", "--partitions", "1"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("\"from_offset\":0"), "{text}");
+    // The command follows the replay to the end offset it had when it started.
+    assert!(
+        text.contains("(100%)"),
+        "progress not followed to the end: {text}"
+    );
     let again = eventually(Duration::from_secs(60), || {
         let out = bed.rollups_out(before.len());
         (on_partition_1(&out) > on_partition_1(&before)).then_some(out)

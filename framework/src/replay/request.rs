@@ -178,6 +178,30 @@ pub fn resolve<C: ConsumerContext>(
     Ok(out)
 }
 
+/// The end offset of each partition of the input topic (for progress); partitions whose
+/// offsets cannot be read are left out.
+pub fn end_offsets(
+    config: &Config,
+    partitions: impl Iterator<Item = i32>,
+) -> std::collections::BTreeMap<i32, i64> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.brokers);
+    for (k, v) in &config.kafka.properties {
+        c.set(k, v);
+    }
+    let Ok(consumer) = c.create::<BaseConsumer>() else {
+        return Default::default();
+    };
+    partitions
+        .filter_map(|p| {
+            consumer
+                .fetch_watermarks(&config.topics.input, p, Duration::from_secs(10))
+                .ok()
+                .map(|(_, high)| (p, high))
+        })
+        .collect()
+}
+
 /// An offline replay: the app must be stopped. Joins the app's group as its only member
 /// (which also proves nobody else holds the partitions), commits a requested plan for
 /// every chosen partition (and writes it to the plan topic, if there is one), and leaves.
