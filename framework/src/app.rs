@@ -149,14 +149,17 @@ fn follow_replay(addr: std::net::SocketAddr, config: &Config, started: &str) {
         }
         let secs = started_at.elapsed().as_secs_f64().max(1e-3);
         let rate = done as f64 / secs;
-        let eta = (total - done) as f64 / rate.max(1.0);
+        let eta = match done {
+            0 => "?".to_string(),
+            _ => format!("{:.0}s", (total - done) as f64 / rate.max(1.0)),
+        };
         let share = if total > 0 {
             done as f64 / total as f64
         } else {
             1.0
         };
         let line = format!(
-            "replay {done}/{total} records ({:.0}%), {rate:.0}/s, ETA {eta:.0}s",
+            "replay {done}/{total} records ({:.0}%), {rate:.0}/s, ETA {eta}",
             share * 100.0
         );
         if terminal {
