@@ -54,6 +54,8 @@ struct PipelineSnapshot {
     names: Vec<String>,
     watermark: i64,
     max_ts: i64,
+    /// An operator replay's cut, if any (see [`Cut`]).
+    cut: Option<i64>,
     stages: Vec<Vec<u8>>,
 }
 
@@ -157,6 +159,20 @@ impl Pipeline {
         self.cut = Cut::Pending;
     }
 
+    /// Restores the cut a plan carried from an earlier operator replay.
+    pub fn restore_cut(&mut self, cut: Option<i64>) {
+        if let Some(cut) = cut {
+            self.cut = Cut::At(cut);
+        }
+    }
+
+    fn cut_at(&self) -> Option<i64> {
+        match self.cut {
+            Cut::At(cut) => Some(cut),
+            Cut::None | Cut::Pending => None,
+        }
+    }
+
     /// The replay plan for the state held after processing everything before `next_offset`.
     pub fn plan(&self, next_offset: i64) -> Plan {
         let (replay_start, watermark) = match self.replay_start() {
@@ -168,6 +184,7 @@ impl Pipeline {
             next_offset,
             watermark,
             requested: false,
+            cut: self.cut_at(),
         }
     }
 
@@ -180,6 +197,7 @@ impl Pipeline {
                 .collect(),
             watermark: self.watermark,
             max_ts: self.max_ts,
+            cut: self.cut_at(),
             stages: self
                 .stages
                 .iter()
@@ -210,6 +228,7 @@ impl Pipeline {
         }
         self.watermark = snapshot.watermark;
         self.max_ts = snapshot.max_ts;
+        self.restore_cut(snapshot.cut);
         Ok(())
     }
 

@@ -258,6 +258,7 @@ fn replay(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
                 next_offset: *hi,
                 watermark: i64::MIN,
                 requested: false,
+                cut: None,
             };
             el.set_metadata(plan.encode());
         }

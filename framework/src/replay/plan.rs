@@ -18,6 +18,9 @@ pub struct Plan {
     /// An operator asked to replay from `next_offset`: outputs are re-emitted (not
     /// suppressed), except windows the replay point cuts through.
     pub requested: bool,
+    /// After an operator's replay: windows starting before this event time were cut by
+    /// the replay point and are never emitted again (they would be partial).
+    pub cut: Option<i64>,
 }
 
 /// Prefix of every encoded plan; the version lets a later format coexist.
@@ -31,6 +34,7 @@ impl Plan {
             next_offset: offset,
             watermark: i64::MIN,
             requested: false,
+            cut: None,
         }
     }
 
@@ -50,6 +54,9 @@ impl Plan {
             "{TAG} r={} n={} w={}",
             self.replay_start, self.next_offset, self.watermark
         );
+        if let Some(cut) = self.cut {
+            let _ = write!(s, " c={cut}");
+        }
         if self.requested {
             s.push_str(" requested");
         }
@@ -75,11 +82,14 @@ impl Plan {
             next_offset: field("n")?,
             watermark: field("w")?,
             requested: false,
+            cut: None,
         };
-        match parts.next() {
-            None => {}
-            Some("requested") => plan.requested = true,
-            Some(_) => return None,
+        for extra in parts {
+            match extra.split_once('=') {
+                None if extra == "requested" => plan.requested = true,
+                Some(("c", v)) => plan.cut = Some(v.parse().ok()?),
+                _ => return None,
+            }
         }
         (plan.replay_start <= plan.next_offset).then_some(plan)
     }
@@ -180,6 +190,7 @@ mod tests {
             next_offset: n,
             watermark: 1_000,
             requested: false,
+            cut: None,
         }
     }
 
@@ -190,8 +201,14 @@ mod tests {
             next_offset: 42,
             watermark: i64::MIN,
             requested: false,
+            cut: None,
         };
         assert_eq!(Plan::decode(&p.encode()), Some(p));
+        let cut = Plan {
+            cut: Some(1_732_380_000_000),
+            ..p
+        };
+        assert_eq!(Plan::decode(&cut.encode()), Some(cut));
         assert_eq!(
             Plan::decode(&Plan::requested(9).encode()),
             Some(Plan::requested(9))

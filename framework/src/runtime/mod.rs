@@ -309,7 +309,10 @@ impl Coordinator {
         }
         match start.source {
             StateSource::Plan(p) if p.requested => pipeline.reemit_from_next_record(),
-            StateSource::Plan(p) => pipeline.restore_watermark(p.watermark),
+            StateSource::Plan(p) => {
+                pipeline.restore_watermark(p.watermark);
+                pipeline.restore_cut(p.cut);
+            }
             StateSource::Checkpoint | StateSource::Empty | StateSource::CommittedOnly => {}
         }
         pipeline.set_replay_until(start.replay_until);
