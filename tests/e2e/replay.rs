@@ -129,6 +129,20 @@ impl Bed {
         );
     }
 
+    /// Waits until every record is committed, checks the rollups against the oracle
+    /// (duplicates only if identical) and stops the app gracefully.
+    fn finish(&self, data: &DataSet, app: &mut Process) {
+        self.wait_caught_up(&data.records, app);
+        let out = self.rollups_out(data.expected.len());
+        dataset::check_rollups(data, Duplicates::Identical, &out);
+        assert_eq!(
+            app.terminate(Duration::from_secs(60)),
+            Some(0),
+            "{}",
+            app.log_text()
+        );
+    }
+
     fn rollups_out(&self, min: usize) -> Vec<Incoming> {
         py_consume(&self.brokers, &self.rollups, min, 120, 3.0)
     }
@@ -182,15 +196,7 @@ fn rollups_survive_repeated_sigkills_including_during_replay() {
     }
     py_produce(&bed.brokers, &bed.input, sentinels);
     let mut app = bed.start(&admin, &bed.state_dir);
-    bed.wait_caught_up(&data.records, &app);
-    let out = bed.rollups_out(data.expected.len());
-    dataset::check_rollups(&data, Duplicates::Identical, &out);
-    assert_eq!(
-        app.terminate(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        app.log_text()
-    );
+    bed.finish(&data, &mut app);
 }
 
 #[test]
@@ -228,20 +234,12 @@ fn restarts_resume_from_the_checkpoint_when_kept_and_replay_when_deleted() {
     });
     assert!(replayed.is_some(), "plans not used:\n{}", app.log_text());
     py_produce(&bed.brokers, &bed.input, sentinels);
-    bed.wait_caught_up(&data.records, &app);
-    let finished = eventually(Duration::from_secs(30), || {
+    let finished = eventually(Duration::from_secs(60), || {
         (metric(&admin, "tributary_replays_finished_total").unwrap_or(0.0) >= PARTITIONS as f64).then_some(())
     });
     assert!(finished.is_some(), "{}", app.log_text());
     assert!(metric(&admin, "tributary_records_replayed_total").unwrap_or(0.0) > 0.0);
-    let out = bed.rollups_out(data.expected.len());
-    dataset::check_rollups(&data, Duplicates::Identical, &out);
-    assert_eq!(
-        app.terminate(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        app.log_text()
-    );
+    bed.finish(&data, &mut app);
 }
 
 #[test]
@@ -282,10 +280,7 @@ fn a_second_instance_joining_and_leaving_loses_and_changes_nothing() {
         py_produce(&bed.brokers, &bed.input, rest);
     }
     py_produce(&bed.brokers, &bed.input, sentinels);
-    bed.wait_caught_up(&data.records, &a);
-    let out = bed.rollups_out(data.expected.len());
-    dataset::check_rollups(&data, Duplicates::Identical, &out);
-    assert_eq!(a.terminate(Duration::from_secs(60)), Some(0), "{}", a.log_text());
+    bed.finish(&data, &mut a);
 }
 
 fn replay_cli(bed: &Bed, admin: &str, args: &[&str]) -> (Option<i32>, String) {
@@ -412,14 +407,6 @@ fn plans_survive_on_a_broker_that_drops_commit_metadata() {
     py_produce(&bed.brokers, &bed.input, second);
     py_produce(&bed.brokers, &bed.input, sentinels);
     let mut app = bed.start(&admin, no_state);
-    bed.wait_caught_up(&data.records, &app);
+    bed.finish(&data, &mut app);
     assert!(app.log_text().contains("source=Plan"), "{}", app.log_text());
-    let out = bed.rollups_out(data.expected.len());
-    dataset::check_rollups(&data, Duplicates::Identical, &out);
-    assert_eq!(
-        app.terminate(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        app.log_text()
-    );
 }
