@@ -25,20 +25,17 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::Config;
+use crate::runtime::kafka::client_config;
 
 /// Whether the broker returns an offset commit's metadata. Commits a marker for
 /// partition 0 of `topic` under a probe group of our own (never the app's group) and
 /// reads it back.
 pub fn probe(config: &Config, topic: &str) -> Result<bool, String> {
     let group = format!("{}.metadata-probe", config.kafka.group);
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false");
-    for (k, v) in &config.kafka.properties {
-        c.set(k, v);
-    }
-    let consumer: BaseConsumer = c.create().map_err(|e| e.to_string())?;
+    let consumer: BaseConsumer =
+        client_config(config, &[("group.id", &group), ("enable.auto.commit", "false")])
+            .create()
+            .map_err(|e| e.to_string())?;
     let marker = format!(
         "tributary-probe {}",
         std::time::SystemTime::now()
@@ -86,20 +83,16 @@ fn plan_key(topic: &str, partition: i32) -> String {
 
 impl PlanTopic {
     pub fn new(config: &Config, topic: String) -> Result<Self, String> {
-        let mut p = ClientConfig::new();
-        p.set("bootstrap.servers", &config.kafka.brokers)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5");
-        let mut reader = ClientConfig::new();
-        reader
-            .set("bootstrap.servers", &config.kafka.brokers)
-            .set("group.id", format!("{}.plan-reader", config.kafka.group))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
-        for (k, v) in &config.kafka.properties {
-            p.set(k, v);
-            reader.set(k, v);
-        }
+        let p = client_config(config, &[("enable.idempotence", "true"), ("linger.ms", "5")]);
+        let reader_group = format!("{}.plan-reader", config.kafka.group);
+        let reader = client_config(
+            config,
+            &[
+                ("group.id", &reader_group),
+                ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "false"),
+            ],
+        );
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -11,6 +11,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::replay::Plan;
+use crate::runtime::kafka::client_config;
 
 /// Where a requested replay starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,12 +185,7 @@ pub fn end_offsets(
     config: &Config,
     partitions: impl Iterator<Item = i32>,
 ) -> std::collections::BTreeMap<i32, i64> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.brokers);
-    for (k, v) in &config.kafka.properties {
-        c.set(k, v);
-    }
-    let Ok(consumer) = c.create::<BaseConsumer>() else {
+    let Ok(consumer) = client_config(config, &[]).create::<BaseConsumer>() else {
         return Default::default();
     };
     partitions
@@ -207,14 +203,14 @@ pub fn end_offsets(
 /// every chosen partition (and writes it to the plan topic, if there is one), and leaves.
 pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64)>, String> {
     let topic = &config.topics.input;
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", &config.kafka.group)
-        .set("enable.auto.commit", "false")
-        .set("partition.assignment.strategy", "cooperative-sticky");
-    for (k, v) in &config.kafka.properties {
-        c.set(k, v);
-    }
+    let c = client_config(
+        config,
+        &[
+            ("group.id", &config.kafka.group),
+            ("enable.auto.commit", "false"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+        ],
+    );
     let consumer: BaseConsumer = c.create().map_err(|e| e.to_string())?;
     let offsets = resolve(&consumer, topic, request, None)?;
     consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
@@ -277,10 +273,9 @@ fn write_plan_topic(
     if !exists {
         return Ok(());
     }
-    let mut pc = ClientConfig::new();
-    pc.set("bootstrap.servers", &config.kafka.brokers)
-        .set("allow.auto.create.topics", "false");
-    let producer: BaseProducer = pc.create().map_err(|e| e.to_string())?;
+    let producer: BaseProducer = client_config(config, &[("allow.auto.create.topics", "false")])
+        .create()
+        .map_err(|e| e.to_string())?;
     for &(p, o) in offsets {
         let key = format!("{topic}/{p}");
         let value = Plan::requested(o).encode();

@@ -52,6 +52,18 @@ pub fn producer_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// A client for `config`'s brokers with `settings`, then the user's `kafka.properties`
+/// (last, so security and tuning settings apply to every client the app creates).
+pub fn client_config(config: &Config, settings: &[(&str, &str)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.brokers);
+    for (k, v) in settings {
+        c.set(*k, *v);
+    }
+    apply(&mut c, &config.kafka.properties);
+    c
+}
+
 fn apply(c: &mut ClientConfig, properties: &BTreeMap<String, String>) {
     for (k, v) in properties {
         c.set(k, v);
@@ -134,10 +146,7 @@ pub fn prepare_topics(
 fn admin_clients(
     config: &Config,
 ) -> Result<(AdminClient<DefaultClientContext>, rdkafka::producer::BaseProducer), RuntimeError> {
-    let mut admin_config = ClientConfig::new();
-    admin_config.set("bootstrap.servers", &config.kafka.brokers);
-    apply(&mut admin_config, &config.kafka.properties);
-    let admin = admin_config
+    let admin = client_config(config, &[])
         .create()
         .map_err(|e| RuntimeError::Kafka(format!("cannot create admin client: {e}")))?;
     let producer = producer_config(config)
