@@ -139,10 +139,6 @@ impl Pipeline {
         self.replay_until = offset;
     }
 
-    pub fn replay_until(&self) -> i64 {
-        self.replay_until
-    }
-
     /// Restores the watermark a plan recorded for its replay start, so replayed records
     /// are accepted or found late exactly as they were the first time.
     pub fn restore_watermark(&mut self, watermark: i64) {

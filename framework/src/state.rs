@@ -38,7 +38,8 @@ pub enum StateError {
 pub struct StateStore {
     db: DB,
     cache: Cache,
-    write_buffers: WriteBufferManager,
+    /// Held for the life of the database: it bounds the memtables.
+    _write_buffers: WriteBufferManager,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -78,7 +79,7 @@ impl StateStore {
         Ok(Self {
             db,
             cache,
-            write_buffers,
+            _write_buffers: write_buffers,
         })
     }
 
@@ -118,11 +119,6 @@ impl StateStore {
     /// Bytes held by the block cache (which also carries the memtables' charge).
     pub fn memory_bytes(&self) -> usize {
         self.cache.get_usage()
-    }
-
-    /// Bytes of memtables, bounded by the write buffer manager.
-    pub fn memtable_bytes(&self) -> usize {
-        self.write_buffers.get_usage()
     }
 }
 

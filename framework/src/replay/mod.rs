@@ -105,10 +105,6 @@ impl PlanTopic {
         })
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     /// Queues a plan; it is a valid resume point on its own (outputs before its offset
     /// are acknowledged), so the write need not be awaited.
     pub fn write(&self, topic: &str, partition: i32, plan: &Plan) {

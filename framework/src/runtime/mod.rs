@@ -166,8 +166,6 @@ impl Coordinator {
         for (tp, start, pipeline, committed) in prepared {
             let worker = (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0);
             load[worker] += 1;
-            let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-            let ledger = Arc::new(Ledger::resuming_at(committed));
             tracing::info!(topic = %tp.topic, partition = tp.partition, worker, "partition assigned");
             if let Some(target) = start.seek.filter(|&s| s < start.replay_until) {
                 self.watch_for_stall(&tp, target);
@@ -176,25 +174,42 @@ impl Coordinator {
                 from: start.seek,
                 replay_until: start.replay_until,
             };
-            let _ = self.workers[worker].send(WorkerMsg::Assign {
-                tp: tp.clone(),
-                generation,
-                ledger: ledger.clone(),
-                pipeline,
-                resume,
-            });
-            map.insert(
-                tp,
-                Assignment {
-                    generation,
-                    worker,
-                    ledger,
-                },
-            );
+            self.start_run(&mut map, tp, worker, pipeline, resume, committed);
         }
         self.metrics.assigned_partitions.set(map.len() as i64);
         self.metrics.rebalances.add(1);
         self.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// Hands `tp` to `worker` with a prepared pipeline under a new generation (queued
+    /// batches of an earlier one are dropped) and a ledger that never commits at or below
+    /// `committed`.
+    fn start_run(
+        &self,
+        map: &mut HashMap<Tp, Assignment>,
+        tp: Tp,
+        worker: usize,
+        pipeline: Box<Pipeline>,
+        resume: Resume,
+        committed: Option<i64>,
+    ) {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let ledger = Arc::new(Ledger::resuming_at(committed));
+        let _ = self.workers[worker].send(WorkerMsg::Assign {
+            tp: tp.clone(),
+            generation,
+            ledger: ledger.clone(),
+            pipeline,
+            resume,
+        });
+        map.insert(
+            tp,
+            Assignment {
+                generation,
+                worker,
+                ledger,
+            },
+        );
     }
 
     fn watch_for_stall(&self, tp: &Tp, target: i64) {
@@ -477,29 +492,14 @@ impl Coordinator {
             let offset = plan.next_offset;
             let mut pipeline = Box::new(Pipeline::new(&self.spec));
             pipeline.reemit_from_next_record();
-            let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-            let ledger = Arc::new(Ledger::resuming_at(Some(offset)));
-            let _ = self.workers[worker].send(WorkerMsg::Assign {
-                tp: tp.clone(),
-                generation,
-                ledger: ledger.clone(),
-                pipeline,
-                resume: Resume {
-                    from: Some(offset),
-                    replay_until: offset,
-                },
-            });
+            let resume = Resume {
+                from: Some(offset),
+                replay_until: offset,
+            };
             seek(consumer, &tp, offset);
             tracing::info!(topic = %tp.topic, partition = tp.partition, offset, "operator replay started; outputs are re-emitted");
             self.watch_for_stall(&tp, offset);
-            map.insert(
-                tp,
-                Assignment {
-                    generation,
-                    worker,
-                    ledger,
-                },
-            );
+            self.start_run(&mut map, tp, worker, pipeline, resume, Some(offset));
         }
         drop(map);
         self.epoch.fetch_add(1, Ordering::Release);
