@@ -15,8 +15,9 @@ pub struct BatchLimits {
     pub linger: Duration,
 }
 
-/// A replica set: node ids sorted, so equal sets compare equal.
-pub type ReplicaSet = Vec<u128>;
+/// A replica set: node ids sorted, so equal sets compare equal. Shared, because every row
+/// of a group carries it and a clone must not allocate.
+pub type ReplicaSet = std::sync::Arc<[u128]>;
 
 #[derive(Debug)]
 struct Group<R> {
@@ -67,7 +68,7 @@ impl<R> Batcher<R> {
             && !g.rows.is_empty()
             && g.bytes + bytes > limits.max_bytes
         {
-            let rows = std::mem::take(&mut g.rows);
+            let rows = std::mem::replace(&mut g.rows, Vec::with_capacity(limits.max_rows));
             self.rows -= rows.len();
             g.bytes = 0;
             g.since = now;
@@ -84,7 +85,7 @@ impl<R> Batcher<R> {
         g.rows.push(row);
         g.bytes += bytes;
         if full.is_none() && (g.rows.len() >= limits.max_rows || g.bytes >= limits.max_bytes) {
-            let rows = std::mem::take(&mut g.rows);
+            let rows = std::mem::replace(&mut g.rows, Vec::with_capacity(limits.max_rows));
             self.rows -= rows.len();
             g.bytes = 0;
             return Some((replicas, rows));
@@ -125,6 +126,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn set(ids: &[u128]) -> ReplicaSet {
+        ids.into()
+    }
+
     fn limits() -> BatchLimits {
         BatchLimits {
             max_rows: 4,
@@ -137,7 +142,7 @@ mod tests {
     fn flushes_on_rows_bytes_and_linger() {
         let t0 = Instant::now();
         let mut b = Batcher::new(limits());
-        let a = vec![1, 2, 3];
+        let a = set(&[1, 2, 3]);
         for i in 0..3 {
             assert!(b.push(a.clone(), i, 10, t0).is_none());
         }
@@ -159,14 +164,14 @@ mod tests {
     fn different_replica_sets_never_share_a_batch() {
         let t0 = Instant::now();
         let mut b = Batcher::new(limits());
-        b.push(vec![1, 2, 3], "a", 1, t0);
-        b.push(vec![1, 2, 4], "b", 1, t0);
-        b.push(vec![1, 2, 3], "c", 1, t0);
+        b.push(set(&[1, 2, 3]), "a", 1, t0);
+        b.push(set(&[1, 2, 4]), "b", 1, t0);
+        b.push(set(&[1, 2, 3]), "c", 1, t0);
         let mut due = b.take_due(t0, true);
         due.sort();
         assert_eq!(
             due,
-            vec![(vec![1, 2, 3], vec!["a", "c"]), (vec![1, 2, 4], vec!["b"])]
+            vec![(set(&[1, 2, 3]), vec!["a", "c"]), (set(&[1, 2, 4]), vec!["b"])]
         );
     }
 
@@ -178,19 +183,19 @@ mod tests {
             let t0 = Instant::now();
             let mut b = Batcher::new(limits());
             let mut out = Vec::new();
-            for (i, (set, bytes)) in rows.iter().enumerate() {
-                if let Some(batch) = b.push(vec![*set, set + 10], (i, *set, *bytes), *bytes, t0) {
+            for (i, (s, bytes)) in rows.iter().enumerate() {
+                if let Some(batch) = b.push(set(&[*s, s + 10]), (i, *s, *bytes), *bytes, t0) {
                     out.push(batch);
                 }
             }
             out.extend(b.take_due(t0, true));
             let mut seen: Vec<usize> = Vec::new();
-            for (set, batch) in &out {
+            for (ids, batch) in &out {
                 prop_assert!(batch.len() <= 4 && !batch.is_empty());
                 let bytes: usize = batch.iter().map(|r| r.2).sum();
                 prop_assert!(bytes <= 100 || batch.len() == 1, "{} bytes in {} rows", bytes, batch.len());
                 for r in batch {
-                    prop_assert_eq!(set, &vec![r.1, r.1 + 10]);
+                    prop_assert_eq!(&ids[..], &[r.1, r.1 + 10]);
                     seen.push(r.0);
                 }
             }

@@ -259,14 +259,15 @@ pub async fn run(
             .map_err(WriterError::Cassandra)?,
     );
 
-    let mut sources: HashMap<String, Source> = HashMap::new();
+    // Topic names are kept as shared strings so a record's partition key costs no allocation.
+    let mut sources: HashMap<String, (Arc<str>, Source)> = HashMap::new();
     for (topic, source) in [
         (&config.topics.metrics, Source::Metrics),
         (&config.topics.rollups, Source::Rollups),
         (&config.topics.anomalies, Source::Anomalies),
     ] {
         if !topic.is_empty() {
-            sources.insert(topic.clone(), source);
+            sources.insert(topic.clone(), (topic.as_str().into(), source));
         }
     }
     let acks: Acks = Arc::new(Mutex::new(HashMap::new()));
@@ -334,9 +335,12 @@ pub async fn run(
                 }
                 Ok(msg) => {
                     metrics.records_consumed.fetch_add(1, Ordering::Relaxed);
-                    let tp: Tp = (msg.topic().into(), msg.partition());
+                    let (topic, source) = sources
+                        .get(msg.topic())
+                        .cloned()
+                        .unwrap_or_else(|| (msg.topic().into(), Source::Metrics));
+                    let tp: Tp = (topic, msg.partition());
                     let offset = msg.offset();
-                    let source = sources.get(msg.topic()).copied().unwrap_or(Source::Metrics);
                     {
                         let mut a = lock(&acks);
                         let e = a.entry(tp.clone()).or_default();
@@ -411,8 +415,11 @@ async fn settle(
     match done {
         Done::Written(rows, n) => {
             in_flight.fetch_sub(n as u64, Ordering::Relaxed);
+            let mut a = lock(acks);
             for (tp, offset) in rows {
-                ack(acks, &tp, offset);
+                if let Some(p) = a.get_mut(&tp) {
+                    p.pending.remove(&offset);
+                }
             }
         }
         Done::Rejected(p, reason) => {

@@ -182,13 +182,14 @@ impl Sink {
                 return Ok(set.clone());
             }
         }
-        let mut set: ReplicaSet = state
+        let mut ids: Vec<u128> = state
             .get_token_endpoints(&self.keyspace, &row.table.table_name(), token)
             .iter()
             .map(|(node, _)| node.host_id.as_u128())
             .collect();
-        set.sort_unstable();
-        set.dedup();
+        ids.sort_unstable();
+        ids.dedup();
+        let set: ReplicaSet = ids.into();
         let mut cache = self.replica_cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, &state)) {
             cache.sets.insert(key, set.clone());
