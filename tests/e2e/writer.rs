@@ -257,11 +257,12 @@ fn writer_rate_limit_holds_and_changes_at_runtime() {
     let (rate, burst) = (400.0, 64.0);
     let admin = format!("127.0.0.1:{}", free_port());
     let mut writer = start_writer(&s, &admin, &["--rows-per-sec", "400", "--burst", "64"]);
-    // Sample the ring's own row counter; any window may see at most rate·Δt + burst,
-    // plus what was admitted just before the window but landed inside it (0.25 s worth).
+    // Sample the ring's own row counter for over 10 s; any window may see at most
+    // rate·Δt + burst, plus what was admitted just before the window but landed inside it
+    // (0.25 s worth). 6,000 rows at 400/s keep the writer busy past the sampling.
     let mut samples: Vec<(Instant, u64)> = Vec::new();
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(4) {
+    while t0.elapsed() < Duration::from_secs(11) {
         samples.push((Instant::now(), s.ring.total("rows_written")));
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -269,6 +270,10 @@ fn writer_rate_limit_holds_and_changes_at_runtime() {
         samples.last().map_or(0, |s| s.1) > 0,
         "nothing written: {}",
         writer.log_text()
+    );
+    assert!(
+        samples.last().map_or(0, |s| s.1) < data.len() as u64,
+        "the writer must still be busy at the end of the sampling, or the bound proves nothing"
     );
     for (i, a) in samples.iter().enumerate() {
         for b in &samples[i + 1..] {
@@ -414,5 +419,123 @@ fn writer_pauses_for_a_slow_cluster_and_reloads_limits_on_sighup() {
     s.ring.faults(None, r#"{"latency_ms": 0}"#);
     wait_written(&admin, data.len() as u64, &mut writer);
     assert_eq!(s.ring.count(&s.keyspace, "points"), data.len() as u64);
+    assert_eq!(writer.terminate(Duration::from_secs(60)), Some(0));
+}
+
+#[test]
+fn writer_splits_a_rejected_batch_and_dead_letters_only_the_refused_rows() {
+    let s = setup(1);
+    let mut data = points(20, 20);
+    // Partition keys longer than 65,535 bytes: the cluster refuses these rows for good.
+    let refused: Vec<String> = (0..3).map(|i| format!("{i}-{}", "x".repeat(70_000))).collect();
+    for (i, name) in refused.iter().enumerate() {
+        data.push(Outgoing {
+            key: Some(name.clone()),
+            value: Some(harness::point_json(name, 1_732_320_000_000, 1.0)),
+            partition: Some(i as i32 % 3),
+        });
+    }
+    data.extend(points(20, 20).into_iter().map(|mut o| {
+        // Same series, later points: good rows after the refused ones too.
+        let v: serde_json::Value = serde_json::from_str(o.value.as_deref().unwrap_or("{}")).expect("json");
+        let series = v["series"].as_str().unwrap_or_default().to_owned();
+        let ts = v["ts"].as_i64().unwrap_or(0) + 86_400_000;
+        o.value = Some(harness::point_json(&series, ts, 2.0));
+        o
+    }));
+    let good = data.len() - refused.len();
+    py_produce(s.kafka.brokers(), &s.metrics, &data);
+    // Room for a long row inside a batch, so the refused rows arrive in batches with good
+    // ones and the writer must split them.
+    let dir = std::env::temp_dir().join(unique("writer-config"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("writer.toml");
+    std::fs::write(&file, "[batch]\nmax_bytes = 1000000\nlinger = \"50ms\"\n").expect("config");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut writer = start_writer(&s, &admin, &["--config", file.to_str().expect("utf-8 path")]);
+    let settled = eventually(Duration::from_secs(120), || {
+        let written = metric(&admin, "tributary_writer_rows_written_total").unwrap_or(0.0) as usize;
+        let dead = metric(&admin, "tributary_writer_dead_lettered_total").unwrap_or(0.0) as usize;
+        (written + dead >= data.len()).then_some(())
+    });
+    assert!(settled.is_some(), "{}", writer.log_text());
+    assert!(
+        metric(&admin, "tributary_writer_batches_split_total").unwrap_or(0.0) > 0.0,
+        "a refused row shared a batch with good rows, and the batch was split"
+    );
+    assert_eq!(
+        s.ring.count(&s.keyspace, "points"),
+        good as u64,
+        "every good row written, including those batched with a refused one"
+    );
+    let dead = py_consume(s.kafka.brokers(), &s.dlq, refused.len(), 60, 2.0);
+    assert_eq!(
+        dead.len(),
+        refused.len(),
+        "only the refused rows are dead-lettered"
+    );
+    for d in &dead {
+        let reason = &d.headers["tributary.error"];
+        // The driver or the cluster refuses the key; either way the reason names the limit.
+        assert!(reason.contains("65535"), "the reason: {reason}");
+        assert!(refused.contains(d.key.as_ref().expect("key")));
+        assert_eq!(d.headers.get("tributary.source.topic"), Some(&s.metrics));
+    }
+    assert_eq!(writer.terminate(Duration::from_secs(60)), Some(0));
+    let (committed, end) = committed_and_end(s.kafka.brokers(), &s.group, &s.metrics, data.len());
+    assert_eq!(committed, end, "dead-lettered rows are committed too");
+}
+
+#[test]
+fn writer_adaptive_rate_backs_off_under_overload_and_climbs_back() {
+    let s = setup(1);
+    let data = points(30, 100);
+    py_produce(s.kafka.brokers(), &s.metrics, &data);
+    // Each node takes at most 200 rows/s and answers Overloaded beyond that, as a busy
+    // Cassandra node does; the writer may send 20,000 rows/s.
+    s.ring.faults(None, r#"{"max_rows_per_sec": 200}"#);
+    let dir = std::env::temp_dir().join(unique("writer-config"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("writer.toml");
+    std::fs::write(
+        &file,
+        "[limits]\nrows_per_sec = 20000\nburst = 500\nadaptive = true\nadaptive_backoff = 0.5\nadaptive_increase = 2.0\nadaptive_interval = \"1s\"\n",
+    )
+    .expect("config");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut writer = start_writer(&s, &admin, &["--config", file.to_str().expect("utf-8 path")]);
+    let effective = || metric(&admin, "tributary_writer_rate_limit_effective_rows_per_sec");
+    let backed_off = eventually(Duration::from_secs(60), || {
+        effective().is_some_and(|r| r <= 5_000.0).then_some(())
+    });
+    assert!(
+        backed_off.is_some(),
+        "effective rate {:?} never came down: {}",
+        effective(),
+        writer.log_text()
+    );
+    assert!(metric(&admin, "tributary_writer_overload_signals_total").unwrap_or(0.0) > 0.0);
+    assert_eq!(
+        metric(&admin, "tributary_writer_rate_limit_rows_per_sec"),
+        Some(20_000.0),
+        "adaptation lowers the rate in force, not the configured limit"
+    );
+    // The cluster recovers: the rate climbs back to the configured limit.
+    s.ring.faults(None, r#"{"max_rows_per_sec": 0}"#);
+    let climbed = eventually(Duration::from_secs(60), || {
+        effective().is_some_and(|r| r >= 20_000.0).then_some(())
+    });
+    assert!(
+        climbed.is_some(),
+        "effective rate {:?} did not climb back",
+        effective()
+    );
+    wait_written(&admin, data.len() as u64, &mut writer);
+    assert!(s.ring.total("throttled") > 0, "the ring did push back");
+    assert_eq!(
+        s.ring.count(&s.keyspace, "points"),
+        data.len() as u64,
+        "nothing lost"
+    );
     assert_eq!(writer.terminate(Duration::from_secs(60)), Some(0));
 }

@@ -560,3 +560,32 @@ fn faults_change_over_http() {
         serde_json::from_slice(&handler.handle(&req("GET", "/counters", "", "")).body).expect("json");
     assert_eq!(counters.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_key_over_64_kib_is_refused_as_invalid() {
+    let ring = ring(1).await;
+    let s = session(&ring).await;
+    s.query_unpaged("CREATE KEYSPACE IF NOT EXISTS tb WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", &[])
+        .await
+        .expect("keyspace");
+    s.query_unpaged(
+        "CREATE TABLE IF NOT EXISTS tb.kv (k text, v int, PRIMARY KEY (k))",
+        &[],
+    )
+    .await
+    .expect("table");
+    let long = "k".repeat(70_000);
+    // Unprepared, so the driver sends the key instead of refusing it first.
+    let err = s
+        .query_unpaged("INSERT INTO tb.kv (k, v) VALUES (?, ?)", (long.as_str(), 1))
+        .await
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("Key length of 70000 is longer than maximum of 65535"),
+        "{text}"
+    );
+    s.query_unpaged("INSERT INTO tb.kv (k, v) VALUES (?, ?)", ("short", 1))
+        .await
+        .expect("a normal key is fine");
+}

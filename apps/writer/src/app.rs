@@ -258,6 +258,7 @@ fn spawn_sighup_reload(control: Arc<Control>, file: Option<PathBuf>) {
             match WriterConfig::load(file.as_deref(), std::env::vars(), &[]) {
                 Ok(c) => {
                     control.limiter.set(c.rate_limit());
+                    control.limiter.set_adaptive(c.adaptive());
                     tracing::info!("SIGHUP: limits reloaded (other settings need a restart)");
                 }
                 Err(e) => tracing::warn!(error = %e, "SIGHUP: config not reloaded"),
@@ -280,6 +281,7 @@ fn routes(control: Arc<Control>, max_rows: usize) -> Arc<dyn admin::Handler> {
                 "rows_per_sec": control.limiter.current().rows_per_sec,
                 "burst": control.limiter.current().burst,
                 "effective_rows_per_sec": control.limiter.effective(),
+                "adaptive": control.limiter.adaptive().enabled,
                 "waited_seconds": control.limiter.waited().as_secs_f64(),
             }),
         ),

@@ -94,6 +94,13 @@ pub struct LimitsConfig {
     pub max_in_flight_per_node: usize,
     /// Back off on Overloaded/timeouts and creep back up.
     pub adaptive: bool,
+    /// Adaptive mode: the rate is multiplied by this on overload (0 < x < 1)…
+    pub adaptive_backoff: f64,
+    /// …and by this after each quiet `adaptive_interval` (> 1)…
+    pub adaptive_increase: f64,
+    pub adaptive_interval: HumanDuration,
+    /// …and never goes below this share of `rows_per_sec` (0 < x <= 1).
+    pub adaptive_floor_ratio: f64,
 }
 
 /// Flow control and retries.
@@ -178,6 +185,10 @@ impl Default for WriterConfig {
                 burst: 1_000,
                 max_in_flight_per_node: 64,
                 adaptive: false,
+                adaptive_backoff: 0.7,
+                adaptive_increase: 1.05,
+                adaptive_interval: HumanDuration(Duration::from_secs(5)),
+                adaptive_floor_ratio: 0.05,
             },
             runtime: RuntimeConfig {
                 max_pending_per_partition: 20_000,
@@ -261,6 +272,28 @@ impl WriterConfig {
         if let Err(e) = self.rate_limit().validate(self.batch.max_rows) {
             p.push(format!("limits.burst: {e}"));
         }
+        let l = &self.limits;
+        if !(l.adaptive_backoff > 0.0 && l.adaptive_backoff < 1.0) {
+            p.push(format!(
+                "limits.adaptive_backoff: {} must be between 0 and 1 (exclusive)",
+                l.adaptive_backoff
+            ));
+        }
+        if !(l.adaptive_increase > 1.0 && l.adaptive_increase.is_finite()) {
+            p.push(format!(
+                "limits.adaptive_increase: {} must be above 1",
+                l.adaptive_increase
+            ));
+        }
+        if !(l.adaptive_floor_ratio > 0.0 && l.adaptive_floor_ratio <= 1.0) {
+            p.push(format!(
+                "limits.adaptive_floor_ratio: {} must be in (0, 1]",
+                l.adaptive_floor_ratio
+            ));
+        }
+        if l.adaptive_interval.0 < Duration::from_millis(10) {
+            p.push("limits.adaptive_interval: must be at least 10ms".into());
+        }
         if self.limits.max_in_flight_per_node == 0 {
             p.push("limits.max_in_flight_per_node: must be at least 1".into());
         }
@@ -288,9 +321,13 @@ impl WriterConfig {
     }
 
     pub fn adaptive(&self) -> Adaptive {
+        let l = &self.limits;
         Adaptive {
-            enabled: self.limits.adaptive,
-            ..Adaptive::default()
+            enabled: l.adaptive,
+            backoff: l.adaptive_backoff,
+            increase: l.adaptive_increase,
+            floor_ratio: l.adaptive_floor_ratio,
+            interval_ms: l.adaptive_interval.0.as_millis().min(u64::MAX as u128) as u64,
         }
     }
 

@@ -32,7 +32,8 @@ impl RateLimit {
 
 /// Adaptive behaviour: multiply the effective rate by `backoff` after overload signals,
 /// and by `increase` after each quiet `interval`, never above the configured limit nor
-/// below `floor_ratio` of it.
+/// below `floor_ratio` of it. Backoffs are at least `interval / 5` apart: one slow spell
+/// fails many batches at once, and each failure must not cut the rate again.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Adaptive {
     pub enabled: bool,
@@ -40,6 +41,16 @@ pub struct Adaptive {
     pub increase: f64,
     pub floor_ratio: f64,
     pub interval_ms: u64,
+}
+
+impl Adaptive {
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    fn backoff_gap(&self) -> Duration {
+        self.interval() / 5
+    }
 }
 
 impl Default for Adaptive {
@@ -70,15 +81,16 @@ pub fn adapt(effective: u32, configured: u32, a: &Adaptive, overloaded: bool) ->
 
 struct State {
     configured: RateLimit,
+    adaptive: Adaptive,
     effective: u32,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
-    last_signal: Instant,
+    /// When the rate last changed by adaptation (or the limit was set).
+    last_change: Instant,
 }
 
 /// Shared by every write task.
 pub struct Limiter {
     state: RwLock<State>,
-    adaptive: Adaptive,
     waited_ns: AtomicU64,
     /// Wakes waiters when the limiter is replaced, so a new limit applies to them at once.
     changed: tokio::sync::Notify,
@@ -106,11 +118,11 @@ impl Limiter {
         Self {
             state: RwLock::new(State {
                 configured: limit,
+                adaptive,
                 effective: limit.rows_per_sec,
                 limiter: build(limit.rows_per_sec, limit.burst),
-                last_signal: Instant::now(),
+                last_change: Instant::now(),
             }),
-            adaptive,
             waited_ns: AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
         }
@@ -138,12 +150,13 @@ impl Limiter {
         Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed))
     }
 
-    /// Replaces the limit; tasks already waiting finish on the old one, new ones use this.
+    /// Replaces the limit; waiting tasks start over under the new one.
     pub fn set(&self, limit: RateLimit) {
         let mut s = self.write();
         s.configured = limit;
         s.effective = limit.rows_per_sec;
         s.limiter = build(limit.rows_per_sec, limit.burst);
+        s.last_change = Instant::now();
         drop(s);
         self.changed.notify_waiters();
         tracing::info!(
@@ -184,17 +197,42 @@ impl Limiter {
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// Replaces the adaptive settings (a config reload); the effective rate is kept.
+    pub fn set_adaptive(&self, adaptive: Adaptive) {
+        let mut s = self.write();
+        if !adaptive.enabled && s.effective != s.configured.rows_per_sec {
+            s.effective = s.configured.rows_per_sec;
+            s.limiter = build(s.configured.rows_per_sec, s.configured.burst);
+            drop(s);
+            self.changed.notify_waiters();
+            s = self.write();
+        }
+        s.adaptive = adaptive;
+    }
+
+    pub fn adaptive(&self) -> Adaptive {
+        self.read().adaptive
+    }
+
     /// Reports an overload signal (Overloaded, timeouts) or, periodically, a quiet spell.
     pub fn signal(&self, overloaded: bool) {
-        if !self.adaptive.enabled {
+        let adaptive = self.read().adaptive;
+        if !adaptive.enabled {
             return;
         }
         let mut s = self.write();
-        if !overloaded && s.last_signal.elapsed() < Duration::from_millis(self.adaptive.interval_ms) {
+        let gap = if overloaded {
+            adaptive.backoff_gap()
+        } else {
+            adaptive.interval()
+        };
+        if s.last_change.elapsed() < gap {
             return;
         }
-        let next = adapt(s.effective, s.configured.rows_per_sec, &self.adaptive, overloaded);
-        s.last_signal = Instant::now();
+        let next = adapt(s.effective, s.configured.rows_per_sec, &adaptive, overloaded);
+        if overloaded || next != s.effective {
+            s.last_change = Instant::now();
+        }
         if next != s.effective {
             s.effective = next;
             let burst = s.configured.burst;
@@ -226,6 +264,37 @@ mod tests {
         assert_eq!(adapt(50, 1000, &a, true), 50, "never below the floor");
         assert_eq!(adapt(5, 0, &a, true), 0, "unlimited stays unlimited");
         assert_eq!(adapt(10, 1000, &a, false), 50, "climbs at least one row per step");
+    }
+
+    #[test]
+    fn one_slow_spell_backs_off_once_then_climbs_after_a_quiet_interval() {
+        let adaptive = Adaptive {
+            enabled: true,
+            interval_ms: 200,
+            ..Adaptive::default()
+        };
+        let l = Limiter::new(
+            RateLimit {
+                rows_per_sec: 1000,
+                burst: 100,
+            },
+            adaptive,
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..20 {
+            l.signal(true);
+        }
+        assert_eq!(l.effective(), 700, "twenty failures of one spell: one backoff");
+        l.signal(false);
+        assert_eq!(l.effective(), 700, "no climb before a quiet interval");
+        std::thread::sleep(Duration::from_millis(220));
+        l.signal(false);
+        assert_eq!(l.effective(), 735);
+        l.set_adaptive(Adaptive {
+            enabled: false,
+            ..adaptive
+        });
+        assert_eq!(l.effective(), 1000, "turning adaptation off restores the limit");
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub struct WriterMetrics {
     pub batches: AtomicU64,
     pub single_statements: AtomicU64,
     pub retries: AtomicU64,
+    pub batches_split: AtomicU64,
     pub overload_signals: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub commits: AtomicU64,
@@ -64,6 +65,11 @@ impl WriterMetrics {
                 "tributary_writer_retries_total",
                 "Retried writes.",
                 c(&self.retries),
+            ),
+            (
+                "tributary_writer_batches_split_total",
+                "Batches the cluster rejected, split to find the rows it refuses.",
+                c(&self.batches_split),
             ),
             (
                 "tributary_writer_overload_signals_total",
@@ -568,6 +574,12 @@ async fn write_task(
                 }
                 Err(WriteError::Rejected(reason)) => {
                     if group.len() > 1 {
+                        metrics.batches_split.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            reason,
+                            rows = group.len(),
+                            "batch rejected; writing its rows one by one"
+                        );
                         queue.extend(group.into_iter().map(|p| vec![p]));
                     } else if let Some(p) = group.into_iter().next() {
                         let _ = done.send(Done::Rejected(p, reason));
