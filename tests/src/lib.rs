@@ -501,6 +501,11 @@ pub struct CqlRing {
 
 impl CqlRing {
     pub fn start(nodes: usize) -> Self {
+        Self::start_with_spare(nodes, 0)
+    }
+
+    /// `spare` more nodes start outside the ring; [`CqlRing::set_member`] adds them.
+    pub fn start_with_spare(nodes: usize, spare: usize) -> Self {
         let port = free_port();
         let http = format!("127.0.0.1:{}", free_port());
         let process = Process::spawn(
@@ -510,6 +515,8 @@ impl CqlRing {
                 "cql",
                 "--nodes",
                 &nodes.to_string(),
+                "--spare",
+                &spare.to_string(),
                 "--port",
                 &port.to_string(),
                 "--http",
@@ -552,6 +559,16 @@ impl CqlRing {
         let path = node.map_or("/faults".to_owned(), |n| format!("/faults?node={n}"));
         let (status, body) = tributary::admin::request(addr, "POST", &path, json.as_bytes()).expect("faults");
         assert_eq!(status, 200, "{body}");
+    }
+
+    /// A node (1-based) joins or leaves the ring.
+    pub fn set_member(&self, node: usize, member: bool) {
+        let addr = self.http.parse().expect("addr");
+        let body = format!("{{\"member\": {member}}}");
+        let (status, text) =
+            tributary::admin::request(addr, "POST", &format!("/topology?node={node}"), body.as_bytes())
+                .expect("topology");
+        assert_eq!(status, 200, "{text}");
     }
 
     /// Row count of a table, through Python's cassandra-driver.

@@ -56,7 +56,11 @@ enum Command {
         /// Vnode tokens per node.
         #[arg(long, default_value_t = 16)]
         vnodes: usize,
-        /// HTTP control: GET /counters, POST /counters/reset, GET /faults, POST /faults?node=N.
+        /// Extra nodes that start outside the ring and join it on POST /topology?node=N.
+        #[arg(long, default_value_t = 0)]
+        spare: usize,
+        /// HTTP control: GET /counters, POST /counters/reset, GET /faults, POST /faults?node=N,
+        /// GET /topology, POST /topology?node=N {"member": bool}.
         #[arg(long, default_value = "127.0.0.1:9043")]
         http: String,
     },
@@ -179,6 +183,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             nodes,
             port,
             vnodes,
+            spare,
             http,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -190,6 +195,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     nodes,
                     port,
                     vnodes,
+                    spare,
                     ..Default::default()
                 };
                 let ring = crate::cql::Ring::start(config).await?;
@@ -198,7 +204,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
                 if !http.is_empty() {
                     let listener = tributary::admin::bind(&http).await?;
-                    println!("control: http://{}/counters, /faults", listener.local_addr()?);
+                    println!(
+                        "control: http://{}/counters, /faults, /topology",
+                        listener.local_addr()?
+                    );
                     tokio::spawn(tributary::admin::serve(
                         listener,
                         ring.http_handler(),

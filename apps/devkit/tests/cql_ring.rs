@@ -14,6 +14,10 @@ use tributary_devkit::cql::{Faults, Ring, RingConfig};
 
 /// A ring on a port free on every node address (tests run in parallel).
 async fn ring(nodes: usize) -> Ring {
+    ring_with_spare(nodes, 0).await
+}
+
+async fn ring_with_spare(nodes: usize, spare: usize) -> Ring {
     for _ in 0..20 {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -23,6 +27,7 @@ async fn ring(nodes: usize) -> Ring {
             nodes,
             port,
             first_ip: Ipv4Addr::new(127, 0, 0, 1),
+            spare,
             ..RingConfig::default()
         };
         if let Ok(r) = Ring::start(config).await {
@@ -588,4 +593,92 @@ async fn a_partition_key_over_64_kib_is_refused_as_invalid() {
     s.query_unpaged("INSERT INTO tb.kv (k, v) VALUES (?, ?)", ("short", 1))
         .await
         .expect("a normal key is fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_follows_nodes_joining_and_leaving() {
+    let ring = ring_with_spare(3, 1).await;
+    let s = session(&ring).await;
+    s.query_unpaged("CREATE KEYSPACE IF NOT EXISTS tb WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", &[])
+        .await
+        .expect("keyspace");
+    s.query_unpaged(
+        "CREATE TABLE IF NOT EXISTS tb.kv (k text, v int, PRIMARY KEY (k))",
+        &[],
+    )
+    .await
+    .expect("table");
+    s.refresh_metadata().await.expect("metadata");
+    let known = |s: &Session| {
+        let mut a: Vec<SocketAddr> = s
+            .get_cluster_state()
+            .get_nodes_info()
+            .iter()
+            .map(|n| SocketAddr::new(n.address.ip(), n.address.port()))
+            .collect();
+        a.sort();
+        a
+    };
+    let all = ring.addresses();
+    assert_eq!(known(&s), all[..3], "the spare is not part of the ring yet");
+    let insert = s
+        .prepare("INSERT INTO tb.kv (k, v) VALUES (?, ?)")
+        .await
+        .expect("prepare");
+    async fn write_all(s: &Session, insert: &scylla::statement::prepared::PreparedStatement) {
+        for i in 0..200 {
+            s.execute_unpaged(insert, (format!("key-{i}"), i))
+                .await
+                .expect("insert");
+        }
+    }
+    // Join: the event makes the driver refresh its metadata (its periodic refresh is 60 s).
+    ring.set_member(3, true);
+    let mut waited = 0;
+    while known(&s) != all && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(known(&s), all, "the driver saw the new node");
+    // Connections to a new node are opened in the background.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ring.reset_counters();
+    write_all(&s, &insert).await;
+    let c = ring.counters();
+    assert!(
+        c[3].writes > 0,
+        "the new node owns some keys and gets their writes: {c:?}"
+    );
+    assert_eq!(
+        c.iter().map(|c| c.writes_replica_local).sum::<u64>(),
+        200,
+        "{c:?}"
+    );
+    // Leave: the node's ranges move to the next members and the driver drops it.
+    ring.set_member(1, false);
+    let without: Vec<SocketAddr> = all.iter().copied().filter(|a| *a != all[1]).collect();
+    let mut waited = 0;
+    while known(&s) != without && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(known(&s), without, "the driver forgot the node that left");
+    ring.reset_counters();
+    write_all(&s, &insert).await;
+    let c = ring.counters();
+    assert_eq!(c[1].writes, 0, "nothing goes to a node that left: {c:?}");
+    assert_eq!(
+        c.iter().map(|c| c.writes_replica_local).sum::<u64>(),
+        200,
+        "{c:?}"
+    );
+    let (count,): (i64,) = s
+        .query_unpaged("SELECT COUNT(*) FROM tb.kv", &[])
+        .await
+        .expect("count")
+        .into_rows_result()
+        .expect("rows")
+        .single_row()
+        .expect("one row");
+    assert_eq!(count, 200, "the data stayed readable through both changes");
 }

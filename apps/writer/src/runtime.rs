@@ -29,6 +29,7 @@ pub struct WriterMetrics {
     pub single_statements: AtomicU64,
     pub retries: AtomicU64,
     pub batches_split: AtomicU64,
+    pub regrouped: AtomicU64,
     pub overload_signals: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub commits: AtomicU64,
@@ -70,6 +71,11 @@ impl WriterMetrics {
                 "tributary_writer_batches_split_total",
                 "Batches the cluster rejected, split to find the rows it refuses.",
                 c(&self.batches_split),
+            ),
+            (
+                "tributary_writer_regrouped_total",
+                "Groups split again because the ring changed while they waited.",
+                c(&self.regrouped),
             ),
             (
                 "tributary_writer_overload_signals_total",
@@ -207,12 +213,17 @@ impl ConsumerContext for WriterContext {
     }
 }
 
-/// A row and where it came from.
+/// A row, where it came from, and where it goes.
 #[derive(Debug)]
 struct Pending {
     tp: Tp,
     offset: i64,
     row: Row,
+    /// None when the driver cannot compute it (the row is then grouped with others
+    /// lacking one and routed by the driver; the cluster decides whether it is valid).
+    token: Option<scylla::routing::Token>,
+    /// The ring view its replica set came from.
+    epoch: u64,
 }
 
 enum Done {
@@ -355,10 +366,15 @@ pub async fn run(
                     }
                     match to_row(&config, source, msg.key(), msg.payload()) {
                         Ok(row) => {
-                            // Without a replica set (no metadata yet) rows still go out,
-                            // grouped together and routed by the driver.
-                            let replicas = sink.replica_set(&row).unwrap_or_default();
-                            let pending = Pending { tp: tp.clone(), offset, row };
+                            // Without a token (no metadata yet, or values the driver
+                            // cannot hash) rows still go out, grouped together and routed
+                            // by the driver.
+                            let token = sink.token(&row).ok();
+                            let (replicas, epoch) = match token {
+                                Some(t) => sink.replica_set(&row.table, t),
+                                None => (ReplicaSet::default(), 0),
+                            };
+                            let pending = Pending { tp: tp.clone(), offset, row, token, epoch };
                             let bytes = pending.row.bytes;
                             if let Some((set, rows)) = batcher.push(replicas, pending, bytes, Instant::now()) {
                                 dispatch(set, rows);
@@ -530,8 +546,55 @@ fn commit(consumer: &StreamConsumer<WriterContext>, acks: &Acks, mode: CommitMod
     }
 }
 
+/// A group still to write, and whether the rate limiter already admitted its rows.
+struct Work {
+    replicas: ReplicaSet,
+    rows: Vec<Pending>,
+    admitted: bool,
+}
+
+/// Regroups rows whose replica sets came from an older view of the ring: rows wait in the
+/// rate limiter and in retries, and a node may join or leave meanwhile. None when the
+/// group is still one replica set under the current view.
+fn regroup(sink: &Sink, work: &mut Work) -> Option<Vec<Work>> {
+    let epoch = sink.epoch();
+    if work.rows.iter().all(|p| p.token.is_none() || p.epoch == epoch) {
+        return None;
+    }
+    let mut groups: HashMap<ReplicaSet, Vec<Pending>> = HashMap::new();
+    for mut p in std::mem::take(&mut work.rows) {
+        let set = match p.token {
+            Some(t) => {
+                let (set, e) = sink.replica_set(&p.row.table, t);
+                p.epoch = e;
+                set
+            }
+            None => work.replicas.clone(),
+        };
+        groups.entry(set).or_default().push(p);
+    }
+    if groups.len() == 1
+        && let Some((set, rows)) = groups.drain().next()
+    {
+        work.replicas = set;
+        work.rows = rows;
+        return None;
+    }
+    Some(
+        groups
+            .into_iter()
+            .map(|(replicas, rows)| Work {
+                replicas,
+                rows,
+                admitted: work.admitted,
+            })
+            .collect(),
+    )
+}
+
 /// Writes one group until it succeeds: retryable errors back off with jitter; a rejected
-/// batch is split so only the offending rows are dead-lettered.
+/// batch is split so only the offending rows are dead-lettered; a group whose rows no
+/// longer share a replica set (the ring changed) is split by replica set first.
 async fn write_task(
     sink: Arc<Sink>,
     limiter: Arc<Limiter>,
@@ -541,15 +604,27 @@ async fn write_task(
     done: mpsc::UnboundedSender<Done>,
     max_backoff: Duration,
 ) {
-    let mut queue: Vec<Vec<Pending>> = vec![rows];
-    while let Some(group) = queue.pop() {
+    let mut queue = vec![Work {
+        replicas,
+        rows,
+        admitted: false,
+    }];
+    'groups: while let Some(mut work) = queue.pop() {
         let mut backoff = tributary::runtime::kafka::Backoff::new();
         loop {
-            limiter.acquire(group.len() as u32).await;
-            let refs: Vec<&Row> = group.iter().map(|p| &p.row).collect();
-            match sink.write(&refs, &replicas).await {
+            if !work.admitted {
+                limiter.acquire(work.rows.len() as u32).await;
+                work.admitted = true;
+            }
+            if let Some(parts) = regroup(&sink, &mut work) {
+                metrics.regrouped.fetch_add(1, Ordering::Relaxed);
+                queue.extend(parts);
+                continue 'groups;
+            }
+            let refs: Vec<&Row> = work.rows.iter().map(|p| &p.row).collect();
+            match sink.write(&refs, &work.replicas).await {
                 Ok(()) => {
-                    let n = group.len();
+                    let n = work.rows.len();
                     metrics.rows_written.fetch_add(n as u64, Ordering::Relaxed);
                     if n > 1 {
                         metrics.batches.fetch_add(1, Ordering::Relaxed);
@@ -557,7 +632,7 @@ async fn write_task(
                         metrics.single_statements.fetch_add(1, Ordering::Relaxed);
                     }
                     let _ = done.send(Done::Written(
-                        group.into_iter().map(|p| (p.tp, p.offset)).collect(),
+                        work.rows.into_iter().map(|p| (p.tp, p.offset)).collect(),
                         n,
                     ));
                     break;
@@ -569,19 +644,26 @@ async fn write_task(
                     }
                     limiter.signal(overload);
                     let delay = backoff.next_delay().min(max_backoff);
-                    tracing::debug!(error = %message, ?delay, rows = group.len(), "write failed; retrying");
+                    tracing::debug!(error = %message, ?delay, rows = work.rows.len(), "write failed; retrying");
                     tokio::time::sleep(delay).await;
+                    // A retry reaches the cluster again, so it counts against the limit.
+                    work.admitted = false;
                 }
                 Err(WriteError::Rejected(reason)) => {
-                    if group.len() > 1 {
+                    if work.rows.len() > 1 {
                         metrics.batches_split.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(
                             reason,
-                            rows = group.len(),
+                            rows = work.rows.len(),
                             "batch rejected; writing its rows one by one"
                         );
-                        queue.extend(group.into_iter().map(|p| vec![p]));
-                    } else if let Some(p) = group.into_iter().next() {
+                        let replicas = work.replicas.clone();
+                        queue.extend(work.rows.into_iter().map(|p| Work {
+                            replicas: replicas.clone(),
+                            rows: vec![p],
+                            admitted: false,
+                        }));
+                    } else if let Some(p) = work.rows.into_iter().next() {
                         let _ = done.send(Done::Rejected(p, reason));
                     }
                     break;

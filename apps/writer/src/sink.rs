@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::routing::Token;
 use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
@@ -117,6 +118,20 @@ struct ReplicaCache {
     /// The snapshot the entries belong to; holding it keeps its address from being reused.
     state: Option<Arc<scylla::cluster::ClusterState>>,
     sets: HashMap<(TableKind, i64), ReplicaSet>,
+    /// The nodes of the last snapshot, to log ring changes (not schema refreshes).
+    nodes: Vec<String>,
+    /// Counts snapshots seen.
+    epoch: u64,
+}
+
+fn node_addresses(state: &scylla::cluster::ClusterState) -> Vec<String> {
+    let mut nodes: Vec<String> = state
+        .get_nodes_info()
+        .iter()
+        .map(|n| n.address.to_string())
+        .collect();
+    nodes.sort();
+    nodes
 }
 
 /// Entries kept before the cache starts over (bounds memory with many partitions).
@@ -159,42 +174,68 @@ impl Sink {
         })
     }
 
-    /// The row's replica set, from the driver's current view of the ring (so ring changes
-    /// are followed): node host ids, sorted.
-    pub fn replica_set(&self, row: &Row) -> Result<ReplicaSet, String> {
+    /// The row's token, computed once when the row is read.
+    pub fn token(&self, row: &Row) -> Result<Token, String> {
         let stmt = self
             .statements
             .get(&row.table)
             .ok_or_else(|| format!("no statement for {:?}", row.table))?;
-        let token = stmt
-            .calculate_token(&row.values)
+        stmt.calculate_token(&row.values)
             .map_err(|e| e.to_string())?
-            .ok_or("the statement has no partition key")?;
+            .ok_or_else(|| "the statement has no partition key".to_owned())
+    }
+
+    /// The cache for the driver's current view of the ring: a new snapshot (ring change or
+    /// schema refresh) empties it and starts a new epoch.
+    fn current_cache(
+        &self,
+    ) -> (
+        std::sync::MutexGuard<'_, ReplicaCache>,
+        Arc<scylla::cluster::ClusterState>,
+    ) {
         let state = self.session.get_cluster_state();
-        let key = (row.table.clone(), token.value());
-        {
-            let mut cache = self.replica_cache.lock().unwrap_or_else(|p| p.into_inner());
-            let current = cache.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, &state));
-            if !current || cache.sets.len() >= REPLICA_CACHE_MAX {
-                cache.state = Some(state.clone());
-                cache.sets.clear();
-            } else if let Some(set) = cache.sets.get(&key) {
-                return Ok(set.clone());
+        let mut cache = self.replica_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let current = cache.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, &state));
+        if !current || cache.sets.len() >= REPLICA_CACHE_MAX {
+            if !current {
+                cache.epoch += 1;
+                let nodes = node_addresses(&state);
+                if nodes != cache.nodes {
+                    tracing::info!(?nodes, "cluster ring changed; replica sets follow it");
+                    cache.nodes = nodes;
+                }
             }
+            cache.state = Some(state.clone());
+            cache.sets.clear();
+        }
+        (cache, state)
+    }
+
+    /// The epoch of the driver's current view of the ring. Rows grouped under an older
+    /// epoch must be regrouped before they are written.
+    pub fn epoch(&self) -> u64 {
+        self.current_cache().0.epoch
+    }
+
+    /// The replica set of a token of `table` (node host ids, sorted) and the epoch it
+    /// belongs to, from the driver's current view of the ring.
+    pub fn replica_set(&self, table: &TableKind, token: Token) -> (ReplicaSet, u64) {
+        let (mut cache, state) = self.current_cache();
+        let epoch = cache.epoch;
+        let key = (table.clone(), token.value());
+        if let Some(set) = cache.sets.get(&key) {
+            return (set.clone(), epoch);
         }
         let mut ids: Vec<u128> = state
-            .get_token_endpoints(&self.keyspace, &row.table.table_name(), token)
+            .get_token_endpoints(&self.keyspace, &table.table_name(), token)
             .iter()
             .map(|(node, _)| node.host_id.as_u128())
             .collect();
         ids.sort_unstable();
         ids.dedup();
         let set: ReplicaSet = ids.into();
-        let mut cache = self.replica_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, &state)) {
-            cache.sets.insert(key, set.clone());
-        }
-        Ok(set)
+        cache.sets.insert(key, set.clone());
+        (set, epoch)
     }
 
     fn permits(&self, replicas: &ReplicaSet) -> Vec<Arc<Semaphore>> {

@@ -14,6 +14,7 @@ pub mod opcode {
     pub const PREPARE: u8 = 0x09;
     pub const EXECUTE: u8 = 0x0A;
     pub const REGISTER: u8 = 0x0B;
+    pub const EVENT: u8 = 0x0C;
     pub const BATCH: u8 = 0x0D;
     pub const AUTH_RESPONSE: u8 = 0x0F;
 
@@ -187,6 +188,12 @@ impl Writer {
 
     pub fn byte(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
+        self
+    }
+
+    /// Bytes as they are, without a length (e.g. inside an [inet]).
+    pub fn raw(&mut self, b: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(b);
         self
     }
 

@@ -3,13 +3,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::frame::{self, HEADER_LEN, Header, Malformed, Reader, Writer, error_code, opcode};
 use super::parser::{self, Statement};
@@ -26,6 +27,9 @@ pub struct RingConfig {
     pub port: u16,
     pub vnodes: usize,
     pub seed: u64,
+    /// Extra node slots after `nodes` that start outside the ring and can join it later
+    /// (POST /topology), on the next addresses.
+    pub spare: usize,
 }
 
 impl Default for RingConfig {
@@ -36,6 +40,7 @@ impl Default for RingConfig {
             port: 9042,
             vnodes: 16,
             seed: 7,
+            spare: 0,
         }
     }
 }
@@ -105,6 +110,9 @@ struct Node {
     addr: SocketAddr,
     counters: Mutex<NodeCounters>,
     faults: Mutex<Faults>,
+    /// Whether the node is part of the ring (it listens only then).
+    member: AtomicBool,
+    /// The node is not serving: down by a fault, or not a member.
     down: watch::Sender<bool>,
     /// (window start, rows in window) for the throughput cap.
     window: Mutex<(Instant, u64)>,
@@ -124,6 +132,8 @@ pub struct Cluster {
     view: NodeView,
     prepared: Mutex<HashMap<[u8; 16], Prepared>>,
     rng: Mutex<u64>,
+    /// EVENT bodies for connections that sent REGISTER (drivers follow ring changes so).
+    events: broadcast::Sender<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -150,41 +160,46 @@ impl Ring {
     /// Binds every node and starts serving on the current tokio runtime.
     pub async fn start(config: RingConfig) -> std::io::Result<Ring> {
         let first = u32::from(config.first_ip);
-        let addrs: Vec<SocketAddr> = (0..config.nodes)
+        let slots = config.nodes + config.spare;
+        let addrs: Vec<SocketAddr> = (0..slots)
             .map(|i| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(first + i as u32)), config.port))
             .collect();
         let mut listeners = Vec::new();
-        for a in &addrs {
-            listeners.push(TcpListener::bind(a).await?);
+        for a in &addrs[..config.nodes] {
+            listeners.push(Some(TcpListener::bind(a).await?));
         }
+        listeners.resize_with(slots, || None);
         let view = NodeView {
             index: 0,
             addresses: addrs.iter().map(SocketAddr::ip).collect(),
-            host_ids: (0..config.nodes).map(|i| uuid_from(1000 + i as u64)).collect(),
+            host_ids: (0..slots).map(|i| uuid_from(1000 + i as u64)).collect(),
         };
         let nodes = addrs
             .iter()
-            .map(|a| Node {
+            .enumerate()
+            .map(|(i, a)| Node {
                 addr: *a,
                 counters: Mutex::new(NodeCounters {
                     address: a.to_string(),
                     ..Default::default()
                 }),
                 faults: Mutex::new(Faults::default()),
-                down: watch::channel(false).0,
+                member: AtomicBool::new(i < config.nodes),
+                down: watch::channel(i >= config.nodes).0,
                 window: Mutex::new((Instant::now(), 0)),
             })
             .collect();
+        let mut ring = TokenRing::new(slots, config.vnodes, config.seed);
+        for spare in config.nodes..slots {
+            ring.set_member(spare, false);
+        }
         let cluster = Arc::new(Cluster {
-            store: Mutex::new(Store::new(TokenRing::new(
-                config.nodes,
-                config.vnodes,
-                config.seed,
-            ))),
+            store: Mutex::new(Store::new(ring)),
             nodes,
             view,
             prepared: Mutex::new(HashMap::new()),
             rng: Mutex::new(config.seed | 1),
+            events: broadcast::channel(64).0,
         });
         let (stop, _) = watch::channel(false);
         for (i, listener) in listeners.into_iter().enumerate() {
@@ -222,8 +237,35 @@ impl Ring {
     /// Replaces a node's faults; `down` takes effect at once.
     pub fn set_faults(&self, node: usize, faults: Faults) {
         let n = &self.cluster.nodes[node];
-        n.down.send_replace(faults.down);
+        n.down
+            .send_replace(faults.down || !n.member.load(Ordering::SeqCst));
         *lock(&n.faults) = faults;
+    }
+
+    pub fn is_member(&self, node: usize) -> bool {
+        self.cluster.nodes[node].member.load(Ordering::SeqCst)
+    }
+
+    /// A node joins the ring (starts listening, owns its tokens, appears in system.peers)
+    /// or leaves it (hands its ranges to the next members, closes its connections).
+    /// Registered clients get a TOPOLOGY_CHANGE event, as from a real cluster. The data
+    /// stays in the one shared store, as if streamed to the new owners.
+    pub fn set_member(&self, node: usize, member: bool) {
+        let n = &self.cluster.nodes[node];
+        if n.member.swap(member, Ordering::SeqCst) == member {
+            return;
+        }
+        lock(&self.cluster.store).ring.set_member(node, member);
+        n.down.send_replace(lock(&n.faults).down || !member);
+        let mut w = Writer::new();
+        w.string("TOPOLOGY_CHANGE")
+            .string(if member { "NEW_NODE" } else { "REMOVED_NODE" });
+        match n.addr.ip() {
+            IpAddr::V4(v4) => w.byte(4).raw(&v4.octets()),
+            IpAddr::V6(v6) => w.byte(16).raw(&v6.octets()),
+        };
+        w.int(i32::from(n.addr.port()));
+        let _ = self.cluster.events.send(w.buf);
     }
 
     /// Replica nodes (indexes, primary first) of a serialised partition key in `keyspace`.
@@ -236,7 +278,8 @@ impl Ring {
     }
 
     /// The HTTP control surface: GET /counters, POST /counters/reset, GET /faults,
-    /// POST /faults?node=N (JSON body with any Faults fields; no node = every node).
+    /// POST /faults?node=N (JSON body with any Faults fields; no node = every node),
+    /// GET /topology, POST /topology?node=N with {"member": true|false}.
     pub fn http_handler(&self) -> Arc<dyn tributary::admin::Handler> {
         use tributary::admin::{Request, Response};
         let ring = self.clone();
@@ -276,6 +319,35 @@ impl Ring {
                 }
                 Response::text(200, "ok\n")
             }
+            ("GET", "/topology") => Response::json(
+                200,
+                &(0..ring.cluster.nodes.len())
+                    .map(|i| {
+                        serde_json::json!({
+                            "address": ring.cluster.nodes[i].addr.to_string(),
+                            "member": ring.is_member(i),
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            ("POST", "/topology") => {
+                let node = match r.query_param("node").map(str::parse::<usize>) {
+                    Some(Ok(n)) if n >= 1 && n <= ring.cluster.nodes.len() => n - 1,
+                    _ => return Response::text(400, "node=N (1-based) is required\n"),
+                };
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Change {
+                    member: bool,
+                }
+                match serde_json::from_slice::<Change>(&r.body) {
+                    Ok(c) => {
+                        ring.set_member(node, c.member);
+                        Response::text(200, "ok\n")
+                    }
+                    Err(e) => Response::text(400, format!("expected {{\"member\": true|false}}: {e}\n")),
+                }
+            }
             _ => Response::not_found(),
         })
     }
@@ -284,12 +356,11 @@ impl Ring {
 async fn serve_node(
     cluster: Arc<Cluster>,
     index: usize,
-    listener: TcpListener,
+    mut listener: Option<TcpListener>,
     mut stop: watch::Receiver<bool>,
 ) {
     let node = &cluster.nodes[index];
     let mut down = node.down.subscribe();
-    let mut listener = Some(listener);
     loop {
         if *stop.borrow() {
             return;
@@ -336,6 +407,28 @@ async fn connection(cluster: Arc<Cluster>, index: usize, stream: TcpStream, mut 
         }
     });
     let keyspace: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    // Events go out only after the client sent REGISTER, on stream -1.
+    let registered = Arc::new(AtomicBool::new(false));
+    let events = {
+        let mut rx = cluster.events.subscribe();
+        let tx = tx.clone();
+        let registered = registered.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(body) => {
+                        if registered.load(Ordering::SeqCst)
+                            && tx.send(frame::response(-1, opcode::EVENT, &body)).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        })
+    };
     loop {
         let mut head = [0u8; HEADER_LEN];
         tokio::select! {
@@ -361,6 +454,9 @@ async fn connection(cluster: Arc<Cluster>, index: usize, stream: TcpStream, mut 
         if rd.read_exact(&mut body).await.is_err() {
             break;
         }
+        if h.opcode == opcode::REGISTER {
+            registered.store(true, Ordering::SeqCst);
+        }
         let cluster = cluster.clone();
         let tx = tx.clone();
         let keyspace = keyspace.clone();
@@ -369,6 +465,7 @@ async fn connection(cluster: Arc<Cluster>, index: usize, stream: TcpStream, mut 
             let _ = tx.send(response).await;
         });
     }
+    events.abort();
     drop(tx);
     let _ = writer.await;
 }

@@ -731,7 +731,7 @@ impl Store {
             }
             ("system", "peers") => {
                 let rows = (0..self.ring.nodes())
-                    .filter(|&i| i != node.index)
+                    .filter(|&i| i != node.index && self.ring.is_member(i))
                     .map(|i| {
                         vec![
                             inet(&node.addresses[i]),

@@ -84,7 +84,9 @@ pub fn partition_key_bytes(components: &[&[u8]]) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct TokenRing {
     nodes: usize,
+    /// Every node slot's vnodes, members or not: a node that joins takes its own tokens.
     ring: Vec<(i64, usize)>,
+    members: Vec<bool>,
 }
 
 impl TokenRing {
@@ -102,29 +104,46 @@ impl TokenRing {
         }
         ring.sort_unstable();
         ring.dedup_by_key(|t| t.0);
-        Self { nodes, ring }
+        Self {
+            nodes,
+            ring,
+            members: vec![true; nodes],
+        }
     }
 
+    /// Node slots, members of the ring or not.
     pub fn nodes(&self) -> usize {
         self.nodes
+    }
+
+    pub fn is_member(&self, node: usize) -> bool {
+        self.members.get(node).copied().unwrap_or(false)
+    }
+
+    /// A node joins (its tokens start owning data) or leaves the ring.
+    pub fn set_member(&mut self, node: usize, member: bool) {
+        if let Some(m) = self.members.get_mut(node) {
+            *m = member;
+        }
     }
 
     pub fn tokens_of(&self, node: usize) -> Vec<i64> {
         self.ring.iter().filter(|t| t.1 == node).map(|t| t.0).collect()
     }
 
-    /// Replicas of `token`: the owner of the first vnode at or after it, then the next
-    /// distinct nodes clockwise, `rf` in all (primary first).
+    /// Replicas of `token`: the owner of the first member vnode at or after it, then the
+    /// next distinct member nodes clockwise, `rf` in all (primary first).
     pub fn replicas(&self, token: i64, rf: usize) -> Vec<usize> {
         let start = self.ring.partition_point(|t| t.0 < token);
-        let mut out = Vec::with_capacity(rf);
+        let wanted = rf.min(self.members.iter().filter(|m| **m).count());
+        let mut out = Vec::with_capacity(wanted);
         for i in 0..self.ring.len() {
+            if out.len() == wanted {
+                break;
+            }
             let node = self.ring[(start + i) % self.ring.len()].1;
-            if !out.contains(&node) {
+            if self.members[node] && !out.contains(&node) {
                 out.push(node);
-                if out.len() == rf.min(self.nodes) {
-                    break;
-                }
             }
         }
         out
@@ -155,5 +174,28 @@ mod tests {
             assert_eq!(ring.replicas(t, 1), vec![r[0]]);
         }
         assert_eq!((0..3).map(|n| ring.tokens_of(n).len()).sum::<usize>(), 48);
+    }
+
+    #[test]
+    fn a_leaving_node_hands_its_ranges_to_the_next_member_and_takes_them_back() {
+        let mut ring = TokenRing::new(4, 16, 1);
+        let owned_by = |ring: &TokenRing, n: usize| {
+            ring.tokens_of(n)
+                .iter()
+                .filter(|&&t| ring.replicas(t, 1) == vec![n])
+                .count()
+        };
+        assert_eq!(owned_by(&ring, 3), 16);
+        let before: Vec<Vec<usize>> = ring.tokens_of(3).iter().map(|&t| ring.replicas(t, 2)).collect();
+        ring.set_member(3, false);
+        for &t in &ring.tokens_of(3) {
+            let r = ring.replicas(t, 3);
+            assert_eq!(r.len(), 3);
+            assert!(!r.contains(&3), "a non-member replicates nothing");
+        }
+        assert_eq!(ring.replicas(0, 5).len(), 3, "rf is capped by the members");
+        ring.set_member(3, true);
+        let after: Vec<Vec<usize>> = ring.tokens_of(3).iter().map(|&t| ring.replicas(t, 2)).collect();
+        assert_eq!(before, after, "rejoining restores the same ownership");
     }
 }
