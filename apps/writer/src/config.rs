@@ -374,14 +374,20 @@ mod tests {
                 ("TRIBUTARY_CASSANDRA_CONSISTENCY".into(), "most".into()),
                 ("TRIBUTARY_LIMITS_ROWS_PER_SEC".into(), "10".into()),
                 ("TRIBUTARY_LIMITS_BURST".into(), "5".into()),
+                ("TRIBUTARY_LIMITS_ADAPTIVE_BACKOFF".into(), "1.5".into()),
+                ("TRIBUTARY_LIMITS_ADAPTIVE_INCREASE".into(), "0.9".into()),
             ],
             &[],
         )
         .expect_err("invalid values");
         let all = err.problems.join("\n");
-        assert!(
-            all.contains("cassandra.consistency") && all.contains("limits.burst"),
-            "{all}"
-        );
+        for key in [
+            "cassandra.consistency",
+            "limits.burst",
+            "limits.adaptive_backoff",
+            "limits.adaptive_increase",
+        ] {
+            assert!(all.contains(key), "{key} not named in:\n{all}");
+        }
     }
 }
