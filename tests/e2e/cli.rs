@@ -149,7 +149,8 @@ fn emulated_ring_serves_the_python_cassandra_driver() {
         ring.log_text().contains("Ctrl-C stops").then_some(())
     });
     assert!(ready.is_some(), "{}", ring.log_text());
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/cql_client.py");
+    let script = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join("py/cql_client.py");
     let out = Command::new("python3")
         .arg(script)
         .args(["127.0.0.1", &port.to_string(), "pyks"])

@@ -33,7 +33,7 @@ pub fn free_port() -> u16 {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .parent()
         .expect("workspace root")
         .to_path_buf()

@@ -346,7 +346,8 @@ mod tests {
             WriterConfig::load(None, Vec::new(), &[]),
             Ok(WriterConfig::default())
         );
-        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/writer.toml");
+        let file = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo"))
+            .join("../../config/writer.toml");
         assert_eq!(
             WriterConfig::load(Some(&file), Vec::new(), &[]),
             Ok(WriterConfig::default())

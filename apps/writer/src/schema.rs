@@ -87,7 +87,8 @@ mod tests {
     /// apply` runs with the default configuration.
     #[test]
     fn shipped_schema_matches_the_default_statements() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/schema.cql");
+        let path = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo"))
+            .join("../../config/schema.cql");
         let text = std::fs::read_to_string(path).expect("config/schema.cql");
         let normalise = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
         let shipped: Vec<String> = text
