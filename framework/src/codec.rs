@@ -147,6 +147,24 @@ pub struct RollupRecord {
     pub max: f64,
     pub sum: f64,
     pub avg: f64,
+    /// The sum as the compensated pair it was computed as (sum = hi + lo, rounded once),
+    /// so a coarse window rebuilt from these rows equals one computed directly.
+    #[serde(default)]
+    pub sum_parts: Option<(f64, f64)>,
+}
+
+impl RollupRecord {
+    /// The aggregate this row was written from.
+    pub fn agg(&self) -> Agg {
+        let (sum_hi, sum_lo) = self.sum_parts.unwrap_or((self.sum, 0.0));
+        Agg {
+            count: self.count,
+            sum_hi,
+            sum_lo,
+            min: self.min,
+            max: self.max,
+        }
+    }
 }
 
 #[derive(Serialize, bincode::Encode)]
@@ -160,6 +178,7 @@ struct RollupOut<'a> {
     max: f64,
     sum: f64,
     avg: f64,
+    sum_parts: Option<(f64, f64)>,
 }
 
 /// Encodes a closed window into `out` (cleared first).
@@ -176,6 +195,7 @@ pub fn encode_rollup(format: Format, series: &str, resolution: &str, row: &Rollu
         max,
         sum: row.agg.sum(),
         avg: row.agg.avg(),
+        sum_parts: Some((row.agg.sum_hi, row.agg.sum_lo)),
     };
     match format {
         Format::Json => serde_json::to_writer(&mut *out, &r).expect("serialising to a Vec cannot fail"),

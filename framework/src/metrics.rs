@@ -68,6 +68,7 @@ pub struct Metrics {
     pub consumer_errors: Counter,
     pub producer_queue_full_waits: Counter,
     pub records_replayed: Counter,
+    pub coarse_rows_read: Counter,
     pub replays_finished: Counter,
     pub checkpoints_written: Counter,
     pub checkpoint_errors: Counter,
@@ -107,7 +108,7 @@ impl Metrics {
     /// Renders everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &Counter); 17] = [
+        let counters: [(&str, &str, &Counter); 18] = [
             (
                 "tributary_records_consumed_total",
                 "Source records read.",
@@ -177,6 +178,11 @@ impl Metrics {
                 "tributary_records_replayed_total",
                 "Records processed again to rebuild state after a restart or rebalance (outputs suppressed).",
                 &self.records_replayed,
+            ),
+            (
+                "tributary_coarse_rows_read_total",
+                "Rollup rows read back from the rollups topic to rebuild coarse windows (instead of replaying raw records).",
+                &self.coarse_rows_read,
             ),
             (
                 "tributary_replays_finished_total",

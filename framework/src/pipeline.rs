@@ -6,9 +6,10 @@
 use crate::codec::{self, DecodeError, Format};
 use crate::cusum::{CusumParams, CusumStage};
 use crate::intern::Interner;
+use crate::record::Agg;
 use crate::record::{Anomaly, Point, RollupRow};
-use crate::replay::Plan;
-use crate::stage::{Collector, Context, Input, Output, ReplayPoint, Stage, Subscription};
+use crate::replay::{CoarsePlan, Plan};
+use crate::stage::{CoarseSources, Collector, Context, Input, Output, ReplayPoint, Stage, Subscription};
 use crate::window::{Resolution, RollupStage};
 
 /// Where a pipeline's outputs go.
@@ -43,6 +44,42 @@ pub struct PipelineStats {
     pub anomalies: u64,
     /// Records processed again to rebuild state, their outputs suppressed.
     pub replayed: u64,
+}
+
+/// A plan's coarse part before the runtime has located the rows in the rollups topic: it
+/// saw which topic offsets the outputs of each source offset got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoarseDraft {
+    pub fine_start: i64,
+    pub fine_watermark: i64,
+    pub now_watermark: i64,
+    /// Rows are at or after the outputs of this source offset…
+    pub trigger: Option<i64>,
+    /// …and at or after this rollups-topic offset.
+    pub topic: Option<i64>,
+}
+
+impl CoarseDraft {
+    /// The coarse plan, once the rows' first topic offset and the topic's end are known.
+    pub fn locate(&self, rollups_from: i64, rollups_end: i64) -> CoarsePlan {
+        CoarsePlan {
+            fine_start: self.fine_start,
+            fine_watermark: self.fine_watermark,
+            now_watermark: self.now_watermark,
+            rollups_from,
+            rollups_end: rollups_end.max(rollups_from),
+        }
+    }
+}
+
+/// A closed window read back from the rollups topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadRollup {
+    pub series: String,
+    pub resolution: String,
+    pub window_start: i64,
+    pub window_end: i64,
+    pub agg: Agg,
 }
 
 /// What a local checkpoint keeps of a pipeline.
@@ -83,6 +120,8 @@ pub struct Pipeline {
     stats: PipelineStats,
     /// Outputs of records before this offset were emitted before a restart: suppressed.
     replay_until: i64,
+    /// Whether the stages were last told outputs are suppressed.
+    stages_replaying: bool,
     cut: Cut,
     shape: String,
 }
@@ -129,6 +168,7 @@ impl Pipeline {
             collector: Collector::new(),
             stats: PipelineStats::default(),
             replay_until: i64::MIN,
+            stages_replaying: false,
             cut: Cut::None,
             shape,
         }
@@ -181,6 +221,78 @@ impl Pipeline {
             watermark,
             requested: false,
             cut: self.cut_at(),
+            coarse: None,
+        }
+    }
+
+    /// The coarse part of the plan at `next_offset`, if coarse state can be rebuilt from
+    /// the rollups topic: every open coarse window's rows can be located, and none of
+    /// those windows was cut by an operator's replay (its rows were never emitted).
+    pub fn coarse_draft(&self, next_offset: i64) -> Option<CoarseDraft> {
+        let mut all = CoarseSources::default();
+        for s in &self.stages {
+            let c = s.coarse_sources();
+            all.unknown |= c.unknown;
+            all.oldest_start = min_opt(all.oldest_start, c.oldest_start);
+            all.trigger = min_opt(all.trigger, c.trigger);
+            all.topic = min_opt(all.topic, c.topic);
+        }
+        let oldest = all.oldest_start?;
+        if all.unknown || self.cut_at().is_some_and(|cut| oldest < cut) {
+            return None;
+        }
+        let fine = self
+            .stages
+            .iter()
+            .filter_map(|s| s.fine_replay_start())
+            .min_by_key(|r| r.offset);
+        let (fine_start, fine_watermark) = match fine {
+            Some(r) if r.offset < next_offset => (r.offset, r.watermark),
+            _ => (next_offset, self.watermark),
+        };
+        Some(CoarseDraft {
+            fine_start,
+            fine_watermark,
+            now_watermark: self.watermark,
+            trigger: all.trigger,
+            topic: all.topic,
+        })
+    }
+
+    /// Rebuilds open coarse windows from rows read back from the rollups topic (from
+    /// `plan.rollups_from` on), before a replay from `plan.fine_start`. `raw` is the
+    /// plan's full replay point. Returns how many rows were merged.
+    pub fn seed_coarse(&mut self, rows: &[ReadRollup], plan: &CoarsePlan, raw: ReplayPoint) -> usize {
+        // Several copies of one window (earlier crashes, operator replays) are identical:
+        // keep one.
+        let mut seen = std::collections::HashSet::new();
+        let mut typed = Vec::with_capacity(rows.len());
+        for r in rows {
+            let Some(level) = self.labels.iter().position(|l| *l == r.resolution) else {
+                continue;
+            };
+            if !seen.insert((r.series.as_str(), level, r.window_start)) {
+                continue;
+            }
+            typed.push(RollupRow {
+                series: self.interner.intern(&r.series),
+                level: level as u8,
+                window_start: r.window_start,
+                window_end: r.window_end,
+                agg: r.agg,
+            });
+        }
+        self.stages
+            .iter_mut()
+            .map(|s| s.seed(&typed, plan.now_watermark, plan.rollups_from, raw))
+            .sum()
+    }
+
+    /// After [`Pipeline::restore`] of another run's checkpoint: its rows located by that
+    /// run's source offsets are at or after `topic_from` in the rollups topic.
+    pub fn locate_restored_rows(&mut self, topic_from: Option<i64>) {
+        for s in &mut self.stages {
+            s.locate_restored_rows(topic_from);
         }
     }
 
@@ -253,6 +365,12 @@ impl Pipeline {
     pub fn process(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64, sink: &mut impl Sink) {
         self.stats.records += 1;
         let replaying = offset < self.replay_until;
+        if replaying != self.stages_replaying {
+            self.stages_replaying = replaying;
+            for stage in &mut self.stages {
+                stage.set_replaying(replaying);
+            }
+        }
         let raw = match codec::decode_point(self.format, key, payload) {
             Ok(raw) => raw,
             Err(_) if replaying => return,
@@ -328,7 +446,13 @@ impl Pipeline {
         self.watermark = watermark;
         let start = self.collector.len();
         for stage in &mut self.stages {
-            stage.on_watermark(watermark, &mut self.collector);
+            stage.on_watermark(
+                Context {
+                    offset: ctx.offset,
+                    watermark,
+                },
+                &mut self.collector,
+            );
         }
         self.fan_out(start, Context { watermark, ..ctx });
     }
@@ -378,6 +502,13 @@ impl Pipeline {
                 }
             }
         }
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

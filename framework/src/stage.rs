@@ -37,6 +37,21 @@ pub struct ReplayPoint {
     pub watermark: i64,
 }
 
+/// Where the fine rows held in a stage's open coarse windows can be read back from its
+/// rollups output (see [`Stage::coarse_sources`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CoarseSources {
+    /// Start of the oldest open coarse window, if any is open.
+    pub oldest_start: Option<i64>,
+    /// Some window's rows cannot be located: coarse state must come from a raw replay.
+    pub unknown: bool,
+    /// Earliest source offset whose outputs hold such rows (mapped to a topic offset by
+    /// the runtime, which saw them delivered).
+    pub trigger: Option<i64>,
+    /// Earliest rollups-topic offset known to hold such rows.
+    pub topic: Option<i64>,
+}
+
 /// Everything a stage can emit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Output {
@@ -106,8 +121,12 @@ pub trait Stage: Send {
     /// Consumes one input record.
     fn process(&mut self, input: Input<'_>, ctx: Context, out: &mut Collector);
 
-    /// The partition's watermark advanced: close whatever is complete.
-    fn on_watermark(&mut self, _watermark: i64, _out: &mut Collector) {}
+    /// The partition's watermark advanced to `ctx.watermark` with the record at
+    /// `ctx.offset` (or, without a record, the next offset): close whatever is complete.
+    fn on_watermark(&mut self, _ctx: Context, _out: &mut Collector) {}
+
+    /// Outputs are suppressed from now on (`true`, state is being rebuilt) or not.
+    fn set_replaying(&mut self, _replaying: bool) {}
 
     /// The partition is being released (revoke or shutdown): emit whatever must not wait
     /// for the next owner. State that replay rebuilds (open windows) is not emitted.
@@ -118,6 +137,30 @@ pub trait Stage: Send {
     fn replay_start(&self) -> Option<ReplayPoint> {
         None
     }
+
+    /// Where a replay must start when coarse state comes back from the stage's own
+    /// output topic instead ([`Stage::seed`]).
+    fn fine_replay_start(&self) -> Option<ReplayPoint> {
+        self.replay_start()
+    }
+
+    /// Where the rows of open coarse windows are, for a plan that rebuilds them from the
+    /// output topic. Stages without such state return the default (nothing open).
+    fn coarse_sources(&self) -> CoarseSources {
+        CoarseSources::default()
+    }
+
+    /// Rebuilds coarse state from rows read back from the output topic (starting at
+    /// `topic_from`): rows closed at or before `watermark` whose coarse window was still
+    /// open then. `raw` is the plan's full replay point, kept as the windows' fallback.
+    /// Returns how many rows were used.
+    fn seed(&mut self, _rows: &[RollupRow], _watermark: i64, _topic_from: i64, _raw: ReplayPoint) -> usize {
+        0
+    }
+
+    /// After restoring a checkpoint of another run: rows located by that run's source
+    /// offsets are at or after `topic_from` (unknown if `None`).
+    fn locate_restored_rows(&mut self, _topic_from: Option<i64>) {}
 
     /// Serialises the stage's state for a local checkpoint.
     fn snapshot(&self) -> Option<Vec<u8>> {

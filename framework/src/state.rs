@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rocksdb::{BlockBasedOptions, Cache, DB, Options, WriteBufferManager};
 
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// One partition's checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
@@ -17,6 +17,10 @@ pub struct Checkpoint {
     pub next_offset: i64,
     /// [`crate::pipeline::Pipeline::snapshot`] bytes.
     pub pipeline: Vec<u8>,
+    /// Where the rows of the snapshot's open coarse windows start in the rollups topic,
+    /// and where that topic ended, if known (see [`crate::replay::CoarsePlan`]).
+    pub rollups_from: Option<i64>,
+    pub rollups_end: Option<i64>,
 }
 
 #[derive(bincode::Encode, bincode::Decode)]
@@ -140,6 +144,8 @@ mod tests {
             let c = Checkpoint {
                 next_offset: 42,
                 pipeline: vec![1, 2, 3],
+                rollups_from: Some(5),
+                rollups_end: Some(9),
             };
             store.save("metrics", 3, c).expect("save");
             assert_eq!(store.load("metrics", 4).expect("load"), None);
@@ -147,6 +153,7 @@ mod tests {
         let store = StateStore::open(&dir, 8 << 20, 4 << 20).expect("reopen");
         let c = store.load("metrics", 3).expect("load").expect("present");
         assert_eq!((c.next_offset, c.pipeline), (42, vec![1, 2, 3]));
+        assert_eq!((c.rollups_from, c.rollups_end), (Some(5), Some(9)));
         store.remove("metrics", 3).expect("remove");
         assert_eq!(store.load("metrics", 3).expect("load"), None);
         let _ = std::fs::remove_dir_all(&dir);

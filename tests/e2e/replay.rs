@@ -172,6 +172,7 @@ fn rollups_survive_repeated_sigkills_including_during_replay() {
     // directory, so both rebuild paths are crashed into.
     let delays_ms = [0u64, 1_500, 30, 800];
     let mut replays_seen = 0;
+    let mut coarse_from_topic = 0;
     for (i, delay) in delays_ms.iter().enumerate() {
         if i % 2 == 1 {
             let _ = std::fs::remove_dir_all(&bed.state_dir);
@@ -188,9 +189,14 @@ fn rollups_survive_repeated_sigkills_including_during_replay() {
         if app.log_text().contains("replay started") {
             replays_seen += 1;
         }
+        coarse_from_topic += app.log_text().matches("coarse windows rebuilt from the rollups topic").count();
         kill(&mut app);
     }
     assert!(replays_seen > 0, "no restart rebuilt state by replay");
+    assert!(
+        coarse_from_topic > 0,
+        "no restart rebuilt coarse windows from the rollups topic"
+    );
     for chunk in chunks.iter().skip(delays_ms.len() + 1) {
         py_produce(&bed.brokers, &bed.input, chunk);
     }

@@ -259,6 +259,7 @@ fn replay(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
                 watermark: i64::MIN,
                 requested: false,
                 cut: None,
+                coarse: None,
             };
             el.set_metadata(plan.encode());
         }

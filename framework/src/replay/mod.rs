@@ -13,7 +13,7 @@
 mod plan;
 pub mod request;
 
-pub use plan::{CheckpointPosition, Plan, StartPoint, StateSource, decide};
+pub use plan::{CheckpointPosition, CoarsePlan, Plan, StartPoint, StateSource, decide};
 pub use request::{ReplayFrom, ReplayRequest};
 
 use std::collections::HashMap;
@@ -174,6 +174,107 @@ impl PlanTopic {
             self.topic
         ))
     }
+}
+
+/// Reads back partition `partition` of the rollups topic over `[from, end)`: the rows a
+/// [`CoarsePlan`] rebuilds coarse windows from. Stops at `end` (a broker's high
+/// watermark cannot be trusted: tansu 0.6 reports a wrong one). A broker that serves
+/// nothing for a fetch starting inside a record batch (tansu) is met by seeking further
+/// back and skipping what comes before `from`.
+pub fn read_rollups(
+    config: &Config,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    end: i64,
+    timeout: Duration,
+) -> Result<Vec<crate::pipeline::ReadRollup>, String> {
+    let mut rows = Vec::new();
+    if from >= end {
+        return Ok(rows);
+    }
+    let group = format!("{}.rollups-reader", config.kafka.group);
+    let consumer: BaseConsumer = client_config(
+        config,
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "false"),
+            ("auto.offset.reset", "error"),
+        ],
+    )
+    .create()
+    .map_err(|e| e.to_string())?;
+    let seek_to = |offset: i64| -> Result<(), String> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+            .map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| e.to_string())
+    };
+    seek_to(from)?;
+    let deadline = Instant::now() + timeout;
+    let mut last_progress = Instant::now();
+    let mut back = 0i64;
+    // Whether a record at or before `from` arrived: until then a later record means the
+    // broker skipped some, and nothing read is kept.
+    let mut anchored = false;
+    let format = config.topics.output_format;
+    let seek_back = |back: &mut i64, why: &str| -> Result<(), String> {
+        if *back > from {
+            return Err(format!("{topic}/{partition}: cannot read from {from} ({why})"));
+        }
+        *back = (*back * 8).max(1);
+        let to = (from - *back).max(0);
+        tracing::warn!(
+            topic,
+            partition,
+            from,
+            seek = to,
+            why,
+            "the broker may not serve fetches that start inside a record batch; seeking back"
+        );
+        seek_to(to)
+    };
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                last_progress = Instant::now();
+                let offset = msg.offset();
+                if !anchored {
+                    if offset > from {
+                        seek_back(&mut back, "records before it were skipped")?;
+                        continue;
+                    }
+                    anchored = true;
+                }
+                if offset >= from {
+                    // A row that cannot be read would leave a coarse window short: give
+                    // up on the topic and let the caller replay raw records instead.
+                    let r = crate::codec::decode_rollup(format, msg.payload().unwrap_or_default())
+                        .map_err(|e| format!("{topic}/{partition} offset {offset} is not a rollup: {e}"))?;
+                    rows.push(crate::pipeline::ReadRollup {
+                        agg: r.agg(),
+                        series: r.series,
+                        resolution: r.resolution,
+                        window_start: r.window_start,
+                        window_end: r.window_end,
+                    });
+                }
+                if offset + 1 >= end {
+                    return Ok(rows);
+                }
+            }
+            Some(Err(e)) => return Err(format!("reading {topic}/{partition} from {from}: {e}")),
+            None if !anchored && last_progress.elapsed() >= Duration::from_secs(3) => {
+                seek_back(&mut back, "nothing was served")?;
+                last_progress = Instant::now();
+            }
+            None => {}
+        }
+    }
+    Err(format!(
+        "{topic}/{partition} not read from {from} up to {end} within {timeout:?}"
+    ))
 }
 
 /// Where this process keeps plans.

@@ -21,6 +21,26 @@ pub struct Plan {
     /// After an operator's replay: windows starting before this event time were cut by
     /// the replay point and are never emitted again (they would be partial).
     pub cut: Option<i64>,
+    /// A shorter way back: coarse windows from the rollups topic, raw records only for the
+    /// finest level. Absent when the rows cannot be located; then `replay_start` serves.
+    pub coarse: Option<CoarsePlan>,
+}
+
+/// Rebuilding coarse levels (1h, 1d) from the co-partitioned rollups topic instead of a
+/// day of raw records: open coarse windows are the fine rows of the rollups partition in
+/// `[rollups_from, rollups_end)` that closed at or before `now_watermark` and whose coarse
+/// window was still open then; only the finest level is replayed from raw records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoarsePlan {
+    /// Raw replay start for the finest level (and stages without coarse state).
+    pub fine_start: i64,
+    /// The watermark just before `fine_start`.
+    pub fine_watermark: i64,
+    /// The watermark at `next_offset`.
+    pub now_watermark: i64,
+    /// Rollups-topic offsets (same partition number) that hold the rows.
+    pub rollups_from: i64,
+    pub rollups_end: i64,
 }
 
 /// Prefix of every encoded plan; the version lets a later format coexist.
@@ -35,6 +55,7 @@ impl Plan {
             watermark: i64::MIN,
             requested: false,
             cut: None,
+            coarse: None,
         }
     }
 
@@ -56,6 +77,13 @@ impl Plan {
         );
         if let Some(cut) = self.cut {
             let _ = write!(s, " c={cut}");
+        }
+        if let Some(c) = self.coarse {
+            let _ = write!(
+                s,
+                " f={} g={} t={} u={} v={}",
+                c.fine_start, c.fine_watermark, c.now_watermark, c.rollups_from, c.rollups_end
+            );
         }
         if self.requested {
             s.push_str(" requested");
@@ -83,15 +111,39 @@ impl Plan {
             watermark: field("w")?,
             requested: false,
             cut: None,
+            coarse: None,
         };
+        let mut coarse: [Option<i64>; 5] = [None; 5];
         for extra in parts {
             match extra.split_once('=') {
                 None if extra == "requested" => plan.requested = true,
                 Some(("c", v)) => plan.cut = Some(v.parse().ok()?),
+                Some((k, v)) if ["f", "g", "t", "u", "v"].contains(&k) => {
+                    let i = ["f", "g", "t", "u", "v"].iter().position(|n| *n == k)?;
+                    coarse[i] = Some(v.parse().ok()?);
+                }
                 _ => return None,
             }
         }
-        (plan.replay_start <= plan.next_offset).then_some(plan)
+        match coarse {
+            [Some(f), Some(g), Some(t), Some(u), Some(v)] => {
+                plan.coarse = Some(CoarsePlan {
+                    fine_start: f,
+                    fine_watermark: g,
+                    now_watermark: t,
+                    rollups_from: u,
+                    rollups_end: v,
+                });
+            }
+            [None, None, None, None, None] => {}
+            _ => return None,
+        }
+        let coarse_ok = plan.coarse.is_none_or(|c| {
+            c.fine_start >= plan.replay_start
+                && c.fine_start <= plan.next_offset
+                && c.rollups_from <= c.rollups_end
+        });
+        (plan.replay_start <= plan.next_offset && coarse_ok).then_some(plan)
     }
 }
 
@@ -191,6 +243,7 @@ mod tests {
             watermark: 1_000,
             requested: false,
             cut: None,
+            coarse: None,
         }
     }
 
@@ -202,6 +255,7 @@ mod tests {
             watermark: i64::MIN,
             requested: false,
             cut: None,
+            coarse: None,
         };
         assert_eq!(Plan::decode(&p.encode()), Some(p));
         let cut = Plan {
@@ -209,6 +263,18 @@ mod tests {
             ..p
         };
         assert_eq!(Plan::decode(&cut.encode()), Some(cut));
+        let coarse = Plan {
+            coarse: Some(CoarsePlan {
+                fine_start: 30,
+                fine_watermark: 1_732_379_000_000,
+                now_watermark: 1_732_380_000_000,
+                rollups_from: 7,
+                rollups_end: 19,
+            }),
+            ..cut
+        };
+        assert_eq!(Plan::decode(&coarse.encode()), Some(coarse));
+        assert!(coarse.encode().len() < 256);
         assert_eq!(
             Plan::decode(&Plan::requested(9).encode()),
             Some(Plan::requested(9))
@@ -220,6 +286,7 @@ mod tests {
             "tributary-plan/2 r=1 n=2 w=3",
             "tributary-plan/1 r=1 n=x w=3",
             "tributary-plan/1 r=1 n=2 w=3 x",
+            "tributary-plan/1 r=1 n=2 w=3 f=1 g=1",
         ] {
             assert_eq!(Plan::decode(bad), None, "{bad:?}");
         }

@@ -28,7 +28,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineSpec};
-use crate::replay::{self, CheckpointPosition, Plan, PlanStore, StartPoint, StateSource};
+use crate::replay::{self, CheckpointPosition, CoarsePlan, Plan, PlanStore, StartPoint, StateSource};
+use crate::stage::ReplayPoint;
 use crate::state::StateStore;
 use ledger::Ledger;
 use producer::OutputContext;
@@ -100,6 +101,8 @@ struct Coordinator {
     /// to exist from the seek offset on.
     stalls: Mutex<HashMap<Tp, Stall>>,
     watching_stalls: AtomicBool,
+    /// For reading coarse windows' rows back from the rollups topic.
+    config: Config,
 }
 
 /// A replay that has not yet read its first record.
@@ -149,21 +152,21 @@ impl Coordinator {
                 .into_iter()
                 .chain(topic_plan)
                 .max_by_key(|p| p.next_offset);
-            let (start, pipeline) = self.restore(&tp, offset, plan);
+            let (start, pipeline, rollups_end) = self.restore(&tp, offset, plan);
             if let Some(seek) = start.seek
                 && let Some(mut el) = tpl.find_partition(&tp.topic, tp.partition)
                 && let Err(e) = el.set_offset(Offset::Offset(seek))
             {
                 tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "cannot set start offset");
             }
-            prepared.push((tp, start, pipeline, offset));
+            prepared.push((tp, start, pipeline, offset, rollups_end));
         }
         let mut map = self.assignments();
         let mut load = vec![0usize; self.workers.len()];
         for a in map.values() {
             load[a.worker] += 1;
         }
-        for (tp, start, pipeline, committed) in prepared {
+        for (tp, start, pipeline, committed, rollups_end) in prepared {
             let worker = (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0);
             load[worker] += 1;
             tracing::info!(topic = %tp.topic, partition = tp.partition, worker, "partition assigned");
@@ -173,6 +176,7 @@ impl Coordinator {
             let resume = Resume {
                 from: start.seek,
                 replay_until: start.replay_until,
+                rollups_end,
             };
             self.start_run(&mut map, tp, worker, pipeline, resume, committed);
         }
@@ -194,7 +198,7 @@ impl Coordinator {
         committed: Option<i64>,
     ) {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let ledger = Arc::new(Ledger::resuming_at(committed));
+        let ledger = Arc::new(Ledger::resuming_at(committed).with_rollups_end(resume.rollups_end));
         let _ = self.workers[worker].send(WorkerMsg::Assign {
             tp: tp.clone(),
             generation,
@@ -225,13 +229,42 @@ impl Coordinator {
         self.watching_stalls.store(true, Ordering::Relaxed);
     }
 
-    /// A record arrived: the partition's replay is flowing.
-    fn flowing(&self, topic: &str, partition: i32) {
+    /// A record arrived for a partition that may be watched. The replay is flowing once a
+    /// record at or before its first offset arrives. A later one means the broker skipped
+    /// records (tansu 0.6 serves the next record batch for a fetch that starts inside
+    /// one): it is dropped (`false`) and the partition is sought further back.
+    fn arrived(
+        &self,
+        consumer: &BaseConsumer<ConsumerCtx>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> bool {
         let mut stalls = self.stalls.lock().unwrap_or_else(|p| p.into_inner());
-        stalls.retain(|tp, _| !(tp.partition == partition && &*tp.topic == topic));
-        if stalls.is_empty() {
-            self.watching_stalls.store(false, Ordering::Relaxed);
+        let Some((tp, stall)) = stalls
+            .iter_mut()
+            .find(|(tp, _)| tp.partition == partition && &*tp.topic == topic)
+        else {
+            return true;
+        };
+        if offset <= stall.target || stall.back > stall.target {
+            let tp = tp.clone();
+            stalls.remove(&tp);
+            if stalls.is_empty() {
+                self.watching_stalls.store(false, Ordering::Relaxed);
+            }
+            return true;
         }
+        // Records fetched before the seek may still arrive: seek once per answer.
+        if stall.since.elapsed() >= Duration::from_millis(200) {
+            stall.back = (stall.back * 8).max(1);
+            let to = (stall.target - stall.back).max(0);
+            tracing::warn!(topic = %tp.topic, partition = tp.partition, target = stall.target, got = offset, seek = to,
+                "the broker skipped records after the replay's first offset (a fetch inside a record batch); seeking back");
+            seek(consumer, tp, to);
+            stall.since = Instant::now();
+        }
+        false
     }
 
     /// Replays that read nothing for a while although their records exist: some brokers
@@ -298,8 +331,14 @@ impl Coordinator {
         out
     }
 
-    /// Builds the pipeline a partition resumes with and where it starts reading.
-    fn restore(&self, tp: &Tp, committed: Option<i64>, plan: Option<Plan>) -> (StartPoint, Box<Pipeline>) {
+    /// Builds the pipeline a partition resumes with and where it starts reading, and
+    /// where the rollups topic ended for the state it resumes from (if known).
+    fn restore(
+        &self,
+        tp: &Tp,
+        committed: Option<i64>,
+        plan: Option<Plan>,
+    ) -> (StartPoint, Box<Pipeline>, Option<i64>) {
         let mut pipeline = Box::new(Pipeline::new(&self.spec));
         let checkpoint = self.state.as_ref().and_then(|store| match store.load(&tp.topic, tp.partition) {
             Ok(c) => c,
@@ -322,18 +361,73 @@ impl Coordinator {
             pipeline = Box::new(Pipeline::new(&self.spec));
             start = replay::decide(committed, plan, None);
         }
+        let mut rollups_end = None;
         match start.source {
             StateSource::Plan(p) if p.requested => pipeline.reemit_from_next_record(),
             StateSource::Plan(p) => {
-                pipeline.restore_watermark(p.watermark);
                 pipeline.restore_cut(p.cut);
+                match p.coarse.filter(|c| self.seed_coarse(tp, &mut pipeline, &p, c)) {
+                    Some(c) => {
+                        pipeline.restore_watermark(c.fine_watermark);
+                        let acked = start.replay_until;
+                        // As in replay::decide: read one known record even with nothing open.
+                        start.seek = Some(if c.fine_start == acked && acked > 0 {
+                            acked - 1
+                        } else {
+                            c.fine_start
+                        });
+                        rollups_end = Some(c.rollups_end);
+                    }
+                    None => pipeline.restore_watermark(p.watermark),
+                }
             }
-            StateSource::Checkpoint | StateSource::Empty | StateSource::CommittedOnly => {}
+            StateSource::Checkpoint => {
+                if let Some(c) = &checkpoint {
+                    pipeline.locate_restored_rows(c.rollups_from);
+                    rollups_end = c.rollups_end;
+                }
+            }
+            StateSource::Empty | StateSource::CommittedOnly => {}
         }
         pipeline.set_replay_until(start.replay_until);
         tracing::info!(topic = %tp.topic, partition = tp.partition, source = ?start.source, seek = ?start.seek,
             replay_until = start.replay_until, committed = ?committed, "resuming partition");
-        (start, pipeline)
+        (start, pipeline, rollups_end)
+    }
+
+    /// Rebuilds a plan's open coarse windows from the rollups topic. On failure the
+    /// pipeline is left untouched and the plan's full raw replay is used instead.
+    fn seed_coarse(&self, tp: &Tp, pipeline: &mut Pipeline, plan: &Plan, coarse: &CoarsePlan) -> bool {
+        let topic = &self.config.topics.rollups;
+        let started = Instant::now();
+        match replay::read_rollups(
+            &self.config,
+            topic,
+            tp.partition,
+            coarse.rollups_from,
+            coarse.rollups_end,
+            Duration::from_secs(60),
+        ) {
+            Ok(rows) => {
+                let raw = ReplayPoint {
+                    offset: plan.replay_start,
+                    watermark: plan.watermark,
+                };
+                let merged = pipeline.seed_coarse(&rows, coarse, raw);
+                self.metrics.coarse_rows_read.add(rows.len() as u64);
+                tracing::info!(topic = %tp.topic, partition = tp.partition, rollups = %topic,
+                    from = coarse.rollups_from, end = coarse.rollups_end, rows = rows.len(), merged,
+                    secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+                    raw_from = coarse.fine_start, instead_of = plan.replay_start,
+                    "coarse windows rebuilt from the rollups topic");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, rollups = %topic, error = %e,
+                    "cannot read coarse windows back from the rollups topic; replaying raw records for them");
+                false
+            }
+        }
     }
 
     /// Commits offsets with their plans in the metadata (and in the plan topic when the
@@ -495,6 +589,7 @@ impl Coordinator {
             let resume = Resume {
                 from: Some(offset),
                 replay_until: offset,
+                rollups_end: None,
             };
             seek(consumer, &tp, offset);
             tracing::info!(topic = %tp.topic, partition = tp.partition, offset, "operator replay started; outputs are re-emitted");
@@ -791,6 +886,7 @@ fn poll_thread(
         state,
         stalls: Mutex::new(HashMap::new()),
         watching_stalls: AtomicBool::new(false),
+        config: config.clone(),
     });
     let consumer: BaseConsumer<ConsumerCtx> = kafka::consumer_config(&config)
         .create_with_context(ConsumerCtx {
@@ -945,8 +1041,10 @@ fn poll_loop(
         match polled {
             Some(Ok(msg)) => {
                 let partition = msg.partition();
-                if coordinator.watching_stalls.load(Ordering::Relaxed) {
-                    coordinator.flowing(msg.topic(), partition);
+                if coordinator.watching_stalls.load(Ordering::Relaxed)
+                    && !coordinator.arrived(consumer, msg.topic(), partition, msg.offset())
+                {
+                    continue;
                 }
                 let entry = match pending.get_mut(&partition) {
                     Some(p) => p,

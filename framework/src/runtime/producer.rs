@@ -14,6 +14,9 @@ use crate::runtime::ledger::Ledger;
 pub struct DeliveryTag {
     pub ledger: Arc<Ledger>,
     pub seq: u64,
+    /// For a rollup: the source offset whose processing emitted it, so the ledger learns
+    /// where in the rollups topic that offset's rows are.
+    pub rollup_trigger: Option<i64>,
 }
 
 pub struct OutputContext {
@@ -31,8 +34,11 @@ impl ProducerContext for OutputContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: Self::DeliveryOpaque) {
         match result {
-            Ok(_) => {
+            Ok(msg) => {
                 self.metrics.outputs_acked.add(1);
+                if let Some(trigger) = tag.rollup_trigger {
+                    tag.ledger.rollup_delivered(trigger, msg.offset());
+                }
                 tag.ledger.ack(tag.seq, Ok(()));
             }
             Err((e, msg)) => {

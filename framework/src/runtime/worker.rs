@@ -113,6 +113,8 @@ pub struct Resume {
     pub from: Option<i64>,
     /// Outputs of records before this offset are suppressed: state is being rebuilt.
     pub replay_until: i64,
+    /// Where the rollups topic ended for the state resumed from, if known.
+    pub rollups_end: Option<i64>,
 }
 
 pub struct WorkerShared {
@@ -147,8 +149,9 @@ struct PartitionRun {
     reported: crate::pipeline::PipelineStats,
     replay: Option<ReplayProgress>,
     last_checkpoint: Instant,
-    /// A snapshot waiting for its outputs to be acknowledged before it is written.
-    pending_checkpoint: Option<Checkpoint>,
+    /// A snapshot waiting for its outputs to be acknowledged before it is written, and
+    /// where its coarse windows' rows are (located once those outputs are delivered).
+    pending_checkpoint: Option<(Checkpoint, Option<crate::pipeline::CoarseDraft>)>,
 }
 
 impl PartitionRun {
@@ -157,6 +160,7 @@ impl PartitionRun {
         &'a mut self,
         shared: &'a WorkerShared,
         buf: &'a mut Vec<u8>,
+        trigger: i64,
     ) -> (&'a mut Pipeline, KafkaSink<'a>) {
         let sink = KafkaSink {
             shared,
@@ -164,8 +168,18 @@ impl PartitionRun {
             ledger: &self.ledger,
             produced: &mut self.produced,
             buf,
+            trigger,
         };
         (&mut self.pipeline, sink)
+    }
+
+    /// Everything before `next` is processed: hand the ledger the plan for that point.
+    fn progress(&self, next: i64) {
+        self.ledger.checkpoint(
+            self.produced,
+            self.pipeline.plan(next),
+            self.pipeline.coarse_draft(next),
+        );
     }
 }
 
@@ -245,11 +259,12 @@ pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
 
 fn process_batch(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, buf: &mut Vec<u8>) {
     let mut next = run.next_offset.unwrap_or(i64::MIN);
-    let (pipeline, mut sink) = run.split(shared, buf);
+    let (pipeline, mut sink) = run.split(shared, buf, next);
     for span in &batch.records {
         if span.offset < next {
             continue;
         }
+        sink.trigger = span.offset;
         pipeline.process(
             batch.get(span.key),
             batch.get(span.payload),
@@ -260,7 +275,7 @@ fn process_batch(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, b
     }
     if next != i64::MIN {
         run.next_offset = Some(next);
-        run.ledger.checkpoint(run.produced, run.pipeline.plan(next));
+        run.progress(next);
         track_replay(shared, run, next);
         checkpoint(shared, run);
     }
@@ -296,13 +311,16 @@ fn checkpoint(shared: &WorkerShared, run: &mut PartitionRun) {
     let Some(store) = shared.state.as_deref() else {
         return;
     };
-    if let Some(pending) = &run.pending_checkpoint
+    if let Some((pending, _)) = &run.pending_checkpoint
         && run
             .ledger
             .safe_offset()
             .is_some_and(|safe| safe >= pending.next_offset)
-        && let Some(pending) = run.pending_checkpoint.take()
+        && let Some((mut pending, draft)) = run.pending_checkpoint.take()
     {
+        pending.rollups_end = run.ledger.rollups_end();
+        pending.rollups_from =
+            draft.and_then(|d| run.ledger.locate(d.trigger, d.topic).map(|(from, _)| from));
         match store.save(&run.tp.topic, run.tp.partition, pending) {
             Ok(()) => shared.metrics.checkpoints_written.add(1),
             Err(e) => {
@@ -316,10 +334,15 @@ fn checkpoint(shared: &WorkerShared, run: &mut PartitionRun) {
         && run.last_checkpoint.elapsed() >= shared.checkpoint_interval
         && let Some(next) = run.next_offset
     {
-        run.pending_checkpoint = Some(Checkpoint {
-            next_offset: next,
-            pipeline: run.pipeline.snapshot(),
-        });
+        run.pending_checkpoint = Some((
+            Checkpoint {
+                next_offset: next,
+                pipeline: run.pipeline.snapshot(),
+                rollups_from: None,
+                rollups_end: None,
+            },
+            run.pipeline.coarse_draft(next),
+        ));
         run.last_checkpoint = Instant::now();
     }
 }
@@ -327,9 +350,9 @@ fn checkpoint(shared: &WorkerShared, run: &mut PartitionRun) {
 /// Runs the stages' flush hooks before a partition is released or the process stops.
 fn flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) {
     let Some(next) = run.next_offset else { return };
-    let (pipeline, mut sink) = run.split(shared, buf);
+    let (pipeline, mut sink) = run.split(shared, buf, next);
     pipeline.flush(next, &mut sink);
-    run.ledger.checkpoint(run.produced, run.pipeline.plan(next));
+    run.progress(next);
 }
 
 fn idle_flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) {
@@ -345,9 +368,9 @@ fn idle_flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) 
     if target <= run.pipeline.watermark() {
         return;
     }
-    let (pipeline, mut sink) = run.split(shared, buf);
+    let (pipeline, mut sink) = run.split(shared, buf, next);
     pipeline.advance_watermark(target, next, &mut sink);
-    run.ledger.checkpoint(run.produced, run.pipeline.plan(next));
+    run.progress(next);
     shared.metrics.idle_flushes.add(1);
     tracing::debug!(topic = %run.tp.topic, partition = run.tp.partition, watermark = target, "idle partition flushed");
     report(shared, run);
@@ -381,9 +404,12 @@ struct KafkaSink<'a> {
     ledger: &'a Arc<Ledger>,
     produced: &'a mut u64,
     buf: &'a mut Vec<u8>,
+    /// The source offset being processed (or the next one, for flushes).
+    trigger: i64,
 }
 
 impl KafkaSink<'_> {
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &mut self,
         topic: &str,
@@ -391,12 +417,14 @@ impl KafkaSink<'_> {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
+        rollup_trigger: Option<i64>,
     ) {
         let seq = *self.produced;
         *self.produced += 1;
         let tag = Box::new(DeliveryTag {
             ledger: self.ledger.clone(),
             seq,
+            rollup_trigger,
         });
         let mut record: BaseRecord<'_, [u8], [u8], Box<DeliveryTag>> =
             BaseRecord::with_opaque_to(topic, tag).partition(partition);
@@ -444,6 +472,7 @@ impl Sink for KafkaSink<'_> {
             Some(series.as_bytes()),
             Some(&buf),
             None,
+            Some(self.trigger),
         );
         *self.buf = buf;
     }
@@ -457,6 +486,7 @@ impl Sink for KafkaSink<'_> {
             self.partition,
             Some(series.as_bytes()),
             Some(&buf),
+            None,
             None,
         );
         *self.buf = buf;
@@ -478,6 +508,7 @@ impl Sink for KafkaSink<'_> {
             key,
             payload,
             Some(headers),
+            None,
         );
     }
 
@@ -496,6 +527,7 @@ impl Sink for KafkaSink<'_> {
                 key,
                 payload,
                 Some(headers),
+                None,
             );
         }
     }

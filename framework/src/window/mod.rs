@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::record::{Agg, RollupRow, SeriesId};
-use crate::stage::{Collector, Context, Input, Output, ReplayPoint, Stage};
+use crate::stage::{CoarseSources, Collector, Context, Input, Output, ReplayPoint, Stage};
 
 #[cfg(test)]
 mod tests;
@@ -41,6 +41,22 @@ struct Window {
     first_offset: i64,
     /// The watermark just before that record.
     first_watermark: i64,
+    /// Coarse levels: where the fine rows merged into this window can be read back from
+    /// the rollups topic.
+    rows_from: RowsFrom,
+}
+
+/// Where the fine rows merged into a coarse window are in the rollups topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
+pub enum RowsFrom {
+    /// Not known (merged while outputs were suppressed, or a level-0 window).
+    #[default]
+    Unknown,
+    /// At or after the position of the outputs of this source offset (the record whose
+    /// watermark closed the first of them); the runtime maps it to a topic offset.
+    Trigger(i64),
+    /// At or after this offset of the rollups topic.
+    Topic(i64),
 }
 
 impl Window {
@@ -62,6 +78,7 @@ impl Window {
             self.aggs[s as usize] = Agg::EMPTY;
         }
         self.touched.clear();
+        self.rows_from = RowsFrom::Unknown;
     }
 }
 
@@ -97,6 +114,11 @@ pub struct RollupStage {
     /// Earliest end among open windows of any level: the watermark check per record is a
     /// single comparison until something can close.
     next_close: i64,
+    /// Outputs are being suppressed (state is being rebuilt by replay).
+    replaying: bool,
+    /// Coarse windows were seeded from the rollups topic: fine windows closing during the
+    /// replay are already in them and must not be merged again.
+    seeded: bool,
 }
 
 impl RollupStage {
@@ -113,6 +135,8 @@ impl RollupStage {
                 })
                 .collect(),
             next_close: i64::MAX,
+            replaying: false,
+            seeded: false,
         }
     }
 
@@ -148,11 +172,18 @@ impl RollupStage {
 
     /// Closes every window whose end is at or before `watermark`, finest level first so a
     /// coarse window has received all of its fine windows before it closes itself.
-    fn close_until(&mut self, watermark: i64, out: &mut Collector) {
+    /// `trigger` is the source offset whose watermark closes them.
+    fn close_until(&mut self, watermark: i64, trigger: i64, out: &mut Collector) {
+        let cascade = !(self.replaying && self.seeded);
+        let rows_from = if self.replaying {
+            RowsFrom::Unknown
+        } else {
+            RowsFrom::Trigger(trigger)
+        };
         for i in 0..self.levels.len() {
             let (fine, coarse) = self.levels.split_at_mut(i + 1);
             let level = &mut fine[i];
-            let mut next = coarse.first_mut();
+            let mut next = coarse.first_mut().filter(|_| cascade);
             let width = level.resolution.width_ms;
             while let Some(entry) = level.open.first_entry() {
                 let start = *entry.key();
@@ -163,13 +194,21 @@ impl RollupStage {
                 window.touched.sort_unstable();
                 let coarse_window = next.as_mut().map(|c| {
                     let cstart = c.resolution.window_start(start);
-                    c.window(
+                    let fresh = !c.open.contains_key(&cstart);
+                    let w = c.window(
                         cstart,
                         ReplayPoint {
                             offset: window.first_offset,
                             watermark: window.first_watermark,
                         },
-                    )
+                    );
+                    // Rows merged while outputs are suppressed cannot be located later.
+                    if fresh {
+                        w.rows_from = rows_from;
+                    } else if rows_from == RowsFrom::Unknown {
+                        w.rows_from = RowsFrom::Unknown;
+                    }
+                    w
                 });
                 let mut coarse_window = coarse_window;
                 for &series in &window.touched {
@@ -215,9 +254,16 @@ impl Stage for RollupStage {
     }
 
     #[inline]
-    fn on_watermark(&mut self, watermark: i64, out: &mut Collector) {
-        if watermark >= self.next_close {
-            self.close_until(watermark, out);
+    fn on_watermark(&mut self, ctx: Context, out: &mut Collector) {
+        if ctx.watermark >= self.next_close {
+            self.close_until(ctx.watermark, ctx.offset, out);
+        }
+    }
+
+    fn set_replaying(&mut self, replaying: bool) {
+        self.replaying = replaying;
+        if !replaying {
+            self.seeded = false;
         }
     }
 
@@ -232,6 +278,63 @@ impl Stage for RollupStage {
             })
     }
 
+    fn fine_replay_start(&self) -> Option<ReplayPoint> {
+        self.levels[0]
+            .open
+            .values()
+            .min_by_key(|w| w.first_offset)
+            .map(|w| ReplayPoint {
+                offset: w.first_offset,
+                watermark: w.first_watermark,
+            })
+    }
+
+    fn locate_restored_rows(&mut self, topic_from: Option<i64>) {
+        for w in self.levels.iter_mut().skip(1).flat_map(|l| l.open.values_mut()) {
+            if let RowsFrom::Trigger(_) = w.rows_from {
+                w.rows_from = topic_from.map_or(RowsFrom::Unknown, RowsFrom::Topic);
+            }
+        }
+    }
+
+    fn coarse_sources(&self) -> CoarseSources {
+        let mut sources = CoarseSources::default();
+        for (&start, w) in self.levels.iter().skip(1).flat_map(|l| l.open.iter()) {
+            sources.oldest_start = Some(sources.oldest_start.map_or(start, |s| s.min(start)));
+            match w.rows_from {
+                RowsFrom::Unknown => sources.unknown = true,
+                RowsFrom::Trigger(t) => sources.trigger = Some(sources.trigger.map_or(t, |m| m.min(t))),
+                RowsFrom::Topic(o) => sources.topic = Some(sources.topic.map_or(o, |m| m.min(o))),
+            }
+        }
+        sources
+    }
+
+    fn seed(&mut self, rows: &[RollupRow], watermark: i64, topic_from: i64, raw: ReplayPoint) -> usize {
+        let mut merged = 0;
+        for row in rows {
+            let Some(coarse) = self.levels.get_mut(row.level as usize + 1) else {
+                continue;
+            };
+            let start = coarse.resolution.window_start(row.window_start);
+            // Only fine windows closed before the plan, in coarse windows still open then.
+            if row.window_end > watermark || start + coarse.resolution.width_ms <= watermark {
+                continue;
+            }
+            // Should the topic be unreadable at the next restart, a raw replay from the
+            // plan's full replay start still rebuilds these windows.
+            let w = coarse.window(start, raw);
+            w.rows_from = RowsFrom::Topic(topic_from);
+            w.slot(row.series).merge(&row.agg);
+            merged += 1;
+        }
+        // In this mode the topic holds every fine window closed before the plan, so the
+        // replay must not merge them again, whether or not any row was found.
+        self.seeded = true;
+        self.refresh_next_close();
+        merged
+    }
+
     fn snapshot(&self) -> Option<Vec<u8>> {
         let levels = self
             .levels
@@ -243,6 +346,7 @@ impl Stage for RollupStage {
                         start,
                         first_offset: w.first_offset,
                         first_watermark: w.first_watermark,
+                        rows_from: w.rows_from,
                         aggs: w.touched.iter().map(|&s| (s, w.aggs[s as usize])).collect(),
                     })
                     .collect()
@@ -269,6 +373,7 @@ impl Stage for RollupStage {
                     watermark: w.first_watermark,
                 };
                 let window = level.window(w.start, first);
+                window.rows_from = w.rows_from;
                 for (series, agg) in w.aggs {
                     window.slot(series).merge(&agg);
                 }
@@ -290,5 +395,6 @@ struct WindowSnapshot {
     start: i64,
     first_offset: i64,
     first_watermark: i64,
+    rows_from: RowsFrom,
     aggs: Vec<(SeriesId, Agg)>,
 }

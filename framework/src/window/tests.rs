@@ -46,12 +46,24 @@ impl Driver {
         let wm = self.max_ts - self.grace;
         if wm > self.watermark {
             self.watermark = wm;
-            self.stage.on_watermark(wm, &mut self.out);
+            self.stage.on_watermark(
+                Context {
+                    offset,
+                    watermark: wm,
+                },
+                &mut self.out,
+            );
         }
     }
 
     fn finish(&mut self, until: i64) {
-        self.stage.on_watermark(until, &mut self.out);
+        self.stage.on_watermark(
+            Context {
+                offset: i64::MAX,
+                watermark: until,
+            },
+            &mut self.out,
+        );
     }
 
     fn rollups(&self) -> BTreeMap<(u8, SeriesId, i64), Agg> {
