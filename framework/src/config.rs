@@ -167,6 +167,8 @@ pub struct CusumConfig {
     /// Inputs per partition replayed after a restart without a local checkpoint so the
     /// baselines are warm again (outputs suppressed); 0 replays nothing for CUSUM.
     pub replay_lookback: usize,
+    /// The same by event time; the replay covers both look-backs. "0s" = none.
+    pub replay_lookback_time: HumanDuration,
 }
 
 /// Replayable state: where replay plans live and the local RocksDB checkpoints.
@@ -290,6 +292,7 @@ impl Config {
                 min_stddev: params.min_stddev,
                 reset_baseline: params.reset_baseline,
                 replay_lookback: params.replay_lookback,
+                replay_lookback_time: HumanDuration(Duration::from_millis(params.replay_lookback_ms as u64)),
             },
             runtime: RuntimeConfig {
                 workers: 0,
@@ -478,6 +481,12 @@ impl Config {
                 min_stddev: self.cusum.min_stddev,
                 reset_baseline: self.cusum.reset_baseline,
                 replay_lookback: self.cusum.replay_lookback,
+                replay_lookback_ms: self
+                    .cusum
+                    .replay_lookback_time
+                    .0
+                    .as_millis()
+                    .min(i64::MAX as u128) as i64,
             };
             let sub = levels
                 .iter()

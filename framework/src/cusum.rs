@@ -33,7 +33,14 @@ pub struct CusumParams {
     /// Inputs per partition replayed after a restart without a local checkpoint, so the
     /// baselines are warm again; 0 replays nothing for CUSUM.
     pub replay_lookback: usize,
+    /// Event time replayed for the same reason (ms, by the partition's watermark); the
+    /// replay covers both look-backs. 0 = none.
+    pub replay_lookback_ms: i64,
 }
+
+/// Time marks kept per look-back window: the replay start is at most this fraction of the
+/// window earlier than needed, and memory stays fixed however fast records arrive.
+const TIME_MARKS: i64 = 1024;
 
 impl Default for CusumParams {
     fn default() -> Self {
@@ -44,6 +51,7 @@ impl Default for CusumParams {
             min_stddev: 1e-9,
             reset_baseline: true,
             replay_lookback: 100_000,
+            replay_lookback_ms: 0,
         }
     }
 }
@@ -132,6 +140,9 @@ pub struct CusumStage {
     /// Source offsets (and watermarks) of the last `replay_lookback` distinct inputs,
     /// oldest first.
     recent: std::collections::VecDeque<(i64, i64)>,
+    /// (offset, watermark) where the watermark first reached each step of the time
+    /// look-back, oldest first; the first one is at or before the window's start.
+    marks: std::collections::VecDeque<(i64, i64)>,
 }
 
 /// What a checkpoint keeps of a [`CusumStage`].
@@ -139,6 +150,7 @@ pub struct CusumStage {
 struct CusumSnapshot {
     states: Vec<(u32, CusumState)>,
     recent: Vec<(i64, i64)>,
+    marks: Vec<(i64, i64)>,
 }
 
 impl CusumStage {
@@ -148,11 +160,13 @@ impl CusumStage {
             subscription,
             states: Vec::new(),
             recent: std::collections::VecDeque::new(),
+            marks: std::collections::VecDeque::new(),
         }
     }
 
     #[inline]
     fn remember(&mut self, ctx: Context) {
+        self.remember_time(ctx);
         let lookback = self.params.replay_lookback;
         if lookback == 0 || self.recent.back().is_some_and(|r| r.0 == ctx.offset) {
             return;
@@ -161,6 +175,27 @@ impl CusumStage {
             self.recent.pop_front();
         }
         self.recent.push_back((ctx.offset, ctx.watermark));
+    }
+
+    #[inline]
+    fn remember_time(&mut self, ctx: Context) {
+        let window = self.params.replay_lookback_ms;
+        if window <= 0 {
+            return;
+        }
+        let step = (window / TIME_MARKS).max(1);
+        if self
+            .marks
+            .back()
+            .is_none_or(|m| ctx.watermark >= m.1.saturating_add(step))
+        {
+            self.marks.push_back((ctx.offset, ctx.watermark));
+        }
+        // Drop the oldest mark while the next one still starts the window.
+        let start = ctx.watermark.saturating_sub(window);
+        while self.marks.len() >= 2 && self.marks[1].1 <= start {
+            self.marks.pop_front();
+        }
     }
 
     #[inline]
@@ -213,6 +248,9 @@ impl Stage for CusumStage {
     fn replay_start(&self) -> Option<ReplayPoint> {
         self.recent
             .front()
+            .into_iter()
+            .chain(self.marks.front())
+            .min_by_key(|r| r.0)
             .map(|&(offset, watermark)| ReplayPoint { offset, watermark })
     }
 
@@ -223,6 +261,7 @@ impl Stage for CusumStage {
                 .map(|(i, s)| (i as u32, *s))
                 .collect(),
             recent: self.recent.iter().copied().collect(),
+            marks: self.marks.iter().copied().collect(),
         };
         bincode::encode_to_vec(&snapshot, bincode::config::standard()).ok()
     }
@@ -235,6 +274,7 @@ impl Stage for CusumStage {
             *self.state(series) = state;
         }
         self.recent = snapshot.recent.into();
+        self.marks = snapshot.marks.into();
         Ok(())
     }
 }

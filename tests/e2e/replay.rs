@@ -160,7 +160,19 @@ fn kill(app: &mut Process) {
 
 #[test]
 fn rollups_survive_repeated_sigkills_including_during_replay() {
-    let bed = dev_bed();
+    sigkills_including_during_replay(dev_bed());
+}
+
+#[test]
+fn rollups_survive_repeated_sigkills_on_tansu() {
+    let tansu = Tansu::start();
+    let brokers = tansu.brokers.clone();
+    let bed = bed_on(Box::new(tansu), brokers);
+    create_topics(&bed.brokers, &[(&bed.input, PARTITIONS)]);
+    sigkills_including_during_replay(bed);
+}
+
+fn sigkills_including_during_replay(bed: Bed) {
     let series = 16;
     let data = dataset::build(series, 26, PARTITIONS, 11);
     let (body, sentinels) = split(&data, series);
@@ -189,7 +201,10 @@ fn rollups_survive_repeated_sigkills_including_during_replay() {
         if app.log_text().contains("replay started") {
             replays_seen += 1;
         }
-        coarse_from_topic += app.log_text().matches("coarse windows rebuilt from the rollups topic").count();
+        coarse_from_topic += app
+            .log_text()
+            .matches("coarse windows rebuilt from the rollups topic")
+            .count();
         kill(&mut app);
     }
     assert!(replays_seen > 0, "no restart rebuilt state by replay");

@@ -165,6 +165,48 @@ fn the_plan_reaches_back_to_the_oldest_open_window_and_cusum_lookback() {
     let mut d = Pipeline::new(&short);
     run(&mut d, &recs, 0, 1_200, &mut VecSink::default());
     assert_eq!(d.plan(1_200).replay_start, 1_150, "the last 50 inputs");
+
+    // By event time: the last 120 s of watermark, whatever the input rate.
+    let by_time = PipelineSpec {
+        rollup: None,
+        cusum: Some((
+            CusumParams {
+                replay_lookback: 0,
+                replay_lookback_ms: 120_000,
+                ..CusumParams::default()
+            },
+            Subscription::Points,
+        )),
+        ..spec(false)
+    };
+    let mut t = Pipeline::new(&by_time);
+    run(&mut t, &recs, 0, 1_200, &mut VecSink::default());
+    let plan = t.plan(1_200);
+    assert!(
+        plan.watermark <= t.watermark() - 120_000,
+        "the replay covers the whole window: {plan:?}"
+    );
+    // One record a second: the watermark now is about 1,179 s, so the window starts near
+    // 1,059 s, which the watermark reached (20 s of grace) near offset 1,079.
+    assert!((1_070..=1_085).contains(&plan.replay_start), "{plan:?}");
+    let both = PipelineSpec {
+        cusum: Some((
+            CusumParams {
+                replay_lookback: 500,
+                replay_lookback_ms: 120_000,
+                ..CusumParams::default()
+            },
+            Subscription::Points,
+        )),
+        ..by_time
+    };
+    let mut b = Pipeline::new(&both);
+    run(&mut b, &recs, 0, 1_200, &mut VecSink::default());
+    assert_eq!(
+        b.plan(1_200).replay_start,
+        700,
+        "the longer of the two look-backs"
+    );
 }
 
 #[test]
