@@ -3,10 +3,11 @@
 //! RocksDB directory, joined by a second instance, and asked to replay by an operator.
 //! The final rollups must equal the oracle, with duplicates only where identical.
 //!
-//! These run on librdkafka's mock cluster as its own process (`tributary-dev kafka`),
-//! whose group coordinator expires a killed member after its session timeout; tansu 0.6
-//! kept a restarted member waiting 45 s to over 80 s (see README). The plan-topic path
-//! that tansu needs is covered by `plans_survive_on_a_broker_that_drops_commit_metadata`.
+//! The SIGKILL and join/leave tests run on both brokers: tansu (real Kafka protocol,
+//! drops commit metadata, so plans come from the plan topic) and librdkafka's mock
+//! cluster as its own process (`tributary-dev kafka`, keeps metadata). Both expire a
+//! killed member after the 6 s session the bed configures (librdkafka's default of 45 s
+//! is what made a restarted member wait that long in earlier runs).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,6 +71,16 @@ fn bed_on(broker: Box<dyn std::any::Any>, brokers: String) -> Bed {
         group: unique("rollup"),
         _kafka: broker,
     }
+}
+
+/// tansu, the Kafka-protocol broker process: its group coordinator also expires a killed
+/// member after the 6 s session the bed configures.
+fn tansu_bed() -> Bed {
+    let tansu = Tansu::start();
+    let brokers = tansu.brokers.clone();
+    let bed = bed_on(Box::new(tansu), brokers);
+    create_topics(&bed.brokers, &[(&bed.input, PARTITIONS)]);
+    bed
 }
 
 fn dev_bed() -> Bed {
@@ -165,11 +176,7 @@ fn rollups_survive_repeated_sigkills_including_during_replay() {
 
 #[test]
 fn rollups_survive_repeated_sigkills_on_tansu() {
-    let tansu = Tansu::start();
-    let brokers = tansu.brokers.clone();
-    let bed = bed_on(Box::new(tansu), brokers);
-    create_topics(&bed.brokers, &[(&bed.input, PARTITIONS)]);
-    sigkills_including_during_replay(bed);
+    sigkills_including_during_replay(tansu_bed());
 }
 
 fn sigkills_including_during_replay(bed: Bed) {
@@ -265,7 +272,15 @@ fn restarts_resume_from_the_checkpoint_when_kept_and_replay_when_deleted() {
 
 #[test]
 fn a_second_instance_joining_and_leaving_loses_and_changes_nothing() {
-    let bed = dev_bed();
+    join_and_leave(dev_bed());
+}
+
+#[test]
+fn a_second_instance_joining_and_leaving_on_tansu() {
+    join_and_leave(tansu_bed());
+}
+
+fn join_and_leave(bed: Bed) {
     let series = 16;
     let data = dataset::build(series, 26, PARTITIONS, 23);
     let (body, sentinels) = split(&data, series);
