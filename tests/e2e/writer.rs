@@ -98,6 +98,13 @@ fn setup_ring(rf: u32, dev_kafka: bool, spare_nodes: usize) -> Setup {
     s
 }
 
+/// A path for a writer config file in a directory of its own.
+fn config_path() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique("writer-config"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir.join("writer.toml")
+}
+
 fn start_writer(s: &Setup, admin: &str, extra: &[&str]) -> Process {
     start_writer_env(s, admin, extra, &[])
 }
@@ -392,9 +399,7 @@ fn writer_pauses_for_a_slow_cluster_and_reloads_limits_on_sighup() {
     // A slow ring and a small per-partition allowance: partitions must be paused rather
     // than read ahead without bound.
     s.ring.faults(None, r#"{"latency_ms": 200}"#);
-    let dir = std::env::temp_dir().join(unique("writer-config"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let file = dir.join("writer.toml");
+    let file = config_path();
     let write_limits = |rows: u32| {
         std::fs::write(&file, format!("[limits]\nrows_per_sec = {rows}\nburst = 200\n[runtime]\nmax_pending_per_partition = 40\n[batch]\nmax_rows = 8\n"))
             .expect("config");
@@ -451,9 +456,7 @@ fn writer_splits_a_rejected_batch_and_dead_letters_only_the_refused_rows() {
     py_produce(s.kafka.brokers(), &s.metrics, &data);
     // Room for a long row inside a batch, so the refused rows arrive in batches with good
     // ones and the writer must split them.
-    let dir = std::env::temp_dir().join(unique("writer-config"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let file = dir.join("writer.toml");
+    let file = config_path();
     std::fs::write(&file, "[batch]\nmax_bytes = 1000000\nlinger = \"50ms\"\n").expect("config");
     let admin = format!("127.0.0.1:{}", free_port());
     let mut writer = start_writer(&s, &admin, &["--config", file.to_str().expect("utf-8 path")]);
@@ -498,9 +501,7 @@ fn writer_adaptive_rate_backs_off_under_overload_and_climbs_back() {
     // Each node takes at most 200 rows/s and answers Overloaded beyond that, as a busy
     // Cassandra node does; the writer may send 20,000 rows/s.
     s.ring.faults(None, r#"{"max_rows_per_sec": 200}"#);
-    let dir = std::env::temp_dir().join(unique("writer-config"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let file = dir.join("writer.toml");
+    let file = config_path();
     std::fs::write(
         &file,
         "[limits]\nrows_per_sec = 20000\nburst = 500\nadaptive = true\nadaptive_backoff = 0.5\nadaptive_increase = 2.0\nadaptive_interval = \"1s\"\n",

@@ -130,14 +130,7 @@ async fn driver_discovers_the_ring_and_routes_by_token() {
     s.execute_unpaged(&insert, ("node-7/cpu", 7i64, -1.0))
         .await
         .expect("upsert");
-    let (count,): (i64,) = s
-        .query_unpaged("SELECT COUNT(*) FROM tb.points", &[])
-        .await
-        .expect("count")
-        .into_rows_result()
-        .expect("rows")
-        .single_row()
-        .expect("one row");
+    let count = count(&s, "tb.points").await;
     assert_eq!(count, 300);
 }
 
@@ -408,15 +401,7 @@ async fn every_storage_type_round_trips_and_truncate_empties() {
         )
     );
     s.query_unpaged("TRUNCATE t.all", &[]).await.expect("truncate");
-    let (n,): (i64,) = s
-        .query_unpaged("SELECT COUNT(*) FROM t.all", &[])
-        .await
-        .expect("count")
-        .into_rows_result()
-        .expect("rows")
-        .single_row()
-        .expect("row");
-    assert_eq!(n, 0);
+    assert_eq!(count(&s, "t.all").await, 0);
     let err = s
         .query_unpaged("SELECT * FROM system.peers_v2", &[])
         .await
@@ -566,10 +551,21 @@ fn faults_change_over_http() {
     assert_eq!(counters.len(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partition_key_over_64_kib_is_refused_as_invalid() {
-    let ring = ring(1).await;
-    let s = session(&ring).await;
+/// `SELECT COUNT(*)` of a table.
+async fn count(s: &Session, table: &str) -> i64 {
+    let (n,): (i64,) = s
+        .query_unpaged(format!("SELECT COUNT(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .into_rows_result()
+        .expect("rows")
+        .single_row()
+        .expect("one row");
+    n
+}
+
+/// tb.kv (k text primary key, v int) in a keyspace with one replica.
+async fn key_value_table(s: &Session) {
     s.query_unpaged("CREATE KEYSPACE IF NOT EXISTS tb WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", &[])
         .await
         .expect("keyspace");
@@ -579,6 +575,13 @@ async fn a_partition_key_over_64_kib_is_refused_as_invalid() {
     )
     .await
     .expect("table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_key_over_64_kib_is_refused_as_invalid() {
+    let ring = ring(1).await;
+    let s = session(&ring).await;
+    key_value_table(&s).await;
     let long = "k".repeat(70_000);
     // Unprepared, so the driver sends the key instead of refusing it first.
     let err = s
@@ -599,15 +602,7 @@ async fn a_partition_key_over_64_kib_is_refused_as_invalid() {
 async fn the_driver_follows_nodes_joining_and_leaving() {
     let ring = ring_with_spare(3, 1).await;
     let s = session(&ring).await;
-    s.query_unpaged("CREATE KEYSPACE IF NOT EXISTS tb WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", &[])
-        .await
-        .expect("keyspace");
-    s.query_unpaged(
-        "CREATE TABLE IF NOT EXISTS tb.kv (k text, v int, PRIMARY KEY (k))",
-        &[],
-    )
-    .await
-    .expect("table");
+    key_value_table(&s).await;
     s.refresh_metadata().await.expect("metadata");
     let known = |s: &Session| {
         let mut a: Vec<SocketAddr> = s
@@ -672,13 +667,6 @@ async fn the_driver_follows_nodes_joining_and_leaving() {
         200,
         "{c:?}"
     );
-    let (count,): (i64,) = s
-        .query_unpaged("SELECT COUNT(*) FROM tb.kv", &[])
-        .await
-        .expect("count")
-        .into_rows_result()
-        .expect("rows")
-        .single_row()
-        .expect("one row");
+    let count = count(&s, "tb.kv").await;
     assert_eq!(count, 200, "the data stayed readable through both changes");
 }
