@@ -6,8 +6,7 @@
 //! The SIGKILL and join/leave tests run on both brokers: tansu (real Kafka protocol,
 //! drops commit metadata, so plans come from the plan topic) and librdkafka's mock
 //! cluster as its own process (`tributary-dev kafka`, keeps metadata). Both expire a
-//! killed member after the 6 s session the bed configures (librdkafka's default of 45 s
-//! is what made a restarted member wait that long in earlier runs).
+//! killed member after the 6 s session the bed configures (librdkafka's default is 45 s).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
