@@ -13,6 +13,7 @@ use rdkafka::message::{Header, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
+use tributary::runtime::fetch_start::{Arrival, FetchStart};
 
 use crate::batcher::{BatchLimits, Batcher, ReplicaSet};
 use crate::config::WriterConfig;
@@ -163,98 +164,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Where each newly assigned (or resumed) partition must continue. Some brokers (tansu
-/// 0.6) answer a fetch that starts inside a record batch with the next batch, or with
-/// nothing when it is the last one, so records would be skipped or never read: a first
-/// record past the expected offset is dropped and the partition sought further back, as
-/// is a partition that serves nothing for a while; records before it are skipped.
-#[derive(Debug, Default)]
-struct Starts {
-    expected: HashMap<Tp, Start>,
-}
-
-#[derive(Debug)]
-struct Start {
-    offset: i64,
-    back: i64,
-    sought: Option<Instant>,
-    /// Since the expectation was set or the last seek.
-    since: Instant,
-    /// A record at or before the offset arrived: the fetch position is sound.
-    anchored: bool,
-}
-
-impl Start {
-    fn at(offset: i64) -> Self {
-        Self {
-            offset,
-            back: 0,
-            sought: None,
-            since: Instant::now(),
-            anchored: false,
-        }
-    }
-}
-
-/// A partition that served nothing for this long after a seek is sought further back.
-const SILENT_FETCH: Duration = Duration::from_secs(3);
-
-/// What to do with a record of a partition that just resumed.
-#[derive(Debug, PartialEq, Eq)]
-enum StartCheck {
-    Process,
-    /// Before the committed offset: written already.
-    Skip,
-    /// Records were skipped by the broker: drop this one and seek here (if `Some`).
-    SeekBack(Option<i64>),
-}
-
-impl Starts {
-    fn check(&mut self, tp: &Tp, offset: i64) -> StartCheck {
-        let Some(start) = self.expected.get_mut(tp) else {
-            return StartCheck::Process;
-        };
-        if offset < start.offset {
-            start.anchored = true;
-            return StartCheck::Skip;
-        }
-        // At the start, or back at offset 0 without finding it (a real gap).
-        if offset == start.offset || start.back > start.offset {
-            self.expected.remove(tp);
-            return StartCheck::Process;
-        }
-        // Records fetched before a seek may still arrive: seek once per answer.
-        if start
-            .sought
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
-        {
-            return StartCheck::SeekBack(None);
-        }
-        StartCheck::SeekBack(Some(start.further_back()))
-    }
-
-    /// Partitions that served nothing since their expectation or last seek, with the
-    /// offset to seek to. Against a broker that serves from any offset this costs one
-    /// re-read record on a partition without new records.
-    fn silent(&mut self) -> Vec<(Tp, i64)> {
-        let mut out = Vec::new();
-        for (tp, start) in &mut self.expected {
-            if !start.anchored && start.back <= start.offset && start.since.elapsed() >= SILENT_FETCH {
-                out.push((tp.clone(), start.further_back()));
-            }
-        }
-        out
-    }
-}
-
-impl Start {
-    fn further_back(&mut self) -> i64 {
-        self.back = (self.back * 8).max(1);
-        self.sought = Some(Instant::now());
-        self.since = Instant::now();
-        (self.offset - self.back).max(0)
-    }
-}
+/// Where each newly assigned (or resumed) partition must continue: some brokers do not
+/// serve a fetch that starts inside a record batch (see [`FetchStart`]).
+type Starts = HashMap<Tp, FetchStart>;
 
 /// Commits the acknowledged prefix of revoked partitions before they move; rows still in
 /// flight for them are simply written again by the next owner (upserts are idempotent).
@@ -282,9 +194,7 @@ impl ConsumerContext for WriterContext {
                         if let Offset::Offset(o) = el.offset()
                             && o > 0
                         {
-                            starts
-                                .expected
-                                .insert((el.topic().into(), el.partition()), Start::at(o));
+                            starts.insert((el.topic().into(), el.partition()), FetchStart::at(o));
                         }
                     }
                 }
@@ -472,11 +382,19 @@ pub async fn run(
                         .unwrap_or_else(|| (msg.topic().into(), Source::Metrics));
                     let tp: Tp = (topic, msg.partition());
                     let offset = msg.offset();
-                    let check = lock(&starts).check(&tp, offset);
-                    match check {
-                        StartCheck::Process => {}
-                        StartCheck::Skip | StartCheck::SeekBack(None) => continue,
-                        StartCheck::SeekBack(Some(to)) => {
+                    let arrival = {
+                        let mut starts = lock(&starts);
+                        let arrival = starts.get_mut(&tp).map(|s| s.arrived(offset));
+                        if arrival == Some(Arrival::Resumed) {
+                            starts.remove(&tp);
+                        }
+                        arrival
+                    };
+                    match arrival {
+                        None | Some(Arrival::Resumed) => {}
+                        // Before the committed offset: written already.
+                        Some(Arrival::Before | Arrival::Skipped(None)) => continue,
+                        Some(Arrival::Skipped(Some(to))) => {
                             tracing::warn!(topic = %tp.0, partition = tp.1, got = offset, seek = to,
                                 "the broker skipped records after the committed offset (a fetch inside a record batch); seeking back");
                             if let Err(e) = consumer.seek(&tp.0, tp.1, Offset::Offset(to), Duration::from_secs(5)) {
@@ -524,7 +442,11 @@ pub async fn run(
                 }
             }
             _ = commit_tick.tick() => {
-                for (tp, to) in lock(&starts).silent() {
+                let silent: Vec<(Tp, i64)> = lock(&starts)
+                    .iter_mut()
+                    .filter_map(|(tp, s)| s.silent().map(|to| (tp.clone(), to)))
+                    .collect();
+                for (tp, to) in silent {
                     tracing::warn!(topic = %tp.0, partition = tp.1, seek = to,
                         "the partition served nothing where it resumes (a fetch inside a record batch?); seeking back");
                     if let Err(e) = consumer.seek(&tp.0, tp.1, Offset::Offset(to), Duration::from_secs(5)) {
@@ -643,7 +565,7 @@ fn resume(
             tpl.add_partition(&tp.0, tp.1);
             if consumer.resume(&tpl).is_ok() {
                 // Fetching continues at the next offset, which may be inside a batch.
-                lock(starts).expected.insert(tp.clone(), Start::at(p.next));
+                lock(starts).insert(tp.clone(), FetchStart::at(p.next));
                 p.paused = false;
                 metrics.paused_partitions.fetch_sub(1, Ordering::Relaxed);
                 tracing::info!(topic = %tp.0, partition = tp.1, "partition resumed");
@@ -864,79 +786,5 @@ async fn dead_letter(
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_resume_past_its_offset_seeks_back_and_skips_what_was_written() {
-        let tp: Tp = ("metrics".into(), 2);
-        let mut starts = Starts::default();
-        assert_eq!(starts.check(&tp, 7), StartCheck::Process, "nothing expected");
-        starts.expected.insert(tp.clone(), Start::at(40));
-        // The broker served the next batch: records 40..51 would be lost.
-        assert_eq!(starts.check(&tp, 51), StartCheck::SeekBack(Some(39)));
-        assert_eq!(
-            starts.check(&tp, 52),
-            StartCheck::SeekBack(None),
-            "one seek per answer"
-        );
-        if let Some(s) = starts.expected.get_mut(&tp) {
-            s.sought = None;
-        }
-        assert_eq!(
-            starts.check(&tp, 51),
-            StartCheck::SeekBack(Some(32)),
-            "further back"
-        );
-        assert_eq!(starts.check(&tp, 33), StartCheck::Skip, "already written");
-        assert_eq!(starts.check(&tp, 40), StartCheck::Process);
-        assert_eq!(
-            starts.check(&tp, 41),
-            StartCheck::Process,
-            "resumed: no more checks"
-        );
-    }
-
-    #[test]
-    fn a_partition_that_serves_nothing_is_sought_back_until_a_record_comes() {
-        let tp: Tp = ("metrics".into(), 1);
-        let mut starts = Starts::default();
-        let mut silent = Start::at(100);
-        silent.since = Instant::now() - SILENT_FETCH;
-        starts.expected.insert(tp.clone(), silent);
-        assert_eq!(starts.silent(), vec![(tp.clone(), 99)]);
-        assert!(starts.silent().is_empty(), "waits again after a seek");
-        assert_eq!(
-            starts.check(&tp, 99),
-            StartCheck::Skip,
-            "a record before the offset"
-        );
-        if let Some(s) = starts.expected.get_mut(&tp) {
-            s.since = Instant::now() - SILENT_FETCH;
-        }
-        assert!(
-            starts.silent().is_empty(),
-            "an anchored partition is not moved again"
-        );
-    }
-
-    #[test]
-    fn a_real_gap_is_accepted_once_the_search_reaches_the_start() {
-        let tp: Tp = ("metrics".into(), 0);
-        let mut starts = Starts::default();
-        starts.expected.insert(tp.clone(), Start::at(3));
-        let mut seeks = 0;
-        while let StartCheck::SeekBack(Some(_)) = starts.check(&tp, 10) {
-            seeks += 1;
-            if let Some(s) = starts.expected.get_mut(&tp) {
-                s.sought = None;
-            }
-        }
-        assert!(seeks <= 3, "bounded search: {seeks}");
-        assert!(starts.expected.is_empty());
     }
 }

@@ -13,7 +13,7 @@
 mod plan;
 pub mod request;
 
-pub use plan::{CheckpointPosition, CoarsePlan, Plan, StartPoint, StateSource, decide};
+pub use plan::{CheckpointPosition, CoarsePlan, Plan, StartPoint, StateSource, decide, first_read};
 pub use request::{ReplayFrom, ReplayRequest};
 
 use std::collections::HashMap;
@@ -25,6 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::Config;
+use crate::runtime::fetch_start::{Arrival, FetchStart};
 use crate::runtime::kafka::client_config;
 
 /// Whether the broker returns an offset commit's metadata. Commits a marker for
@@ -213,18 +214,10 @@ pub fn read_rollups(
     };
     seek_to(from)?;
     let deadline = Instant::now() + timeout;
-    let mut last_progress = Instant::now();
-    let mut back = 0i64;
-    // Whether a record at or before `from` arrived: until then a later record means the
-    // broker skipped some, and nothing read is kept.
-    let mut anchored = false;
+    // Until reading is known to start at `from`, see FetchStart.
+    let mut guard = Some(FetchStart::at(from));
     let format = config.topics.output_format;
-    let seek_back = |back: &mut i64, why: &str| -> Result<(), String> {
-        if *back > from {
-            return Err(format!("{topic}/{partition}: cannot read from {from} ({why})"));
-        }
-        *back = (*back * 8).max(1);
-        let to = (from - *back).max(0);
+    let seek_back = |to: i64, why: &str| -> Result<(), String> {
         tracing::warn!(
             topic,
             partition,
@@ -238,38 +231,37 @@ pub fn read_rollups(
     while Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
-                last_progress = Instant::now();
                 let offset = msg.offset();
-                if !anchored {
-                    if offset > from {
-                        seek_back(&mut back, "records before it were skipped")?;
+                match guard.as_mut().map(|g| g.arrived(offset)) {
+                    None => {}
+                    Some(Arrival::Resumed) => guard = None,
+                    Some(Arrival::Before | Arrival::Skipped(None)) => continue,
+                    Some(Arrival::Skipped(Some(to))) => {
+                        seek_back(to, "records before it were skipped")?;
                         continue;
                     }
-                    anchored = true;
                 }
-                if offset >= from {
-                    // A row that cannot be read would leave a coarse window short: give
-                    // up on the topic and let the caller replay raw records instead.
-                    let r = crate::codec::decode_rollup(format, msg.payload().unwrap_or_default())
-                        .map_err(|e| format!("{topic}/{partition} offset {offset} is not a rollup: {e}"))?;
-                    rows.push(crate::pipeline::ReadRollup {
-                        agg: r.agg(),
-                        series: r.series,
-                        resolution: r.resolution,
-                        window_start: r.window_start,
-                        window_end: r.window_end,
-                    });
-                }
+                // A row that cannot be read would leave a coarse window short: give up on
+                // the topic and let the caller replay raw records instead.
+                let r = crate::codec::decode_rollup(format, msg.payload().unwrap_or_default())
+                    .map_err(|e| format!("{topic}/{partition} offset {offset} is not a rollup: {e}"))?;
+                rows.push(crate::pipeline::ReadRollup {
+                    agg: r.agg(),
+                    series: r.series,
+                    resolution: r.resolution,
+                    window_start: r.window_start,
+                    window_end: r.window_end,
+                });
                 if offset + 1 >= end {
                     return Ok(rows);
                 }
             }
             Some(Err(e)) => return Err(format!("reading {topic}/{partition} from {from}: {e}")),
-            None if !anchored && last_progress.elapsed() >= Duration::from_secs(3) => {
-                seek_back(&mut back, "nothing was served")?;
-                last_progress = Instant::now();
+            None => {
+                if let Some(to) = guard.as_mut().and_then(FetchStart::silent) {
+                    seek_back(to, "nothing was served")?;
+                }
             }
-            None => {}
         }
     }
     Err(format!(

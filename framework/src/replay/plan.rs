@@ -178,6 +178,19 @@ pub struct StartPoint {
     pub source: StateSource,
 }
 
+/// Where a rebuild that replays from `replay_start` up to `acked` starts reading. With
+/// nothing to replay it starts one record early anyway: under the restored watermark that
+/// record is late (its window closed before the commit), so it changes nothing, and every
+/// resume then reads a record that is known to exist, which lets the runtime notice a
+/// broker that serves nothing from a mid-batch offset (tansu) and seek back.
+pub fn first_read(replay_start: i64, acked: i64) -> i64 {
+    if replay_start == acked && acked > 0 {
+        acked - 1
+    } else {
+        replay_start
+    }
+}
+
 /// Decides how a newly assigned partition resumes. The committed plan is the source of
 /// truth; a local checkpoint is used only when it is at or after the plan's replay start
 /// (then it holds everything the replay would rebuild, in less time) and not past what is
@@ -211,15 +224,10 @@ pub fn decide(
     }
     match plan {
         Some(p) => StartPoint {
-            // With nothing open, start one record early anyway: under the restored
-            // watermark that record is late (its window closed before the commit), so it
-            // changes nothing, and every resume then reads a record that is known to
-            // exist, which lets the runtime notice a broker that serves nothing from a
-            // mid-batch offset (tansu) and seek back.
-            seek: Some(if p.replay_start == acked && acked > 0 && !p.requested {
-                acked - 1
-            } else {
+            seek: Some(if p.requested {
                 p.replay_start
+            } else {
+                first_read(p.replay_start, acked)
             }),
             replay_until: acked,
             source: StateSource::Plan(p),

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use crate::codec::Format;
 use crate::cusum::CusumParams;
 use crate::pipeline::{CoarseDraft, Pipeline, PipelineSpec, ReadRollup, VecSink};
-use crate::replay::{CoarsePlan, Plan, StateSource, decide};
+use crate::replay::{CoarsePlan, Plan, StateSource, decide, first_read};
 use crate::stage::{ReplayPoint, Subscription};
 use crate::window::Resolution;
 
@@ -333,11 +333,7 @@ fn restart(first: &Pipeline, crash: i64, topic: &Topic) -> (Pipeline, usize, boo
             };
             second.seed_coarse(&topic.read(&c), &c, raw);
             second.restore_watermark(c.fine_watermark);
-            if c.fine_start == crash && crash > 0 {
-                crash - 1
-            } else {
-                c.fine_start
-            }
+            first_read(c.fine_start, crash)
         }
         None => {
             second.restore_watermark(plan.watermark);

@@ -6,6 +6,7 @@
 //! partitions' queued batches are processed, their outputs flushed and their offsets
 //! committed before the partitions are released; on assign fresh pipelines are created.
 
+pub mod fetch_start;
 pub mod kafka;
 pub mod ledger;
 pub mod producer;
@@ -31,6 +32,7 @@ use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::replay::{self, CheckpointPosition, CoarsePlan, Plan, PlanStore, StartPoint, StateSource};
 use crate::stage::ReplayPoint;
 use crate::state::StateStore;
+use fetch_start::{Arrival, FetchStart};
 use ledger::Ledger;
 use producer::OutputContext;
 use worker::{Batch, Outputs, Resume, WorkerMsg, WorkerShared};
@@ -99,17 +101,10 @@ struct Coordinator {
     state: Option<Arc<StateStore>>,
     /// Partitions whose replay has not yet returned a record, though records are known
     /// to exist from the seek offset on.
-    stalls: Mutex<HashMap<Tp, Stall>>,
+    stalls: Mutex<HashMap<Tp, FetchStart>>,
     watching_stalls: AtomicBool,
     /// For reading coarse windows' rows back from the rollups topic.
     config: Config,
-}
-
-/// A replay that has not yet read its first record.
-struct Stall {
-    target: i64,
-    since: Instant,
-    back: i64,
 }
 
 impl Coordinator {
@@ -217,22 +212,16 @@ impl Coordinator {
     }
 
     fn watch_for_stall(&self, tp: &Tp, target: i64) {
-        let stall = Stall {
-            target,
-            since: Instant::now(),
-            back: 0,
-        };
         self.stalls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(tp.clone(), stall);
+            .insert(tp.clone(), FetchStart::at(target));
         self.watching_stalls.store(true, Ordering::Relaxed);
     }
 
-    /// A record arrived for a partition that may be watched. The replay is flowing once a
-    /// record at or before its first offset arrives. A later one means the broker skipped
-    /// records (tansu 0.6 serves the next record batch for a fetch that starts inside
-    /// one): it is dropped (`false`) and the partition is sought further back.
+    /// A record arrived for a partition whose replay may be watched: `false` drops it (the
+    /// broker skipped records before it; the partition is sought further back). Records
+    /// before the replay's start pass: the worker skips them.
     fn arrived(
         &self,
         consumer: &BaseConsumer<ConsumerCtx>,
@@ -247,41 +236,35 @@ impl Coordinator {
         else {
             return true;
         };
-        if offset <= stall.target || stall.back > stall.target {
-            let tp = tp.clone();
-            stalls.remove(&tp);
-            if stalls.is_empty() {
-                self.watching_stalls.store(false, Ordering::Relaxed);
+        match stall.arrived(offset) {
+            Arrival::Resumed | Arrival::Before => {
+                let tp = tp.clone();
+                stalls.remove(&tp);
+                if stalls.is_empty() {
+                    self.watching_stalls.store(false, Ordering::Relaxed);
+                }
+                true
             }
-            return true;
+            Arrival::Skipped(None) => false,
+            Arrival::Skipped(Some(to)) => {
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, target = stall.offset(), got = offset, seek = to,
+                    "the broker skipped records after the replay's first offset (a fetch inside a record batch); seeking back");
+                seek(consumer, tp, to);
+                false
+            }
         }
-        // Records fetched before the seek may still arrive: seek once per answer.
-        if stall.since.elapsed() >= Duration::from_millis(200) {
-            stall.back = (stall.back * 8).max(1);
-            let to = (stall.target - stall.back).max(0);
-            tracing::warn!(topic = %tp.topic, partition = tp.partition, target = stall.target, got = offset, seek = to,
-                "the broker skipped records after the replay's first offset (a fetch inside a record batch); seeking back");
-            seek(consumer, tp, to);
-            stall.since = Instant::now();
-        }
-        false
     }
 
-    /// Replays that read nothing for a while although their records exist: some brokers
-    /// (tansu 0.6) serve nothing for a fetch that starts inside a record batch, so seek
-    /// further back each time; the worker skips records before the real start.
+    /// Replays that read nothing for a while although their records exist: seek further
+    /// back each time (see [`FetchStart`]); the worker skips records before the real start.
     fn unstick(&self, consumer: &BaseConsumer<ConsumerCtx>) {
         let mut stalls = self.stalls.lock().unwrap_or_else(|p| p.into_inner());
         for (tp, stall) in stalls.iter_mut() {
-            if stall.since.elapsed() < Duration::from_secs(3) || stall.back > stall.target {
-                continue;
+            if let Some(offset) = stall.silent() {
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, target = stall.offset(), offset,
+                    "replay read nothing; the broker may not serve fetches that start inside a record batch, seeking back");
+                seek(consumer, tp, offset);
             }
-            stall.back = (stall.back * 8).max(1);
-            let offset = (stall.target - stall.back).max(0);
-            tracing::warn!(topic = %tp.topic, partition = tp.partition, target = stall.target, offset,
-                "replay read nothing; the broker may not serve fetches that start inside a record batch, seeking back");
-            seek(consumer, tp, offset);
-            stall.since = Instant::now();
         }
     }
 
@@ -369,13 +352,7 @@ impl Coordinator {
                 match p.coarse.filter(|c| self.seed_coarse(tp, &mut pipeline, &p, c)) {
                     Some(c) => {
                         pipeline.restore_watermark(c.fine_watermark);
-                        let acked = start.replay_until;
-                        // As in replay::decide: read one known record even with nothing open.
-                        start.seek = Some(if c.fine_start == acked && acked > 0 {
-                            acked - 1
-                        } else {
-                            c.fine_start
-                        });
+                        start.seek = Some(replay::first_read(c.fine_start, start.replay_until));
                         rollups_end = Some(c.rollups_end);
                     }
                     None => pipeline.restore_watermark(p.watermark),

@@ -1,0 +1,126 @@
+//! Where a partition must resume reading, and whether the broker really served from there.
+//!
+//! Kafka serves a fetch from any offset. tansu 0.6 answers a fetch that starts inside a
+//! record batch with the next batch, or with nothing when that batch is the last one, so
+//! records would be skipped silently or never read. A [`FetchStart`] notices both: a first
+//! record past the start, or silence, means seeking further back (1, 8, 64 … records);
+//! records before the start are the caller's already. Against Kafka it costs nothing, or
+//! one re-read record on a partition without new records.
+
+use std::time::{Duration, Instant};
+
+/// A partition that served nothing for this long after its start or a seek is sought
+/// further back.
+pub const SILENT_FETCH: Duration = Duration::from_secs(3);
+
+/// Records fetched before a seek may still arrive: at most one seek per this long.
+const SEEK_SETTLE: Duration = Duration::from_millis(200);
+
+#[derive(Debug)]
+pub struct FetchStart {
+    offset: i64,
+    back: i64,
+    sought: Option<Instant>,
+    /// Since the start was set or the last seek.
+    since: Instant,
+    /// A record at or before the start arrived: the fetch position is sound.
+    anchored: bool,
+}
+
+/// What a record means for a partition resuming at a [`FetchStart`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// At the start, or past it after a record before it (reading is contiguous) or once
+    /// the search reached offset 0 (a real gap): reading is sound from here on and the
+    /// guard is no longer needed.
+    Resumed,
+    /// Before the start: the caller has it already.
+    Before,
+    /// Past the start: the broker skipped records. Drop it, and seek to the offset if
+    /// one is given.
+    Skipped(Option<i64>),
+}
+
+impl FetchStart {
+    pub fn at(offset: i64) -> Self {
+        Self {
+            offset,
+            back: 0,
+            sought: None,
+            since: Instant::now(),
+            anchored: false,
+        }
+    }
+
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    pub fn arrived(&mut self, offset: i64) -> Arrival {
+        if offset < self.offset {
+            self.anchored = true;
+            return Arrival::Before;
+        }
+        if offset == self.offset || self.anchored || self.back > self.offset {
+            return Arrival::Resumed;
+        }
+        if self.sought.is_some_and(|t| t.elapsed() < SEEK_SETTLE) {
+            return Arrival::Skipped(None);
+        }
+        Arrival::Skipped(Some(self.further_back()))
+    }
+
+    /// Where to seek if nothing was served for [`SILENT_FETCH`] since the start or the
+    /// last seek.
+    pub fn silent(&mut self) -> Option<i64> {
+        (!self.anchored && self.back <= self.offset && self.since.elapsed() >= SILENT_FETCH)
+            .then(|| self.further_back())
+    }
+
+    fn further_back(&mut self) -> i64 {
+        self.back = (self.back * 8).max(1);
+        self.sought = Some(Instant::now());
+        self.since = Instant::now();
+        (self.offset - self.back).max(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_past_its_offset_seeks_back_and_skips_what_was_read() {
+        let mut start = FetchStart::at(40);
+        // The broker served the next batch: records 40..51 would be lost.
+        assert_eq!(start.arrived(51), Arrival::Skipped(Some(39)));
+        assert_eq!(start.arrived(52), Arrival::Skipped(None), "one seek per answer");
+        start.sought = None;
+        assert_eq!(start.arrived(51), Arrival::Skipped(Some(32)), "further back");
+        assert_eq!(start.arrived(33), Arrival::Before, "already read");
+        assert_eq!(start.arrived(40), Arrival::Resumed);
+    }
+
+    #[test]
+    fn a_real_gap_is_accepted_once_the_search_reaches_the_start() {
+        let mut start = FetchStart::at(3);
+        let mut seeks = 0;
+        while let Arrival::Skipped(Some(_)) = start.arrived(10) {
+            seeks += 1;
+            start.sought = None;
+        }
+        assert!(seeks <= 3, "bounded search: {seeks}");
+        assert_eq!(start.arrived(10), Arrival::Resumed);
+    }
+
+    #[test]
+    fn a_partition_that_serves_nothing_is_sought_back_until_a_record_comes() {
+        let mut start = FetchStart::at(100);
+        start.since = Instant::now() - SILENT_FETCH;
+        assert_eq!(start.silent(), Some(99));
+        assert_eq!(start.silent(), None, "waits again after a seek");
+        assert_eq!(start.arrived(99), Arrival::Before, "a record before the offset");
+        start.since = Instant::now() - SILENT_FETCH;
+        assert_eq!(start.silent(), None, "an anchored partition is not moved again");
+    }
+}
