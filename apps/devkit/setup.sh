@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks for building and testing Tributary:
-#   - C/C++ toolchain pieces for librdkafka (vendored) and RocksDB's bindings (libclang)
+#   - C/C++ toolchain pieces for librdkafka (vendored, with OpenSSL) and RocksDB's
+#     bindings (libclang)
 #   - tansu, a Kafka-protocol broker used by the end-to-end tests (cargo install, once)
 #   - Python's confluent-kafka, the independent Kafka client of the end-to-end tests
 # Safe to run repeatedly: each step is skipped when already satisfied.
@@ -16,6 +17,9 @@ command -v make >/dev/null || need_apt+=(make)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v perl >/dev/null || need_apt+=(perl)
 ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
+# OpenSSL for librdkafka's TLS and SASL SCRAM (rdkafka feature "ssl").
+[ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "apt-get install ${need_apt[*]}"
     $SUDO apt-get update -qq

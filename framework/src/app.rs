@@ -18,7 +18,7 @@ use crate::runtime::{ControlHandle, RunSummary, Runtime, RuntimeError};
 
 /// Command-line flags. Every flag overrides the config file and `TRIBUTARY_*` variables.
 #[derive(Debug, Clone, Parser)]
-pub struct Cli {
+pub struct AppCli {
     /// TOML config file (see config/*.toml). Without one, built-in defaults apply.
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
@@ -60,12 +60,12 @@ pub struct Cli {
     #[arg(long, default_value = "info", env = "RUST_LOG", value_name = "FILTER")]
     pub log: String,
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<AppCommand>,
 }
 
 /// Operator commands; without one the app runs.
 #[derive(Debug, Clone, Subcommand)]
-pub enum Command {
+pub enum AppCommand {
     /// Replays partitions from an offset or a time and re-emits their outputs. Goes
     /// through the running app's admin endpoint when it answers, else works offline by
     /// committing the replay point for the (stopped) consumer group.
@@ -124,7 +124,7 @@ fn follow_replay(addr: std::net::SocketAddr, config: &Config, started: &str) {
             from.insert(partition as i32, offset);
         }
     }
-    let ends = replay_request::end_offsets(config, from.keys().copied());
+    let ends = crate::runtime::operator::end_offsets(config, from.keys().copied());
     let total: i64 = from
         .iter()
         .map(|(p, f)| ends.get(p).map_or(0, |e| (e - f).max(0)))
@@ -230,7 +230,7 @@ fn replay_command(app: AppKind, config: &Config, args: &ReplayArgs) -> ExitCode 
             Err(_) => eprintln!("{}: no app answers at {addr}; replaying offline", app.name()),
         }
     }
-    match replay_request::offline(config, &request) {
+    match crate::runtime::operator::offline(config, &request) {
         Ok(offsets) => {
             for (p, o) in offsets {
                 println!("partition {p}: replay from offset {o} when the app next starts");
@@ -244,7 +244,7 @@ fn replay_command(app: AppKind, config: &Config, args: &ReplayArgs) -> ExitCode 
     }
 }
 
-impl Cli {
+impl AppCli {
     /// Parses the process arguments under the app's own name.
     pub fn parse_for(app: AppKind) -> Self {
         let about = match app {
@@ -255,8 +255,8 @@ impl Cli {
                 "Flags change points in metric series with a two-sided CUSUM, from Kafka to Kafka."
             }
         };
-        let matches = Cli::command().name(app.name()).about(about).get_matches();
-        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+        let matches = AppCli::command().name(app.name()).about(about).get_matches();
+        AppCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
 
     /// Flags as `section.key` overrides.
@@ -311,7 +311,7 @@ pub fn init_tracing(filter: &str) {
 
 /// The whole life of an app process; returns its exit code.
 pub fn main(app: AppKind) -> ExitCode {
-    let cli = Cli::parse_for(app);
+    let cli = AppCli::parse_for(app);
     init_tracing(&cli.log);
     let config = match cli.load_config(app) {
         Ok(c) => c,
@@ -324,7 +324,7 @@ pub fn main(app: AppKind) -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::Replay(args)) = &cli.command {
+    if let Some(AppCommand::Replay(args)) = &cli.command {
         return replay_command(app, &config, args);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -432,7 +432,7 @@ fn routes(metrics: Arc<Metrics>, control: ControlHandle) -> Arc<dyn admin::Handl
         }
         ("GET", "/metrics") => Response {
             status: 200,
-            content_type: "text/plain; version=0.0.4",
+            content_type: crate::metrics::CONTENT_TYPE,
             body: metrics.render().into_bytes(),
         },
         ("GET", "/health") => Response::text(200, "ok\n"),

@@ -2,17 +2,19 @@
 //! environment < command-line flags, validated once at start-up. Validation reports every
 //! problem (unknown keys, wrong types, bad values) together, each named by its key.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminConfig;
 use crate::codec::Format;
 use crate::cusum::CusumParams;
+pub use crate::duration::HumanDuration;
+use crate::kafka::KafkaConfig;
 use crate::pipeline::PipelineSpec;
 use crate::stage::Subscription;
 use crate::window::Resolution;
@@ -31,85 +33,6 @@ impl AppKind {
             AppKind::Detector => "tributary-detector",
         }
     }
-}
-
-/// A duration written the way people write them: `500ms`, `60s`, `5m`, `1h`, `1d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct HumanDuration(pub Duration);
-
-impl HumanDuration {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("{text:?} has no unit (use ms, s, m, h or d)"))?;
-        let (digits, unit) = text.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{text:?} does not start with a whole number"))?;
-        let ms = match unit.trim() {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" | "min" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            other => {
-                return Err(format!(
-                    "unknown unit {other:?} in {text:?} (use ms, s, m, h or d)"
-                ));
-            }
-        };
-        n.checked_mul(ms)
-            .map(|ms| HumanDuration(Duration::from_millis(ms)))
-            .ok_or_else(|| format!("{text:?} is too large"))
-    }
-
-    pub fn as_millis(self) -> i64 {
-        self.0.as_millis() as i64
-    }
-}
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms != 0 && ms.is_multiple_of(size) {
-                return write!(f, "{}{unit}", ms / size);
-            }
-        }
-        write!(f, "{ms}ms")
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        HumanDuration::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Kafka connection and consumer-group settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, comma-separated `host:port`.
-    pub brokers: String,
-    /// Consumer group id; instances with the same group share the partitions.
-    pub group: String,
-    /// How often processed offsets (whose outputs are acknowledged) are committed.
-    pub commit_interval: HumanDuration,
-    /// Partition count for topics this app has to create when even the input is missing.
-    pub default_partitions: i32,
-    /// Replication factor for topics this app creates; -1 means the broker's default.
-    pub replication_factor: i32,
-    /// Extra librdkafka properties, applied to the consumer and the producer.
-    pub properties: BTreeMap<String, String>,
 }
 
 /// Topic names and formats.
@@ -206,14 +129,6 @@ pub struct RuntimeConfig {
     pub drain_timeout: HumanDuration,
 }
 
-/// The admin HTTP endpoint (metrics, health, status).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// Listen address; empty disables the endpoint.
-    pub listen: String,
-}
-
 /// Everything an app needs. Sections mirror the TOML file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -260,14 +175,7 @@ impl Config {
         };
         let params = CusumParams::default();
         Config {
-            kafka: KafkaConfig {
-                brokers: "127.0.0.1:9092".into(),
-                group: group.into(),
-                commit_interval: HumanDuration(Duration::from_secs(1)),
-                default_partitions: 8,
-                replication_factor: -1,
-                properties: BTreeMap::new(),
-            },
+            kafka: KafkaConfig::for_group(group),
             topics: TopicsConfig {
                 input: "metrics".into(),
                 input_format: Format::Json,
@@ -328,21 +236,7 @@ impl Config {
     /// Checks values that types cannot express. Reports every problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        if self.kafka.brokers.trim().is_empty() {
-            problems.push("kafka.brokers: must name at least one broker".into());
-        }
-        if self.kafka.group.trim().is_empty() {
-            problems.push("kafka.group: must not be empty".into());
-        }
-        if self.kafka.commit_interval.0.is_zero() {
-            problems.push("kafka.commit_interval: must be greater than zero".into());
-        }
-        if self.kafka.default_partitions < 1 {
-            problems.push("kafka.default_partitions: must be at least 1".into());
-        }
-        if self.kafka.replication_factor == 0 || self.kafka.replication_factor < -1 {
-            problems.push("kafka.replication_factor: must be -1 (broker default) or at least 1".into());
-        }
+        problems.extend(self.kafka.problems());
         let t = &self.topics;
         let mut names = vec![("topics.input", &t.input)];
         if self.rollup.enabled {
@@ -631,6 +525,54 @@ pub fn load_layered<T: Serialize + DeserializeOwned>(
         .map_err(|e: toml::de::Error| ConfigError::one(e.to_string()))
 }
 
+/// Why a reference config file (`config/*.toml`) no longer documents the code: a key
+/// the code has that the file lacks, or a key without a comment (directly above it, or
+/// above its table for tables of entries). Empty when the file names every key. (That the
+/// file's values are the defaults is checked by loading it: durations are written in
+/// several ways.)
+pub fn reference_drift(defaults: &impl Serialize, text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let file: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => return vec![format!("not TOML: {e}")],
+    };
+    match toml::Value::try_from(defaults) {
+        Ok(toml::Value::Table(code)) => compare_tables("", &code, &file, &mut problems),
+        other => problems.push(format!("defaults are not a table: {other:?}")),
+    }
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let mut section = String::new();
+    let mut section_documented = false;
+    for (i, line) in lines.iter().enumerate() {
+        let above_is_comment = i > 0 && lines[i - 1].starts_with('#');
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+            section_documented = above_is_comment;
+        } else if let Some((key, _)) = line.split_once('=').filter(|_| !line.starts_with('#'))
+            && !above_is_comment
+            && !section_documented
+        {
+            problems.push(format!("{section}.{}: no comment says what it is", key.trim()));
+        }
+    }
+    problems
+}
+
+fn compare_tables(prefix: &str, code: &toml::Table, file: &toml::Table, problems: &mut Vec<String>) {
+    for (key, value) in code {
+        let name = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match (value, file.get(key)) {
+            (toml::Value::Table(c), Some(toml::Value::Table(f))) => compare_tables(&name, c, f, problems),
+            (_, None) => problems.push(format!("{name}: missing (default {value})")),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -742,7 +684,29 @@ mod tests {
                 Config::defaults(app),
                 "{file} drifted from the built-in defaults"
             );
+            let text = std::fs::read_to_string(dir.join(file)).expect(file);
+            assert_eq!(
+                reference_drift(&Config::defaults(app), &text),
+                Vec::<String>::new(),
+                "{file}"
+            );
         }
+    }
+
+    #[test]
+    fn reference_drift_names_missing_and_undocumented_keys() {
+        let defaults = Config::defaults(AppKind::Rollup);
+        let text = "[kafka]\n# Brokers.\nbrokers = \"127.0.0.1:9092\"\ngroup = \"h\"\n\n# Grace.\n[rollup]\ngrace = \"1m\"\n";
+        let all = reference_drift(&defaults, text).join("\n");
+        assert!(all.contains("kafka.group: no comment"), "{all}");
+        assert!(all.contains("kafka.commit_interval: missing"), "{all}");
+        assert!(all.contains("rollup.levels: missing"), "{all}");
+        assert!(all.contains("cusum: missing"), "{all}");
+        assert!(!all.contains("kafka.brokers"), "{all}");
+        assert!(
+            !all.contains("rollup.grace"),
+            "documented by its table's comment: {all}"
+        );
     }
 
     #[test]

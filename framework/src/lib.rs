@@ -17,15 +17,19 @@
 //!   offsets committed only for the prefix whose outputs are all acknowledged
 //! ```
 //!
-//! The synchronous core ([`window`], [`cusum`], [`pipeline`]) is testable without a
-//! broker; [`runtime`] is the thin shell around Kafka.
+//! The synchronous core ([`window`], [`cusum`], [`pipeline`], [`replay`]) needs no broker
+//! and is tested without one; [`runtime`] is the shell around Kafka for the rollup and
+//! detector apps, and [`kafka`] the Kafka layer every app (the writer too) is built on.
+//! `ARCHITECTURE.md` at the repository root has one line per module.
 
 pub mod admin;
 pub mod app;
 pub mod codec;
 pub mod config;
 pub mod cusum;
+pub mod duration;
 pub mod intern;
+pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;

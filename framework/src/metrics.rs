@@ -1,44 +1,29 @@
-//! Counters and gauges with stable names, rendered in the Prometheus text format by the
-//! admin endpoint. Hot paths add per batch, never per record.
+//! The rollup and detector apps' metrics, on the one metrics library every app uses
+//! (prometheus-client): counters and gauges registered once in a [`Registry`] and rendered
+//! in the Prometheus text format by the admin endpoint. Hot paths add per batch, never per
+//! record.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-/// A monotonically increasing counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+pub use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::ConstGauge;
+pub use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::registry::{Registry, Unit};
 
-impl Counter {
-    #[inline]
-    pub fn add(&self, n: u64) {
-        if n > 0 {
-            self.0.fetch_add(n, Ordering::Relaxed);
-        }
+/// `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Everything in `registry`, in the Prometheus text format (version 0.0.4).
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::with_capacity(4096);
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, registry) {
+        tracing::warn!(error = %e, "cannot encode metrics");
     }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    pub fn set(&self, v: i64) {
-        self.0.store(v, Ordering::Relaxed);
-    }
-
-    pub fn add(&self, v: i64) {
-        self.0.fetch_add(v, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
+    out
 }
 
 /// Per-partition figures, replaced whole by the worker that owns the partition.
@@ -51,8 +36,10 @@ pub struct PartitionGauges {
     pub open_windows: i64,
 }
 
+type PartitionMap = Arc<Mutex<BTreeMap<(String, i32), PartitionGauges>>>;
+
 /// Every metric the framework exports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub records_consumed: Counter,
     pub records_dead_lettered: Counter,
@@ -75,188 +62,218 @@ pub struct Metrics {
     pub assigned_partitions: Gauge,
     /// RocksDB block cache usage (memtables are charged to it).
     pub state_memory_bytes: Gauge,
-    partitions: Mutex<BTreeMap<(String, i32), PartitionGauges>>,
+    partitions: PartitionMap,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        Self::default()
+        let mut registry = Registry::default();
+        let m = Self {
+            records_consumed: Counter::default(),
+            records_dead_lettered: Counter::default(),
+            records_late: Counter::default(),
+            rollups_emitted: Counter::default(),
+            anomalies_emitted: Counter::default(),
+            outputs_acked: Counter::default(),
+            output_errors: Counter::default(),
+            commits: Counter::default(),
+            commit_errors: Counter::default(),
+            rebalances: Counter::default(),
+            idle_flushes: Counter::default(),
+            consumer_errors: Counter::default(),
+            producer_queue_full_waits: Counter::default(),
+            records_replayed: Counter::default(),
+            coarse_rows_read: Counter::default(),
+            replays_finished: Counter::default(),
+            checkpoints_written: Counter::default(),
+            checkpoint_errors: Counter::default(),
+            assigned_partitions: Gauge::default(),
+            state_memory_bytes: Gauge::default(),
+            partitions: PartitionMap::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "tributary_records_consumed",
+            "Source records read",
+            m.records_consumed.clone(),
+        );
+        registry.register(
+            "tributary_records_dead_lettered",
+            "Undecodable or invalid records sent to the dead-letter topic",
+            m.records_dead_lettered.clone(),
+        );
+        registry.register(
+            "tributary_records_late",
+            "Records that arrived after their window closed",
+            m.records_late.clone(),
+        );
+        registry.register(
+            "tributary_rollups_emitted",
+            "Closed windows produced",
+            m.rollups_emitted.clone(),
+        );
+        registry.register(
+            "tributary_anomalies_emitted",
+            "Change points produced",
+            m.anomalies_emitted.clone(),
+        );
+        registry.register(
+            "tributary_outputs_acked",
+            "Output records acknowledged by the broker",
+            m.outputs_acked.clone(),
+        );
+        registry.register(
+            "tributary_output_errors",
+            "Output records the broker did not acknowledge",
+            m.output_errors.clone(),
+        );
+        registry.register(
+            "tributary_commits",
+            "Successful offset commits",
+            m.commits.clone(),
+        );
+        registry.register(
+            "tributary_commit_errors",
+            "Failed offset commits",
+            m.commit_errors.clone(),
+        );
+        registry.register(
+            "tributary_rebalances",
+            "Partition assignments and revocations",
+            m.rebalances.clone(),
+        );
+        registry.register(
+            "tributary_idle_flushes",
+            "Watermark advances forced by an idle partition",
+            m.idle_flushes.clone(),
+        );
+        registry.register(
+            "tributary_consumer_errors",
+            "Errors reported by the consumer (e.g. broker unreachable)",
+            m.consumer_errors.clone(),
+        );
+        registry.register(
+            "tributary_producer_queue_full_waits",
+            "Times a worker waited for room in the producer queue",
+            m.producer_queue_full_waits.clone(),
+        );
+        registry.register(
+            "tributary_records_replayed",
+            "Records processed again to rebuild state after a restart or rebalance (outputs suppressed)",
+            m.records_replayed.clone(),
+        );
+        registry.register("tributary_coarse_rows_read", "Rollup rows read back from the rollups topic to rebuild coarse windows (instead of replaying raw records)", m.coarse_rows_read.clone());
+        registry.register(
+            "tributary_replays_finished",
+            "Partitions whose state rebuild finished (outputs flow again)",
+            m.replays_finished.clone(),
+        );
+        registry.register(
+            "tributary_checkpoints_written",
+            "Local RocksDB checkpoints written",
+            m.checkpoints_written.clone(),
+        );
+        registry.register(
+            "tributary_checkpoint_errors",
+            "Local checkpoints that could not be written or read",
+            m.checkpoint_errors.clone(),
+        );
+        registry.register(
+            "tributary_assigned_partitions",
+            "Partitions this instance owns",
+            m.assigned_partitions.clone(),
+        );
+        registry.register_with_unit(
+            "tributary_state_memory",
+            "RocksDB block cache usage, memtables included",
+            Unit::Bytes,
+            m.state_memory_bytes.clone(),
+        );
+        registry.register_collector(Box::new(PartitionCollector(m.partitions.clone())));
+        Self { registry, ..m }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), PartitionGauges>> {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn set_partition(&self, topic: &str, partition: i32, gauges: PartitionGauges) {
-        if let Ok(mut map) = self.partitions.lock() {
-            map.insert((topic.to_owned(), partition), gauges);
-        }
+        self.map().insert((topic.to_owned(), partition), gauges);
     }
 
     pub fn update_partition(&self, topic: &str, partition: i32, f: impl FnOnce(&mut PartitionGauges)) {
-        if let Ok(mut map) = self.partitions.lock() {
-            f(map.entry((topic.to_owned(), partition)).or_default());
-        }
+        f(self.map().entry((topic.to_owned(), partition)).or_default());
     }
 
     pub fn remove_partition(&self, topic: &str, partition: i32) {
-        if let Ok(mut map) = self.partitions.lock() {
-            map.remove(&(topic.to_owned(), partition));
-        }
+        self.map().remove(&(topic.to_owned(), partition));
     }
 
     pub fn partitions(&self) -> BTreeMap<(String, i32), PartitionGauges> {
-        self.partitions.lock().map(|m| m.clone()).unwrap_or_default()
+        self.map().clone()
     }
 
-    /// Renders everything in the Prometheus text exposition format.
+    /// Renders everything in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &Counter); 18] = [
+        render(&self.registry)
+    }
+}
+
+/// The per-partition gauges, labelled by topic and partition, read at each scrape.
+#[derive(Debug)]
+struct PartitionCollector(PartitionMap);
+
+impl Collector for PartitionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let parts = self.0.lock().map(|m| m.clone()).unwrap_or_default();
+        type Read = fn(&PartitionGauges) -> f64;
+        let gauges: [(&str, &str, Option<Unit>, Read); 5] = [
             (
-                "tributary_records_consumed_total",
-                "Source records read.",
-                &self.records_consumed,
-            ),
-            (
-                "tributary_records_dead_lettered_total",
-                "Undecodable or invalid records sent to the dead-letter topic.",
-                &self.records_dead_lettered,
-            ),
-            (
-                "tributary_records_late_total",
-                "Records that arrived after their window closed.",
-                &self.records_late,
-            ),
-            (
-                "tributary_rollups_emitted_total",
-                "Closed windows produced.",
-                &self.rollups_emitted,
-            ),
-            (
-                "tributary_anomalies_emitted_total",
-                "Change points produced.",
-                &self.anomalies_emitted,
-            ),
-            (
-                "tributary_outputs_acked_total",
-                "Output records acknowledged by the broker.",
-                &self.outputs_acked,
-            ),
-            (
-                "tributary_output_errors_total",
-                "Output records the broker did not acknowledge.",
-                &self.output_errors,
-            ),
-            (
-                "tributary_commits_total",
-                "Successful offset commits.",
-                &self.commits,
-            ),
-            (
-                "tributary_commit_errors_total",
-                "Failed offset commits.",
-                &self.commit_errors,
-            ),
-            (
-                "tributary_rebalances_total",
-                "Partition assignments and revocations.",
-                &self.rebalances,
-            ),
-            (
-                "tributary_idle_flushes_total",
-                "Watermark advances forced by an idle partition.",
-                &self.idle_flushes,
-            ),
-            (
-                "tributary_consumer_errors_total",
-                "Errors reported by the consumer (e.g. broker unreachable).",
-                &self.consumer_errors,
-            ),
-            (
-                "tributary_producer_queue_full_waits_total",
-                "Times a worker waited for room in the producer queue.",
-                &self.producer_queue_full_waits,
-            ),
-            (
-                "tributary_records_replayed_total",
-                "Records processed again to rebuild state after a restart or rebalance (outputs suppressed).",
-                &self.records_replayed,
-            ),
-            (
-                "tributary_coarse_rows_read_total",
-                "Rollup rows read back from the rollups topic to rebuild coarse windows (instead of replaying raw records).",
-                &self.coarse_rows_read,
-            ),
-            (
-                "tributary_replays_finished_total",
-                "Partitions whose state rebuild finished (outputs flow again).",
-                &self.replays_finished,
-            ),
-            (
-                "tributary_checkpoints_written_total",
-                "Local RocksDB checkpoints written.",
-                &self.checkpoints_written,
-            ),
-            (
-                "tributary_checkpoint_errors_total",
-                "Local checkpoints that could not be written or read.",
-                &self.checkpoint_errors,
-            ),
-        ];
-        for (name, help, c) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c.get()
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tributary_assigned_partitions Partitions this instance owns.\n# TYPE tributary_assigned_partitions gauge\ntributary_assigned_partitions {}",
-            self.assigned_partitions.get()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tributary_state_memory_bytes RocksDB block cache usage, memtables included.\n# TYPE tributary_state_memory_bytes gauge\ntributary_state_memory_bytes {}",
-            self.state_memory_bytes.get()
-        );
-        let parts = self.partitions();
-        type Read = fn(&PartitionGauges) -> i64;
-        let gauges: [(&str, &str, Read); 5] = [
-            (
-                "tributary_partition_watermark_ms",
-                "Event-time watermark of the partition.",
-                |g| g.watermark_ms,
+                "tributary_partition_watermark",
+                "Event-time watermark of the partition, seconds since the epoch.",
+                Some(Unit::Seconds),
+                |g| g.watermark_ms as f64 / 1000.0,
             ),
             (
                 "tributary_partition_processed_offset",
                 "Next source offset to process.",
-                |g| g.processed_offset,
+                None,
+                |g| g.processed_offset as f64,
             ),
             (
                 "tributary_partition_committed_offset",
                 "Last committed source offset.",
-                |g| g.committed_offset,
+                None,
+                |g| g.committed_offset as f64,
             ),
             (
                 "tributary_partition_series",
                 "Series seen by the partition.",
-                |g| g.series,
+                None,
+                |g| g.series as f64,
             ),
             (
                 "tributary_partition_open_windows",
                 "Windows open across all levels.",
-                |g| g.open_windows,
+                None,
+                |g| g.open_windows as f64,
             ),
         ];
-        for (name, help, get) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (name, help, unit, read) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?;
             for ((topic, partition), g) in &parts {
-                let _ = writeln!(
-                    out,
-                    "{name}{{topic=\"{topic}\",partition=\"{partition}\"}} {}",
-                    get(g)
-                );
+                let labels = [("topic", topic.clone()), ("partition", partition.to_string())];
+                ConstGauge::new(read(g)).encode(family.encode_family(&labels)?)?;
             }
         }
-        out
+        Ok(())
     }
 }
 
@@ -267,7 +284,7 @@ mod tests {
     #[test]
     fn renders_counters_and_labelled_gauges() {
         let m = Metrics::new();
-        m.records_consumed.add(42);
+        m.records_consumed.inc_by(42);
         m.set_partition(
             "metrics",
             3,
@@ -278,7 +295,9 @@ mod tests {
         );
         let text = m.render();
         assert!(text.contains("tributary_records_consumed_total 42\n"));
-        assert!(text.contains("tributary_partition_watermark_ms{topic=\"metrics\",partition=\"3\"} 7\n"));
+        assert!(
+            text.contains("tributary_partition_watermark_seconds{topic=\"metrics\",partition=\"3\"} 0.007\n")
+        );
         m.remove_partition("metrics", 3);
         assert!(!m.render().contains("partition=\"3\""));
     }

@@ -13,7 +13,7 @@ use crate::stage::{CoarseSources, Collector, Context, Input, Output, ReplayPoint
 use crate::window::{Resolution, RollupStage};
 
 /// Where a pipeline's outputs go.
-pub trait Sink {
+pub trait OutputSink {
     fn rollup(&mut self, series: &str, resolution: &str, row: &RollupRow);
     fn anomaly(&mut self, series: &str, anomaly: &Anomaly);
     /// An undecodable or invalid record, with the reason.
@@ -231,7 +231,7 @@ impl Pipeline {
     pub fn coarse_draft(&self, next_offset: i64) -> Option<CoarseDraft> {
         let mut all = CoarseSources::default();
         for s in &self.stages {
-            let c = s.coarse_sources();
+            let c = s.coarse().map(|c| c.coarse_sources()).unwrap_or_default();
             all.unknown |= c.unknown;
             all.oldest_start = min_opt(all.oldest_start, c.oldest_start);
             all.trigger = min_opt(all.trigger, c.trigger);
@@ -244,7 +244,10 @@ impl Pipeline {
         let fine = self
             .stages
             .iter()
-            .filter_map(|s| s.fine_replay_start())
+            .filter_map(|s| {
+                s.coarse()
+                    .map_or_else(|| s.replay_start(), |c| c.fine_replay_start())
+            })
             .min_by_key(|r| r.offset);
         let (fine_start, fine_watermark) = match fine {
             Some(r) if r.offset < next_offset => (r.offset, r.watermark),
@@ -284,15 +287,16 @@ impl Pipeline {
         }
         self.stages
             .iter_mut()
-            .map(|s| s.seed(&typed, plan.now_watermark, plan.rollups_from, raw))
+            .filter_map(|s| s.coarse_mut())
+            .map(|c| c.seed(&typed, plan.now_watermark, plan.rollups_from, raw))
             .sum()
     }
 
     /// After [`Pipeline::restore`] of another run's checkpoint: its rows located by that
     /// run's source offsets are at or after `topic_from` in the rollups topic.
     pub fn locate_restored_rows(&mut self, topic_from: Option<i64>) {
-        for s in &mut self.stages {
-            s.locate_restored_rows(topic_from);
+        for c in self.stages.iter_mut().filter_map(|s| s.coarse_mut()) {
+            c.locate_restored_rows(topic_from);
         }
     }
 
@@ -362,7 +366,13 @@ impl Pipeline {
 
     /// Processes one source record.
     #[inline]
-    pub fn process(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64, sink: &mut impl Sink) {
+    pub fn process(
+        &mut self,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        offset: i64,
+        sink: &mut impl OutputSink,
+    ) {
         self.stats.records += 1;
         let replaying = offset < self.replay_until;
         if replaying != self.stages_replaying {
@@ -415,7 +425,7 @@ impl Pipeline {
     }
 
     /// Calls every stage's flush hook and delivers what they emit.
-    pub fn flush(&mut self, offset: i64, sink: &mut impl Sink) {
+    pub fn flush(&mut self, offset: i64, sink: &mut impl OutputSink) {
         let start = self.collector.len();
         for stage in &mut self.stages {
             stage.flush(&mut self.collector);
@@ -431,7 +441,7 @@ impl Pipeline {
     }
 
     /// Moves the watermark forward without a record (idle-partition flush).
-    pub fn advance_watermark(&mut self, watermark: i64, offset: i64, sink: &mut impl Sink) {
+    pub fn advance_watermark(&mut self, watermark: i64, offset: i64, sink: &mut impl OutputSink) {
         if watermark > self.watermark {
             let ctx = Context {
                 offset,
@@ -476,7 +486,7 @@ impl Pipeline {
         }
     }
 
-    fn deliver(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, sink: &mut impl Sink) {
+    fn deliver(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, sink: &mut impl OutputSink) {
         for output in self.collector.drain() {
             match output {
                 Output::Rollup(row) => {
@@ -521,7 +531,7 @@ pub struct VecSink {
     pub late: Vec<i64>,
 }
 
-impl Sink for VecSink {
+impl OutputSink for VecSink {
     fn rollup(&mut self, series: &str, resolution: &str, row: &RollupRow) {
         self.rollups
             .push((series.to_owned(), resolution.to_owned(), *row));

@@ -38,7 +38,7 @@ pub struct ReplayPoint {
 }
 
 /// Where the fine rows held in a stage's open coarse windows can be read back from its
-/// rollups output (see [`Stage::coarse_sources`]).
+/// rollups output (see [`CoarseState::coarse_sources`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CoarseSources {
     /// Start of the oldest open coarse window, if any is open.
@@ -107,8 +107,10 @@ impl Collector {
     }
 }
 
-/// One processing step on a partition's stream. Only [`Stage::process`] is required; the
-/// hooks default to no-ops.
+/// One processing step on a partition's stream. A new stage implements [`Stage::name`]
+/// and [`Stage::process`]; the hooks default to no-ops, and only stages whose state is
+/// rebuilt after a restart implement [`Stage::replay_start`], [`Stage::snapshot`] and
+/// [`Stage::restore`].
 pub trait Stage: Send {
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
@@ -138,29 +140,16 @@ pub trait Stage: Send {
         None
     }
 
-    /// Where a replay must start when coarse state comes back from the stage's own
-    /// output topic instead ([`Stage::seed`]).
-    fn fine_replay_start(&self) -> Option<ReplayPoint> {
-        self.replay_start()
+    /// The stage's coarse windows, if it keeps any that can be rebuilt from its own
+    /// output topic (the rollup stage).
+    fn coarse(&self) -> Option<&dyn CoarseState> {
+        None
     }
 
-    /// Where the rows of open coarse windows are, for a plan that rebuilds them from the
-    /// output topic. Stages without such state return the default (nothing open).
-    fn coarse_sources(&self) -> CoarseSources {
-        CoarseSources::default()
+    /// The same, to change.
+    fn coarse_mut(&mut self) -> Option<&mut dyn CoarseState> {
+        None
     }
-
-    /// Rebuilds coarse state from rows read back from the output topic (starting at
-    /// `topic_from`): rows closed at or before `watermark` whose coarse window was still
-    /// open then. `raw` is the plan's full replay point, kept as the windows' fallback.
-    /// Returns how many rows were used.
-    fn seed(&mut self, _rows: &[RollupRow], _watermark: i64, _topic_from: i64, _raw: ReplayPoint) -> usize {
-        0
-    }
-
-    /// After restoring a checkpoint of another run: rows located by that run's source
-    /// offsets are at or after `topic_from` (unknown if `None`).
-    fn locate_restored_rows(&mut self, _topic_from: Option<i64>) {}
 
     /// Serialises the stage's state for a local checkpoint.
     fn snapshot(&self) -> Option<Vec<u8>> {
@@ -171,4 +160,27 @@ pub trait Stage: Send {
     fn restore(&mut self, _bytes: &[u8]) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// Coarse windows (1h, 1d) that come back after a restart from the fine rows already in
+/// the stage's output topic instead of a day of raw records. Only the rollup stage has
+/// them; the runtime reaches them through [`Stage::coarse`].
+pub trait CoarseState {
+    /// Where a replay must start when coarse state comes back from the stage's own
+    /// output topic instead ([`CoarseState::seed`]).
+    fn fine_replay_start(&self) -> Option<ReplayPoint>;
+
+    /// Where the rows of open coarse windows are, for a plan that rebuilds them from the
+    /// output topic.
+    fn coarse_sources(&self) -> CoarseSources;
+
+    /// Rebuilds coarse state from rows read back from the output topic (starting at
+    /// `topic_from`): rows closed at or before `watermark` whose coarse window was still
+    /// open then. `raw` is the plan's full replay point, kept as the windows' fallback.
+    /// Returns how many rows were used.
+    fn seed(&mut self, rows: &[RollupRow], watermark: i64, topic_from: i64, raw: ReplayPoint) -> usize;
+
+    /// After restoring a checkpoint of another run: rows located by that run's source
+    /// offsets are at or after `topic_from` (unknown if `None`).
+    fn locate_restored_rows(&mut self, topic_from: Option<i64>);
 }

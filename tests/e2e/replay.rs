@@ -83,8 +83,13 @@ fn tansu_bed() -> Bed {
 }
 
 fn dev_bed() -> Bed {
+    dev_bed_failing_commits(0)
+}
+
+/// The mock broker process, whose first `fail_commits` offset commits fail.
+fn dev_bed_failing_commits(fail_commits: usize) -> Bed {
     let (input, rollups) = (unique("metrics"), unique("rollups"));
-    let kafka = DevKafka::start(&[&input, &rollups, "dead-letter"], PARTITIONS);
+    let kafka = DevKafka::start_failing_commits(&[&input, &rollups, "dead-letter"], PARTITIONS, fail_commits);
     let brokers = kafka.brokers.clone();
     Bed {
         input,
@@ -145,12 +150,7 @@ impl Bed {
         self.wait_caught_up(&data.records, app);
         let out = self.rollups_out(data.expected.len());
         dataset::check_rollups(data, Duplicates::Identical, &out);
-        assert_eq!(
-            app.terminate(Duration::from_secs(60)),
-            Some(0),
-            "{}",
-            app.log_text()
-        );
+        stop(app);
     }
 
     fn rollups_out(&self, min: usize) -> Vec<Incoming> {
@@ -161,6 +161,16 @@ impl Bed {
 /// The records before the sentinels, and the sentinels (which close every window).
 fn split(data: &DataSet, series: usize) -> (&[Outgoing], &[Outgoing]) {
     data.records.split_at(data.records.len() - series)
+}
+
+/// Stops the app gracefully: it must exit 0.
+fn stop(app: &mut Process) {
+    assert_eq!(
+        app.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        app.log_text()
+    );
 }
 
 fn kill(app: &mut Process) {
@@ -224,6 +234,27 @@ fn sigkills_including_during_replay(bed: Bed) {
     py_produce(&bed.brokers, &bed.input, sentinels);
     let mut app = bed.start(&admin, &bed.state_dir);
     bed.finish(&data, &mut app);
+}
+
+#[test]
+fn failed_commits_are_sent_again_until_the_broker_confirms_them() {
+    // The broker fails the first 6 offset commits. All records are produced before the app
+    // starts, so once they are processed no offset moves again: only an app that learns of
+    // the failures and sends the same offsets again gets every offset committed.
+    let bed = dev_bed_failing_commits(6);
+    let series = 8;
+    let data = dataset::build(series, 12, PARTITIONS, 5);
+    py_produce(&bed.brokers, &bed.input, &data.records);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut app = bed.start(&admin, &bed.state_dir);
+    bed.wait_caught_up(&data.records, &app);
+    let failed = metric(&admin, "tributary_commit_errors_total").unwrap_or(0.0);
+    assert!(
+        failed >= 1.0,
+        "the injected failures were seen: {failed}\n{}",
+        app.log_text()
+    );
+    stop(&mut app);
 }
 
 #[test]
@@ -382,12 +413,7 @@ fn an_operator_replay_re_emits_identical_rollups_online_and_offline() {
     .expect("replayed rollups re-emitted");
     dataset::check_rollups(&data, Duplicates::Identical, &again);
     let reemitted = on_partition_1(&again) - on_partition_1(&before);
-    assert_eq!(
-        app.terminate(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        app.log_text()
-    );
+    stop(&mut app);
 
     // Offline, with the app stopped: the next start replays and re-emits.
     let (code, text) = replay_cli(
@@ -403,12 +429,7 @@ fn an_operator_replay_re_emits_identical_rollups_online_and_offline() {
     })
     .expect("offline replay re-emitted");
     dataset::check_rollups(&data, Duplicates::Identical, &third);
-    assert_eq!(
-        app.terminate(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        app.log_text()
-    );
+    stop(&mut app);
 }
 
 #[test]
@@ -432,12 +453,7 @@ fn plans_survive_on_a_broker_that_drops_commit_metadata() {
         "{}",
         app.log_text()
     );
-    assert_eq!(
-        app.terminate(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        app.log_text()
-    );
+    stop(&mut app);
 
     py_produce(&bed.brokers, &bed.input, second);
     py_produce(&bed.brokers, &bed.input, sentinels);

@@ -8,22 +8,22 @@ use harness::{
 };
 
 /// Either broker process; both speak the Kafka protocol to the writer.
-enum Broker {
+enum TestBroker {
     Tansu(Tansu),
     Dev(harness::DevKafka),
 }
 
-impl Broker {
+impl TestBroker {
     fn brokers(&self) -> &str {
         match self {
-            Broker::Tansu(t) => &t.brokers,
-            Broker::Dev(d) => &d.brokers,
+            TestBroker::Tansu(t) => &t.brokers,
+            TestBroker::Dev(d) => &d.brokers,
         }
     }
 }
 
 struct Setup {
-    kafka: Broker,
+    kafka: TestBroker,
     ring: CqlRing,
     keyspace: String,
     metrics: String,
@@ -42,16 +42,23 @@ fn setup_on(rf: u32, dev_kafka: bool) -> Setup {
 }
 
 fn setup_ring(rf: u32, dev_kafka: bool, spare_nodes: usize) -> Setup {
+    setup_with(rf, dev_kafka.then_some(0), spare_nodes)
+}
+
+/// `dev_kafka` = Some(n): the mock broker process, whose first n offset commits fail;
+/// None: tansu.
+fn setup_with(rf: u32, dev_kafka: Option<usize>, spare_nodes: usize) -> Setup {
     let (metrics, rollups, anomalies, dlq) = (
         unique("metrics"),
         unique("rollups"),
         unique("anomalies"),
         unique("dlq"),
     );
-    let kafka = if dev_kafka {
-        Broker::Dev(harness::DevKafka::start(
+    let kafka = if let Some(fail_commits) = dev_kafka {
+        TestBroker::Dev(harness::DevKafka::start_failing_commits(
             &[&metrics, &rollups, &anomalies, &dlq],
             3,
+            fail_commits,
         ))
     } else {
         let t = Tansu::start();
@@ -59,7 +66,7 @@ fn setup_ring(rf: u32, dev_kafka: bool, spare_nodes: usize) -> Setup {
             &t.brokers,
             &[(&metrics, 3), (&rollups, 3), (&anomalies, 3), (&dlq, 3)],
         );
-        Broker::Tansu(t)
+        TestBroker::Tansu(t)
     };
     let ring = CqlRing::start_with_spare(3, spare_nodes);
     let s = Setup {
@@ -339,6 +346,36 @@ fn writer_rate_limit_holds_and_changes_at_runtime() {
 fn writer_loses_nothing_under_faults_a_node_down_and_sigkill() {
     // The mock broker process: it expires the killed member after its 6 s session.
     faults_a_node_down_and_sigkill(setup_on(3, true));
+}
+
+#[test]
+fn writer_sends_failed_commits_again_until_the_broker_confirms_them() {
+    // The broker fails the first 3 offset commits. Nothing new is read after the rows are
+    // written, so only a writer that learns of the failures (commit callback) and sends
+    // the same offsets again ends with every offset committed.
+    let s = setup_with(1, Some(3), 0);
+    let data = points(12, 25);
+    py_produce(s.kafka.brokers(), &s.metrics, &data);
+    let mut end = std::collections::BTreeMap::new();
+    for r in &data {
+        *end.entry(r.partition.unwrap_or(0)).or_insert(0i64) += 1;
+    }
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut writer = start_writer(&s, &admin, &[]);
+    wait_written(&admin, data.len() as u64, &mut writer);
+    let committed = eventually(Duration::from_secs(30), || {
+        let (committed, _) = harness::py_committed(s.kafka.brokers(), &s.group, &s.metrics);
+        (committed == end).then_some(())
+    });
+    assert!(
+        committed.is_some(),
+        "committed {:?}, end {end:?}\n{}",
+        harness::py_committed(s.kafka.brokers(), &s.group, &s.metrics).0,
+        writer.log_text()
+    );
+    let failed = metric(&admin, "tributary_writer_commit_errors_total").unwrap_or(0.0);
+    assert!(failed >= 3.0, "the injected failures were seen: {failed}");
+    assert_eq!(writer.terminate(Duration::from_secs(60)), Some(0));
 }
 
 #[test]

@@ -610,6 +610,11 @@ pub struct DevKafka {
 
 impl DevKafka {
     pub fn start(topics: &[&str], partitions: i32) -> Self {
+        Self::start_failing_commits(topics, partitions, 0)
+    }
+
+    /// The same, with the first `fail_commits` offset commits failing.
+    pub fn start_failing_commits(topics: &[&str], partitions: i32, fail_commits: usize) -> Self {
         let port = free_port();
         let process = Process::spawn(
             "tributary-dev-kafka",
@@ -622,6 +627,8 @@ impl DevKafka {
                 &partitions.to_string(),
                 "--topics",
                 &topics.join(","),
+                "--fail-commits",
+                &fail_commits.to_string(),
             ],
             &[],
         );

@@ -530,7 +530,8 @@ fn memory(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
 fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     use tributary_writer::config::WriterConfig;
     use tributary_writer::limiter::Limiter;
-    use tributary_writer::runtime::{Control, WriterMetrics};
+    use tributary_writer::metrics::WriterMetrics;
+    use tributary_writer::runtime::Control;
 
     let rows = opts.records.min(300_000);
     let broker = start_broker(&[("metrics", opts.partitions), ("dead-letter", opts.partitions)])?;
@@ -587,9 +588,10 @@ fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         config.admin.listen = String::new();
         let reset = tributary::admin::request(http.parse()?, "POST", "/counters/reset", b"");
         anyhow::ensure!(reset.is_ok(), "cannot reset ring counters");
+        let limiter = Arc::new(Limiter::new(config.rate_limit(), config.adaptive()));
         let control = Arc::new(Control {
-            limiter: Arc::new(Limiter::new(config.rate_limit(), config.adaptive())),
-            metrics: Arc::new(WriterMetrics::default()),
+            metrics: Arc::new(WriterMetrics::new(limiter.clone())),
+            limiter,
         });
         let metrics = control.metrics.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -610,10 +612,8 @@ fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
             ));
             let mut first: Option<(Instant, f64)> = None;
             let started = Instant::now();
-            while metrics.rows_written.load(std::sync::atomic::Ordering::Relaxed) < total
-                && started.elapsed() < Duration::from_secs(600)
-            {
-                if first.is_none() && metrics.rows_written.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            while metrics.rows_written.get() < total && started.elapsed() < Duration::from_secs(600) {
+                if first.is_none() && metrics.rows_written.get() > 0 {
                     first = Some((Instant::now(), cpu_seconds()));
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;

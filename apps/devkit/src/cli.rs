@@ -16,16 +16,16 @@ use crate::loadgen::{self, LoadSpec};
     name = "tributary-dev",
     about = "Tributary's development kit: embedded Kafka, load generator, demo (dev and test only)"
 )]
-struct Cli {
+struct DevCli {
     #[command(subcommand)]
-    command: Command,
+    command: DevCommand,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, global = true, default_value = "warn", env = "RUST_LOG")]
     log: String,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+enum DevCommand {
     /// Run librdkafka's mock cluster until Ctrl-C; any Kafka client can use it.
     Kafka {
         /// First broker's port (broker i listens on PORT+i); 0 = ephemeral ports.
@@ -44,6 +44,10 @@ enum Command {
         /// Partitions per created topic.
         #[arg(long, default_value_t = 8)]
         partitions: i32,
+        /// Fault for tests: the first N offset commits fail (OFFSET_METADATA_TOO_LARGE,
+        /// which librdkafka does not retry by itself, so the client has to).
+        #[arg(long, default_value_t = 0)]
+        fail_commits: usize,
     },
     /// Run the emulated CQL ring (native protocol v4) until Ctrl-C.
     Cql {
@@ -139,7 +143,7 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = DevCli::parse();
     tributary::app::init_tracing(&cli.log);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,17 +160,22 @@ fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
         .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: DevCommand) -> anyhow::Result<()> {
     match command {
-        Command::Kafka {
+        DevCommand::Kafka {
             port,
             brokers,
             topics,
             partitions,
+            fail_commits,
         } => {
             let kafka = EmbeddedKafka::start(brokers, port)?;
             for t in topics.iter().filter(|t| !t.is_empty()) {
                 kafka.create_topic(t, partitions)?;
+            }
+            if fail_commits > 0 {
+                kafka.fail_commits(fail_commits)?;
+                println!("the first {fail_commits} offset commits will fail");
             }
             println!("bootstrap.servers={}", kafka.bootstrap_servers());
             println!(
@@ -179,7 +188,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             rt.block_on(tributary::app::shutdown_signal());
             Ok(())
         }
-        Command::Cql {
+        DevCommand::Cql {
             nodes,
             port,
             vnodes,
@@ -223,7 +232,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Ok::<(), anyhow::Error>(())
             })
         }
-        Command::Produce {
+        DevCommand::Produce {
             brokers,
             topic,
             series,
@@ -271,7 +280,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench {
+        DevCommand::Bench {
             records,
             series,
             partitions,
@@ -289,7 +298,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             crate::bench::run(&opts, &mut std::io::stdout())
         }
-        Command::Demo {
+        DevCommand::Demo {
             series,
             points,
             rate,

@@ -111,6 +111,21 @@ impl EmbeddedKafka {
         Ok(())
     }
 
+    /// The next `n` OffsetCommit requests fail with OFFSET_METADATA_TOO_LARGE, an error
+    /// librdkafka hands to the application instead of retrying.
+    pub fn fail_commits(&self, n: usize) -> Result<(), EmbeddedKafkaError> {
+        use rdkafka::types::RDKafkaApiKey;
+        use rdkafka::types::RDKafkaRespErr;
+        let cluster: MockCluster<'_, _> = self
+            .handle
+            .client()
+            .mock_cluster()
+            .ok_or_else(|| EmbeddedKafkaError::Start("no mock cluster".into()))?;
+        let errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; n];
+        cluster.request_errors(RDKafkaApiKey::OffsetCommit, &errors);
+        Ok(())
+    }
+
     /// Waits until the brokers answer metadata requests.
     pub fn wait_ready(&self, timeout: Duration) -> bool {
         let client: Result<BaseProducer, _> = ClientConfig::new()

@@ -11,16 +11,17 @@ use tributary::admin::{self, Request, Response};
 
 use crate::config::WriterConfig;
 use crate::limiter::{Limiter, RateLimit};
-use crate::runtime::{Control, WriterMetrics};
+use crate::metrics::WriterMetrics;
+use crate::runtime::Control;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tributary-writer",
     about = "Writes metrics, rollups and anomalies from Kafka into Cassandra/ScyllaDB: token-aware micro-batches, rate limits tunable at runtime, at-least-once."
 )]
-pub struct Cli {
+pub struct WriterCli {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<WriterCommand>,
     #[command(flatten)]
     pub flags: Flags,
 }
@@ -76,7 +77,7 @@ pub struct Flags {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum WriterCommand {
     /// Create the keyspace and tables (idempotent).
     Schema {
         #[command(subcommand)]
@@ -146,9 +147,9 @@ impl Flags {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = WriterCli::parse();
     tributary::app::init_tracing(&cli.flags.log);
-    if let Some(Command::Ctl { admin, action }) = &cli.command {
+    if let Some(WriterCommand::Ctl { admin, action }) = &cli.command {
         return ctl(admin, action);
     }
     let config = match cli.flags.load() {
@@ -170,7 +171,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Schema {
+        Some(WriterCommand::Schema {
             action: SchemaAction::Print,
         }) => {
             for s in crate::schema::statements(&config) {
@@ -178,7 +179,7 @@ pub fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Some(Command::Schema {
+        Some(WriterCommand::Schema {
             action: SchemaAction::Apply,
         }) => rt.block_on(async {
             let session = match crate::sink::connect(&config).await {
@@ -205,15 +206,16 @@ pub fn main() -> ExitCode {
                 }
             }
         }),
-        Some(Command::Ctl { .. }) => ExitCode::SUCCESS,
+        Some(WriterCommand::Ctl { .. }) => ExitCode::SUCCESS,
         None => rt.block_on(serve(config, cli.flags.config.clone())),
     }
 }
 
 async fn serve(config: WriterConfig, file: Option<PathBuf>) -> ExitCode {
+    let limiter = Arc::new(Limiter::new(config.rate_limit(), config.adaptive()));
     let control = Arc::new(Control {
-        limiter: Arc::new(Limiter::new(config.rate_limit(), config.adaptive())),
-        metrics: Arc::new(WriterMetrics::default()),
+        metrics: Arc::new(WriterMetrics::new(limiter.clone())),
+        limiter,
     });
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     if !config.admin.listen.is_empty() {
@@ -271,8 +273,8 @@ fn routes(control: Arc<Control>, max_rows: usize) -> Arc<dyn admin::Handler> {
     Arc::new(move |r: &Request| match (r.method.as_str(), r.path.as_str()) {
         ("GET", "/metrics") => Response {
             status: 200,
-            content_type: "text/plain; version=0.0.4",
-            body: control.metrics.render(&control.limiter).into_bytes(),
+            content_type: tributary::metrics::CONTENT_TYPE,
+            body: control.metrics.render().into_bytes(),
         },
         ("GET", "/health") => Response::text(200, "ok\n"),
         ("GET", "/rate-limit") | ("GET", "/status") => Response::json(

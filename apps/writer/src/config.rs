@@ -6,29 +6,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tributary::admin::AdminConfig;
 use tributary::codec::Format;
 use tributary::config::{ConfigError, HumanDuration, load_layered};
+use tributary::kafka::KafkaConfig;
+
+use scylla::statement::Consistency;
 
 use crate::limiter::{Adaptive, RateLimit};
-
-/// Kafka connection and consumer group.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, comma-separated host:port.
-    pub brokers: String,
-    /// Consumer group of the writer.
-    pub group: String,
-    /// How often acknowledged prefixes are committed.
-    pub commit_interval: HumanDuration,
-    /// Extra librdkafka properties (consumer and producer).
-    pub properties: BTreeMap<String, String>,
-}
 
 /// Topics the writer reads, and where rejected rows go.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TopicsConfig {
+pub struct WriterTopics {
     /// Raw points → table `points`; empty skips raw points.
     pub metrics: String,
     /// Rollups → tables `rollups_<resolution>`; empty skips them.
@@ -106,7 +96,7 @@ pub struct LimitsConfig {
 /// Flow control and retries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RuntimeConfig {
+pub struct FlowConfig {
     /// Rows read but not yet acknowledged per partition before it is paused.
     pub max_pending_per_partition: usize,
     /// Longest wait between retries of a failing batch.
@@ -115,24 +105,16 @@ pub struct RuntimeConfig {
     pub drain_timeout: HumanDuration,
 }
 
-/// Admin endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// /metrics, /health, /status, /rate-limit; empty disables it.
-    pub listen: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WriterConfig {
     pub kafka: KafkaConfig,
-    pub topics: TopicsConfig,
+    pub topics: WriterTopics,
     pub cassandra: CassandraConfig,
     pub ttl: TtlConfig,
     pub batch: BatchConfig,
     pub limits: LimitsConfig,
-    pub runtime: RuntimeConfig,
+    pub runtime: FlowConfig,
     pub admin: AdminConfig,
 }
 
@@ -143,13 +125,8 @@ fn days(n: u64) -> HumanDuration {
 impl Default for WriterConfig {
     fn default() -> Self {
         Self {
-            kafka: KafkaConfig {
-                brokers: "127.0.0.1:9092".into(),
-                group: "tributary-writer".into(),
-                commit_interval: HumanDuration(Duration::from_secs(1)),
-                properties: BTreeMap::new(),
-            },
-            topics: TopicsConfig {
+            kafka: KafkaConfig::for_group("tributary-writer"),
+            topics: WriterTopics {
                 metrics: "metrics".into(),
                 rollups: "rollups".into(),
                 anomalies: "anomalies".into(),
@@ -190,7 +167,7 @@ impl Default for WriterConfig {
                 adaptive_interval: HumanDuration(Duration::from_secs(5)),
                 adaptive_floor_ratio: 0.05,
             },
-            runtime: RuntimeConfig {
+            runtime: FlowConfig {
                 max_pending_per_partition: 20_000,
                 max_backoff: HumanDuration(Duration::from_secs(10)),
                 drain_timeout: HumanDuration(Duration::from_secs(30)),
@@ -200,6 +177,18 @@ impl Default for WriterConfig {
             },
         }
     }
+}
+
+/// A consistency level by its CQL name (`one`, `local_one`, `quorum`, `local_quorum`, `all`).
+pub fn consistency(name: &str) -> Option<Consistency> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "one" => Consistency::One,
+        "local_one" => Consistency::LocalOne,
+        "quorum" => Consistency::Quorum,
+        "local_quorum" => Consistency::LocalQuorum,
+        "all" => Consistency::All,
+        _ => return None,
+    })
 }
 
 impl WriterConfig {
@@ -214,10 +203,7 @@ impl WriterConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut p = Vec::new();
-        if self.kafka.brokers.trim().is_empty() {
-            p.push("kafka.brokers: must name at least one broker".to_owned());
-        }
+        let mut p = self.kafka.problems();
         let t = &self.topics;
         if t.metrics.is_empty() && t.rollups.is_empty() && t.anomalies.is_empty() {
             p.push("topics: at least one of metrics, rollups, anomalies must be set".into());
@@ -250,7 +236,7 @@ impl WriterConfig {
         if self.cassandra.replication_factor == 0 {
             p.push("cassandra.replication_factor: must be at least 1".into());
         }
-        if crate::sink::consistency(&self.cassandra.consistency).is_none() {
+        if consistency(&self.cassandra.consistency).is_none() {
             p.push(format!(
                 "cassandra.consistency: {:?} is not one of one, local_one, quorum, local_quorum, all",
                 self.cassandra.consistency
@@ -351,6 +337,11 @@ mod tests {
         assert_eq!(
             WriterConfig::load(Some(&file), Vec::new(), &[]),
             Ok(WriterConfig::default())
+        );
+        let text = std::fs::read_to_string(&file).expect("config/writer.toml");
+        assert_eq!(
+            tributary::config::reference_drift(&WriterConfig::default(), &text),
+            Vec::<String>::new()
         );
     }
 

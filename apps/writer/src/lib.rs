@@ -17,8 +17,12 @@
 pub mod app;
 pub mod batcher;
 pub mod config;
+pub mod dead_letter;
 pub mod limiter;
+pub mod metrics;
+pub mod partitions;
 pub mod rows;
 pub mod runtime;
 pub mod schema;
 pub mod sink;
+pub mod write;

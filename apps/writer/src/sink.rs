@@ -16,20 +16,9 @@ use scylla::statement::prepared::PreparedStatement;
 use tokio::sync::Semaphore;
 
 use crate::batcher::ReplicaSet;
-use crate::config::WriterConfig;
+use crate::config::{WriterConfig, consistency};
 use crate::rows::Row;
 use crate::schema::TableKind;
-
-pub fn consistency(name: &str) -> Option<Consistency> {
-    Some(match name.to_ascii_lowercase().as_str() {
-        "one" => Consistency::One,
-        "local_one" => Consistency::LocalOne,
-        "quorum" => Consistency::Quorum,
-        "local_quorum" => Consistency::LocalQuorum,
-        "all" => Consistency::All,
-        _ => return None,
-    })
-}
 
 /// How a failed write should be handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

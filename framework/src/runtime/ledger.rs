@@ -1,15 +1,16 @@
-//! Per-partition ledger tying source offsets to output acknowledgements.
+//! Per-partition ledger of the rollup runtime: source offsets tied to output
+//! acknowledgements ([`AckedPrefix`]) and commits confirmed by the broker
+//! ([`CommitState`]), plus where the rollups of each source offset landed so a plan can
+//! say where its open coarse windows' rows are.
 //!
-//! Each output a partition produces gets the next sequence number. After processing a
-//! batch the worker records "offset N is done once the first S outputs are acked".
-//! Delivery reports may arrive out of order across output topics, so acks are tracked as
-//! a contiguous prefix plus a small set of early arrivals. The committable offset is the
-//! last checkpoint whose outputs are all acknowledged. A failed delivery is never acked, so
-//! commits stop right before it and the partition is reprocessed from there after a restart.
+//! A failed delivery is never acked, so commits stop right before it and the partition is
+//! reprocessed from there after a restart.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use crate::kafka::acks::AckedPrefix;
+use crate::kafka::commits::{CommitState, Resend};
 use crate::pipeline::CoarseDraft;
 use crate::replay::Plan;
 
@@ -18,20 +19,11 @@ use crate::replay::Plan;
 const MAX_ROLLUP_TRIGGERS: usize = 100_000;
 
 #[derive(Debug, Default)]
-struct State {
-    /// Every sequence number below this is acknowledged.
-    acked_below: u64,
-    early: BTreeSet<u64>,
-    failed: Option<String>,
-    /// (outputs that must be acked, the plan at that point), in order.
-    checkpoints: VecDeque<(u64, Plan, Option<CoarseDraft>)>,
+struct LedgerState {
+    prefix: AckedPrefix<(Plan, Option<CoarseDraft>)>,
     /// Highest offset known safe to commit, with its plan.
     safe: Option<Plan>,
-    /// Offset last handed to a commit request.
-    sent: Option<i64>,
-    /// Already committed before this ledger began (a resumed partition): never commit at
-    /// or below it, so replay does not move the group's offset backwards.
-    floor: Option<i64>,
+    commit: CommitState,
     /// Source offset → first rollups-topic offset its rollups were delivered at.
     rollup_triggers: BTreeMap<i64, i64>,
     /// One past the highest rollups-topic offset delivered (or known from a restored plan).
@@ -40,7 +32,7 @@ struct State {
 
 #[derive(Debug, Default)]
 pub struct Ledger {
-    state: Mutex<State>,
+    state: Mutex<LedgerState>,
 }
 
 impl Ledger {
@@ -52,7 +44,7 @@ impl Ledger {
     /// committed again, so replay never moves the group's offset backwards.
     pub fn resuming_at(committed: Option<i64>) -> Self {
         let ledger = Self::default();
-        ledger.lock().floor = committed;
+        ledger.lock().commit = CommitState::resuming_at(committed);
         ledger
     }
 
@@ -86,7 +78,7 @@ impl Ledger {
         Self::locate_in(&s, trigger, topic)
     }
 
-    fn locate_in(s: &State, trigger: Option<i64>, topic: Option<i64>) -> Option<(i64, i64)> {
+    fn locate_in(s: &LedgerState, trigger: Option<i64>, topic: Option<i64>) -> Option<(i64, i64)> {
         let mut from = topic;
         if let Some(t) = trigger {
             // Outputs of later source offsets come later in the topic; the minimum covers
@@ -97,7 +89,7 @@ impl Ledger {
         Some((from?, s.rollups_end?))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LedgerState> {
         // A poisoned ledger means a worker panicked mid-update; the data is still a valid
         // (conservative) prefix, so keep using it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -106,54 +98,35 @@ impl Ledger {
     /// The worker finished everything before `plan.next_offset`, having produced
     /// `produced` outputs in total so far; `coarse` is completed once those are delivered.
     pub fn checkpoint(&self, produced: u64, plan: Plan, coarse: Option<CoarseDraft>) {
-        let mut s = self.lock();
-        match s.checkpoints.back_mut() {
-            Some(last) if last.0 == produced => {
-                if plan.next_offset >= last.1.next_offset {
-                    last.1 = plan;
-                    last.2 = coarse;
-                }
+        self.lock().prefix.push(produced, (plan, coarse), |last, new| {
+            if new.0.next_offset >= last.0.next_offset {
+                *last = new;
             }
-            _ => s.checkpoints.push_back((produced, plan, coarse)),
-        }
+        });
     }
 
     /// A delivery report for output `seq`.
     pub fn ack(&self, seq: u64, result: Result<(), String>) {
         let mut s = self.lock();
-        if let Err(e) = result {
-            s.failed.get_or_insert(e);
-            return;
-        }
-        if seq == s.acked_below {
-            s.acked_below += 1;
-            while s.early.first() == Some(&s.acked_below) {
-                s.early.pop_first();
-                s.acked_below += 1;
-            }
-        } else if seq > s.acked_below {
-            s.early.insert(seq);
+        match result {
+            Ok(()) => s.prefix.ack(seq),
+            Err(e) => s.prefix.fail(e),
         }
     }
 
     /// The first delivery error, if any.
     pub fn failure(&self) -> Option<String> {
-        self.lock().failed.clone()
+        self.lock().prefix.failure().map(str::to_owned)
     }
 
     /// Advances the safe point over checkpoints whose outputs are all acknowledged.
     pub fn safe_plan(&self) -> Option<Plan> {
         let mut s = self.lock();
-        // A failed output is never acked, so the prefix stops right before it.
-        while let Some(&(needed, mut plan, coarse)) = s.checkpoints.front() {
-            if needed > s.acked_below {
-                break;
-            }
+        while let Some((mut plan, coarse)) = s.prefix.pop_safe() {
             // Every output before the plan is delivered, so its rows can be located now.
             plan.coarse = coarse
                 .and_then(|d| Self::locate_in(&s, d.trigger, d.topic).map(|(from, end)| d.locate(from, end)));
             s.safe = Some(plan);
-            s.checkpoints.pop_front();
         }
         s.safe
     }
@@ -162,33 +135,26 @@ impl Ledger {
         self.safe_plan().map(|p| p.next_offset)
     }
 
-    /// The safe offset and its plan if it moved since the last call (or, with `again`,
-    /// even if not: an async commit can fail unseen, so it is repeated now and then),
+    /// The safe offset and its plan if it is to be committed now (see [`Resend`]),
     /// marking it sent.
-    pub fn take_commit(&self, again: bool) -> Option<Plan> {
+    pub fn take_commit(&self, resend: Resend) -> Option<Plan> {
         let safe = self.safe_plan()?;
-        let mut s = self.lock();
-        if s.floor.is_some_and(|f| safe.next_offset <= f)
-            || (!again && s.sent.is_some_and(|sent| sent >= safe.next_offset))
-        {
-            return None;
-        }
-        s.sent = Some(safe.next_offset);
-        Some(safe)
+        self.lock().commit.take(safe.next_offset, resend).then_some(safe)
+    }
+
+    /// The broker confirmed a commit of `offset`.
+    pub fn commit_confirmed(&self, offset: i64) {
+        self.lock().commit.confirmed(offset);
     }
 
     /// A commit failed: send the same offset again next time.
     pub fn commit_failed(&self, offset: i64) {
-        let mut s = self.lock();
-        if s.sent == Some(offset) {
-            s.sent = None;
-        }
+        self.lock().commit.failed(offset);
     }
 
     /// Outputs produced but not yet acknowledged.
     pub fn unacked(&self, produced: u64) -> u64 {
-        let s = self.lock();
-        produced.saturating_sub(s.acked_below)
+        self.lock().prefix.unacked(produced)
     }
 }
 
@@ -204,17 +170,17 @@ mod tests {
     fn commits_only_fully_acknowledged_prefixes() {
         let l = Ledger::new();
         l.checkpoint(0, at(10), None); // offsets 0..10 produced nothing
-        assert_eq!(l.take_commit(false), Some(at(10)));
+        assert_eq!(l.take_commit(Resend::New), Some(at(10)));
         l.checkpoint(2, at(20), None); // offsets 10..20 produced outputs 0 and 1
         l.checkpoint(3, at(30), None);
-        assert_eq!(l.take_commit(false), None);
+        assert_eq!(l.take_commit(Resend::New), None);
         l.ack(1, Ok(())); // out of order
-        assert_eq!(l.take_commit(false), None);
+        assert_eq!(l.take_commit(Resend::New), None);
         l.ack(0, Ok(()));
-        assert_eq!(l.take_commit(false), Some(at(20)));
-        assert_eq!(l.take_commit(false), None, "nothing new");
+        assert_eq!(l.take_commit(Resend::New), Some(at(20)));
+        assert_eq!(l.take_commit(Resend::New), None, "nothing new");
         l.ack(2, Ok(()));
-        assert_eq!(l.take_commit(false), Some(at(30)));
+        assert_eq!(l.take_commit(Resend::New), Some(at(30)));
     }
 
     #[test]
@@ -234,21 +200,25 @@ mod tests {
     fn a_resumed_partition_never_commits_behind_its_committed_offset() {
         let l = Ledger::resuming_at(Some(100));
         l.checkpoint(0, at(60), None); // replaying
-        assert_eq!(l.take_commit(false), None);
+        assert_eq!(l.take_commit(Resend::New), None);
         l.checkpoint(0, at(100), None);
-        assert_eq!(l.take_commit(false), None);
+        assert_eq!(l.take_commit(Resend::New), None);
         l.checkpoint(0, at(130), None);
-        assert_eq!(l.take_commit(false), Some(at(130)));
-        assert_eq!(l.take_commit(false), None);
-        assert_eq!(l.take_commit(true), Some(at(130)), "repeated on request");
+        assert_eq!(l.take_commit(Resend::New), Some(at(130)));
+        assert_eq!(l.take_commit(Resend::New), None);
+        assert_eq!(
+            l.take_commit(Resend::Always),
+            Some(at(130)),
+            "repeated on request"
+        );
     }
 
     #[test]
     fn failed_commits_are_retried() {
         let l = Ledger::new();
         l.checkpoint(0, at(7), None);
-        assert_eq!(l.take_commit(false), Some(at(7)));
+        assert_eq!(l.take_commit(Resend::New), Some(at(7)));
         l.commit_failed(7);
-        assert_eq!(l.take_commit(false), Some(at(7)));
+        assert_eq!(l.take_commit(Resend::New), Some(at(7)));
     }
 }

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 
+use crate::kafka::logging;
 use crate::metrics::Metrics;
 use crate::runtime::ledger::Ledger;
 
@@ -24,8 +26,12 @@ pub struct OutputContext {
 }
 
 impl ClientContext for OutputContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        logging::forward_log("producer", level, fac, log_message);
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "producer error");
+        logging::report_error("producer", &error, reason);
     }
 }
 
@@ -35,41 +41,17 @@ impl ProducerContext for OutputContext {
     fn delivery(&self, result: &DeliveryResult<'_>, tag: Self::DeliveryOpaque) {
         match result {
             Ok(msg) => {
-                self.metrics.outputs_acked.add(1);
+                self.metrics.outputs_acked.inc_by(1);
                 if let Some(trigger) = tag.rollup_trigger {
                     tag.ledger.rollup_delivered(trigger, msg.offset());
                 }
                 tag.ledger.ack(tag.seq, Ok(()));
             }
             Err((e, msg)) => {
-                self.metrics.output_errors.add(1);
+                self.metrics.output_errors.inc_by(1);
                 tracing::error!(topic = msg.topic(), partition = msg.partition(), error = %e, "output not delivered; commits stop for its source partition");
                 tag.ledger.ack(tag.seq, Err(e.to_string()));
             }
         }
     }
-}
-
-/// Headers that say where a forwarded (dead-lettered or late) record came from, so its
-/// value can stay byte-for-byte: `tributary.group`, `tributary.source.topic`,
-/// `tributary.source.partition`, `tributary.source.offset`.
-pub fn provenance(topic: &str, group: &str, partition: i32, offset: i64) -> rdkafka::message::OwnedHeaders {
-    use rdkafka::message::Header;
-    rdkafka::message::OwnedHeaders::new_with_capacity(5)
-        .insert(Header {
-            key: "tributary.group",
-            value: Some(group.as_bytes()),
-        })
-        .insert(Header {
-            key: "tributary.source.topic",
-            value: Some(topic.as_bytes()),
-        })
-        .insert(Header {
-            key: "tributary.source.partition",
-            value: Some(partition.to_string().as_bytes()),
-        })
-        .insert(Header {
-            key: "tributary.source.offset",
-            value: Some(offset.to_string().as_bytes()),
-        })
 }

@@ -7,16 +7,17 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, ThreadedProducer};
 
 use crate::codec::{self, DecodeError, Format};
+use crate::kafka::headers;
 use crate::metrics::{Metrics, PartitionGauges};
-use crate::pipeline::{Pipeline, PipelineSpec, Sink};
+use crate::pipeline::{OutputSink, Pipeline, PipelineSpec};
 use crate::record::{Anomaly, RollupRow};
 use crate::runtime::Tp;
 use crate::runtime::ledger::Ledger;
-use crate::runtime::producer::{DeliveryTag, OutputContext, provenance};
+use crate::runtime::producer::{DeliveryTag, OutputContext};
 use crate::state::{Checkpoint, StateStore};
 
 /// Records of one partition copied out of librdkafka into one buffer, so the poll loop
@@ -295,7 +296,7 @@ fn track_replay(shared: &WorkerShared, run: &mut PartitionRun, next: i64) {
         tracing::info!(topic = %tp.topic, partition = tp.partition, records = done, secs = format!("{secs:.2}"),
             rate = rate as u64, "replay finished; emitting from here on");
         run.replay = None;
-        shared.metrics.replays_finished.add(1);
+        shared.metrics.replays_finished.inc_by(1);
     } else if replay.last_report.elapsed() >= Duration::from_secs(5) {
         let remaining = replay.until - next;
         let eta = remaining as f64 / rate.max(1.0);
@@ -322,9 +323,11 @@ fn checkpoint(shared: &WorkerShared, run: &mut PartitionRun) {
         pending.rollups_from =
             draft.and_then(|d| run.ledger.locate(d.trigger, d.topic).map(|(from, _)| from));
         match store.save(&run.tp.topic, run.tp.partition, pending) {
-            Ok(()) => shared.metrics.checkpoints_written.add(1),
+            Ok(()) => {
+                shared.metrics.checkpoints_written.inc();
+            }
             Err(e) => {
-                shared.metrics.checkpoint_errors.add(1);
+                shared.metrics.checkpoint_errors.inc_by(1);
                 tracing::warn!(topic = %run.tp.topic, partition = run.tp.partition, error = %e, "cannot write checkpoint");
             }
         }
@@ -371,7 +374,7 @@ fn idle_flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) 
     let (pipeline, mut sink) = run.split(shared, buf, next);
     pipeline.advance_watermark(target, next, &mut sink);
     run.progress(next);
-    shared.metrics.idle_flushes.add(1);
+    shared.metrics.idle_flushes.inc_by(1);
     tracing::debug!(topic = %run.tp.topic, partition = run.tp.partition, watermark = target, "idle partition flushed");
     report(shared, run);
 }
@@ -380,13 +383,13 @@ fn report(shared: &WorkerShared, run: &mut PartitionRun) {
     let now = run.pipeline.stats();
     let before = std::mem::replace(&mut run.reported, now);
     let m = &shared.metrics;
-    m.records_consumed.add(now.records - before.records);
+    m.records_consumed.inc_by(now.records - before.records);
     m.records_dead_lettered
-        .add(now.dead_lettered - before.dead_lettered);
-    m.records_late.add(now.late - before.late);
-    m.rollups_emitted.add(now.rollups - before.rollups);
-    m.anomalies_emitted.add(now.anomalies - before.anomalies);
-    m.records_replayed.add(now.replayed - before.replayed);
+        .inc_by(now.dead_lettered - before.dead_lettered);
+    m.records_late.inc_by(now.late - before.late);
+    m.rollups_emitted.inc_by(now.rollups - before.rollups);
+    m.anomalies_emitted.inc_by(now.anomalies - before.anomalies);
+    m.records_replayed.inc_by(now.replayed - before.replayed);
     let watermark = run.pipeline.watermark();
     let series = run.pipeline.series() as i64;
     let processed = run.next_offset.unwrap_or(-1);
@@ -444,7 +447,7 @@ impl KafkaSink<'_> {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     // The producer queue is bounded: wait for deliveries instead of buffering.
                     if !waited {
-                        self.shared.metrics.producer_queue_full_waits.add(1);
+                        self.shared.metrics.producer_queue_full_waits.inc_by(1);
                         waited = true;
                     }
                     std::thread::sleep(Duration::from_millis(1));
@@ -452,7 +455,7 @@ impl KafkaSink<'_> {
                 }
                 Err((e, _)) => {
                     tracing::error!(topic, partition, error = %e, "cannot produce output");
-                    self.shared.metrics.output_errors.add(1);
+                    self.shared.metrics.output_errors.inc_by(1);
                     self.ledger.ack(seq, Err(e.to_string()));
                     return;
                 }
@@ -461,7 +464,7 @@ impl KafkaSink<'_> {
     }
 }
 
-impl Sink for KafkaSink<'_> {
+impl OutputSink for KafkaSink<'_> {
     fn rollup(&mut self, series: &str, resolution: &str, row: &RollupRow) {
         let mut buf = std::mem::take(self.buf);
         codec::encode_rollup(self.shared.outputs.format, series, resolution, row, &mut buf);
@@ -497,10 +500,7 @@ impl Sink for KafkaSink<'_> {
         let shared = self.shared;
         let reason = error.to_string();
         tracing::debug!(topic = %outputs.input, partition = self.partition, offset, reason, "dead-lettered record");
-        let headers = provenance(&outputs.input, &outputs.group, self.partition, offset).insert(Header {
-            key: "tributary.error",
-            value: Some(reason.as_bytes()),
-        });
+        let headers = headers::dead_letter(&outputs.input, &outputs.group, self.partition, offset, &reason);
         let partition = self.partition % outputs.dead_letter_partitions.max(1);
         self.send(
             &shared.outputs.dead_letter,
@@ -515,7 +515,7 @@ impl Sink for KafkaSink<'_> {
     fn late(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64) {
         let shared = self.shared;
         if let Some((topic, partitions)) = &shared.outputs.late {
-            let headers = provenance(
+            let headers = headers::provenance(
                 &shared.outputs.input,
                 &shared.outputs.group,
                 self.partition,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::record::{Agg, RollupRow, SeriesId};
-use crate::stage::{CoarseSources, Collector, Context, Input, Output, ReplayPoint, Stage};
+use crate::stage::{CoarseSources, CoarseState, Collector, Context, Input, Output, ReplayPoint, Stage};
 
 #[cfg(test)]
 mod tests;
@@ -278,6 +278,64 @@ impl Stage for RollupStage {
             })
     }
 
+    fn coarse(&self) -> Option<&dyn CoarseState> {
+        Some(self)
+    }
+
+    fn coarse_mut(&mut self) -> Option<&mut dyn CoarseState> {
+        Some(self)
+    }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        let levels = self
+            .levels
+            .iter()
+            .map(|l| {
+                l.open
+                    .iter()
+                    .map(|(&start, w)| WindowSnapshot {
+                        start,
+                        first_offset: w.first_offset,
+                        first_watermark: w.first_watermark,
+                        rows_from: w.rows_from,
+                        aggs: w.touched.iter().map(|&s| (s, w.aggs[s as usize])).collect(),
+                    })
+                    .collect()
+            })
+            .collect();
+        bincode::encode_to_vec(&RollupSnapshot { levels }, bincode::config::standard()).ok()
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let (snapshot, _): (RollupSnapshot, usize) =
+            bincode::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
+        if snapshot.levels.len() != self.levels.len() {
+            return Err(format!(
+                "checkpoint has {} rollup levels, configuration has {}",
+                snapshot.levels.len(),
+                self.levels.len()
+            ));
+        }
+        for (level, windows) in self.levels.iter_mut().zip(snapshot.levels) {
+            level.open.clear();
+            for w in windows {
+                let first = ReplayPoint {
+                    offset: w.first_offset,
+                    watermark: w.first_watermark,
+                };
+                let window = level.window(w.start, first);
+                window.rows_from = w.rows_from;
+                for (series, agg) in w.aggs {
+                    window.slot(series).merge(&agg);
+                }
+            }
+        }
+        self.refresh_next_close();
+        Ok(())
+    }
+}
+
+impl CoarseState for RollupStage {
     fn fine_replay_start(&self) -> Option<ReplayPoint> {
         self.levels[0]
             .open
@@ -333,54 +391,6 @@ impl Stage for RollupStage {
         self.seeded = true;
         self.refresh_next_close();
         merged
-    }
-
-    fn snapshot(&self) -> Option<Vec<u8>> {
-        let levels = self
-            .levels
-            .iter()
-            .map(|l| {
-                l.open
-                    .iter()
-                    .map(|(&start, w)| WindowSnapshot {
-                        start,
-                        first_offset: w.first_offset,
-                        first_watermark: w.first_watermark,
-                        rows_from: w.rows_from,
-                        aggs: w.touched.iter().map(|&s| (s, w.aggs[s as usize])).collect(),
-                    })
-                    .collect()
-            })
-            .collect();
-        bincode::encode_to_vec(&RollupSnapshot { levels }, bincode::config::standard()).ok()
-    }
-
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let (snapshot, _): (RollupSnapshot, usize) =
-            bincode::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
-        if snapshot.levels.len() != self.levels.len() {
-            return Err(format!(
-                "checkpoint has {} rollup levels, configuration has {}",
-                snapshot.levels.len(),
-                self.levels.len()
-            ));
-        }
-        for (level, windows) in self.levels.iter_mut().zip(snapshot.levels) {
-            level.open.clear();
-            for w in windows {
-                let first = ReplayPoint {
-                    offset: w.first_offset,
-                    watermark: w.first_watermark,
-                };
-                let window = level.window(w.start, first);
-                window.rows_from = w.rows_from;
-                for (series, agg) in w.aggs {
-                    window.slot(series).merge(&agg);
-                }
-            }
-        }
-        self.refresh_next_close();
-        Ok(())
     }
 }
 

@@ -41,7 +41,7 @@ impl TableSchema {
 }
 
 #[derive(Debug, Clone)]
-struct Row {
+struct StoredRow {
     clustering: Vec<Vec<u8>>,
     cells: Vec<Option<Vec<u8>>>,
     expires: Option<Instant>,
@@ -51,7 +51,7 @@ struct Row {
 pub struct Table {
     pub schema: Arc<TableSchema>,
     /// Partitions in token order, as a full scan returns them.
-    partitions: BTreeMap<(i64, Vec<u8>), Vec<Row>>,
+    partitions: BTreeMap<(i64, Vec<u8>), Vec<StoredRow>>,
 }
 
 #[derive(Debug)]
@@ -572,7 +572,7 @@ impl Store {
                     }
                     Err(i) => rows.insert(
                         i,
-                        Row {
+                        StoredRow {
                             clustering,
                             cells: cells.into_iter().map(Option::flatten).collect(),
                             expires,
@@ -616,7 +616,7 @@ impl Store {
         let s = &t.schema;
         let now = Instant::now();
         let mut rows = Vec::new();
-        let mut emit = |partition: &Vec<Row>| {
+        let mut emit = |partition: &Vec<StoredRow>| {
             for r in partition.iter().filter(|r| r.expires.is_none_or(|e| e > now)) {
                 rows.push(r.cells.clone());
             }

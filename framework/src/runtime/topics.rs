@@ -1,74 +1,19 @@
-//! Kafka clients and topic preparation.
+//! Topic preparation: the input waited for, outputs and the plan topic created with the
+//! partition counts co-partitioning needs.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::Producer;
+use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::config::Config;
+use crate::kafka::Backoff;
+use crate::kafka::client::{client_config, producer_config};
+use crate::kafka::logging::Logged;
 use crate::runtime::RuntimeError;
-
-/// Consumer settings: manual commits, no auto offset store, cooperative rebalancing and
-/// fetch settings that keep the local queue full (librdkafka's defaults back off for a
-/// whole second once `queued.min.messages` is reached, which leaves workers idle).
-pub fn consumer_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", &config.kafka.group)
-        .set("client.id", &config.kafka.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("enable.partition.eof", "false")
-        .set("queued.min.messages", "200000")
-        .set("fetch.queue.backoff.ms", "5")
-        .set("fetch.wait.max.ms", "100")
-        .set("max.partition.fetch.bytes", "4194304")
-        .set("reconnect.backoff.max.ms", "5000");
-    apply(&mut c, &config.kafka.properties);
-    c
-}
-
-/// Producer settings: idempotent (no duplicates or reordering from retries), lz4, small
-/// linger for batching, and a bounded queue so a slow broker pushes back on workers.
-pub fn producer_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.brokers)
-        .set("client.id", format!("{}-producer", config.kafka.group))
-        .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "500000")
-        .set("queue.buffering.max.kbytes", "131072")
-        .set("reconnect.backoff.max.ms", "5000");
-    apply(&mut c, &config.kafka.properties);
-    c
-}
-
-/// A client for `config`'s brokers with `settings`, then the user's `kafka.properties`
-/// (last, so security and tuning settings apply to every client the app creates).
-pub fn client_config(config: &Config, settings: &[(&str, &str)]) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.brokers);
-    for (k, v) in settings {
-        c.set(*k, *v);
-    }
-    apply(&mut c, &config.kafka.properties);
-    c
-}
-
-fn apply(c: &mut ClientConfig, properties: &BTreeMap<String, String>) {
-    for (k, v) in properties {
-        c.set(k, v);
-    }
-}
 
 /// Partition counts of the topics a pipeline reads and writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -105,7 +50,7 @@ pub fn prepare_topics(
                 tracing::warn!(brokers = %config.kafka.brokers, error = %e, "cannot reach Kafka; retrying")
             }
         }
-        backoff.wait(stop)?;
+        backoff.wait(stop).map_err(|_| RuntimeError::Stopped)?;
     };
 
     let mut layout = TopicLayout {
@@ -126,7 +71,7 @@ pub fn prepare_topics(
                 Ok(None) => tracing::warn!(topic = %out.name, "output topic does not exist yet; retrying"),
                 Err(e) => tracing::warn!(error = %e, "cannot reach Kafka; retrying"),
             }
-            backoff.wait(stop)?;
+            backoff.wait(stop).map_err(|_| RuntimeError::Stopped)?;
         };
         if out.copartitioned && n < input_partitions {
             return Err(RuntimeError::Topology(format!(
@@ -143,14 +88,12 @@ pub fn prepare_topics(
 
 /// An admin client for CreateTopics, and a producer whose metadata requests auto-create
 /// topics on brokers without CreateTopics.
-fn admin_clients(
-    config: &Config,
-) -> Result<(AdminClient<DefaultClientContext>, rdkafka::producer::BaseProducer), RuntimeError> {
-    let admin = client_config(config, &[])
-        .create()
+fn admin_clients(config: &Config) -> Result<(AdminClient<Logged>, BaseProducer<Logged>), RuntimeError> {
+    let admin = client_config(&config.kafka, &[])
+        .create_with_context(Logged("admin"))
         .map_err(|e| RuntimeError::Kafka(format!("cannot create admin client: {e}")))?;
-    let producer = producer_config(config)
-        .create()
+    let producer = producer_config(&config.kafka)
+        .create_with_context(Logged("admin"))
         .map_err(|e| RuntimeError::Kafka(format!("cannot create producer: {e}")))?;
     Ok((admin, producer))
 }
@@ -171,13 +114,13 @@ pub fn ensure_plan_topic(config: &Config, name: &str, stop: &AtomicBool) -> Resu
             Ok(None) => tracing::warn!(topic = name, "plan topic does not exist yet; retrying"),
             Err(e) => tracing::warn!(error = %e, "cannot reach Kafka; retrying"),
         }
-        backoff.wait(stop)?;
+        backoff.wait(stop).map_err(|_| RuntimeError::Stopped)?;
     }
 }
 
 fn create_topic(
-    admin: &AdminClient<DefaultClientContext>,
-    producer: &rdkafka::producer::BaseProducer,
+    admin: &AdminClient<Logged>,
+    producer: &BaseProducer<Logged>,
     config: &Config,
     name: &str,
     partitions: i32,
@@ -223,50 +166,4 @@ fn partition_count<C: rdkafka::ClientContext>(
         .iter()
         .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
         .map(|t| t.partitions().len() as i32))
-}
-
-/// Exponential backoff with jitter, 100 ms to 10 s, that gives up when `stop` is set.
-#[derive(Debug)]
-pub struct Backoff {
-    delay: Duration,
-    seed: u64,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Backoff {
-    pub fn new() -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.subsec_nanos() as u64 | 1);
-        Self {
-            delay: Duration::from_millis(100),
-            seed,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let jitter = 0.5 + (self.seed % 1000) as f64 / 1000.0;
-        let d = self.delay.mul_f64(jitter);
-        self.delay = (self.delay * 2).min(Duration::from_secs(10));
-        d
-    }
-
-    pub fn wait(&mut self, stop: &AtomicBool) -> Result<(), RuntimeError> {
-        let until = std::time::Instant::now() + self.next_delay();
-        while std::time::Instant::now() < until {
-            if stop.load(Ordering::Relaxed) {
-                return Err(RuntimeError::Stopped);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
 }

@@ -1,0 +1,142 @@
+//! Commit bookkeeping of one partition: what was sent, what the broker confirmed, and
+//! when to send again. A commit is done only once the broker confirms it (see
+//! [`commit_and_settle`]); a failed one is sent again.
+
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// When a safe offset that was already sent is sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Only offsets not sent yet.
+    New,
+    /// Also offsets sent but not confirmed (a commit can be lost unseen, e.g. in a
+    /// rebalance).
+    Unconfirmed,
+    /// Always: the commit at revoke and at shutdown.
+    Always,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CommitState {
+    /// Committed before this run began (a resumed partition): never commit at or below
+    /// it, so a replay does not move the group's offset backwards.
+    floor: Option<i64>,
+    sent: Option<i64>,
+    confirmed: Option<i64>,
+}
+
+impl CommitState {
+    pub fn resuming_at(committed: Option<i64>) -> Self {
+        Self {
+            floor: committed,
+            ..Self::default()
+        }
+    }
+
+    /// Whether `safe` should be committed now; if so it is marked sent.
+    pub fn take(&mut self, safe: i64, resend: Resend) -> bool {
+        if self.floor.is_some_and(|f| safe <= f) {
+            return false;
+        }
+        let send = match resend {
+            Resend::New => self.sent.is_none_or(|s| s < safe),
+            Resend::Unconfirmed => self.confirmed.is_none_or(|c| c < safe),
+            Resend::Always => true,
+        };
+        if send {
+            self.sent = Some(self.sent.map_or(safe, |s| s.max(safe)));
+        }
+        send
+    }
+
+    /// The broker confirmed a commit of `offset`.
+    pub fn confirmed(&mut self, offset: i64) {
+        self.confirmed = Some(self.confirmed.map_or(offset, |c| c.max(offset)));
+    }
+
+    /// A commit of `offset` failed: unless a later one is on its way, send again.
+    pub fn failed(&mut self, offset: i64) {
+        if self.sent == Some(offset) {
+            self.sent = self.confirmed;
+        }
+    }
+
+    /// The highest offset the broker confirmed in this run.
+    pub fn confirmed_offset(&self) -> Option<i64> {
+        self.confirmed
+    }
+}
+
+/// Commits `offsets` and waits for the broker's answer, then calls
+/// `settle(topic, partition, offset, confirmed)` for every partition.
+///
+/// Commits are confirmed by waiting for them, on a thread of their own where the wait must
+/// not stall consumption: librdkafka reports the result of an asynchronous commit only
+/// through its `offset_commit_cb`, which rdkafka does not set, so an asynchronous commit
+/// that fails is never seen by the application (only logged by librdkafka).
+pub fn commit_and_settle<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    offsets: &TopicPartitionList,
+    mut settle: impl FnMut(&str, i32, i64, bool),
+) -> KafkaResult<()> {
+    if offsets.count() == 0 {
+        return Ok(());
+    }
+    let result = consumer.commit(offsets, CommitMode::Sync);
+    for el in offsets.elements() {
+        if let Offset::Offset(o) = el.offset() {
+            settle(el.topic(), el.partition(), o, result.is_ok());
+        }
+    }
+    result
+}
+
+/// Calls `settle(topic, partition, offset)` for every partition of a commit that was
+/// never sent (its offsets are to be sent again).
+pub fn settle_unsent(offsets: &TopicPartitionList, mut settle: impl FnMut(&str, i32, i64)) {
+    for el in offsets.elements() {
+        if let Offset::Offset(o) = el.offset() {
+            settle(el.topic(), el.partition(), o);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offset_is_done_only_once_confirmed() {
+        let mut c = CommitState::default();
+        assert!(c.take(10, Resend::New));
+        assert!(!c.take(10, Resend::New), "in flight");
+        assert!(c.take(10, Resend::Unconfirmed), "not confirmed yet");
+        c.confirmed(10);
+        assert!(!c.take(10, Resend::Unconfirmed));
+        assert!(c.take(10, Resend::Always));
+        assert_eq!(c.confirmed_offset(), Some(10));
+    }
+
+    #[test]
+    fn a_failed_commit_is_sent_again_unless_a_later_one_is_on_its_way() {
+        let mut c = CommitState::default();
+        assert!(c.take(5, Resend::New));
+        c.failed(5);
+        assert!(c.take(5, Resend::New), "resent after the failure");
+        assert!(c.take(8, Resend::New));
+        c.failed(5); // the older one's failure arrives late
+        assert!(!c.take(8, Resend::New), "8 is still on its way");
+        c.failed(8);
+        assert!(c.take(8, Resend::New));
+    }
+
+    #[test]
+    fn a_resumed_partition_never_commits_at_or_below_its_floor() {
+        let mut c = CommitState::resuming_at(Some(100));
+        assert!(!c.take(60, Resend::Always));
+        assert!(!c.take(100, Resend::Always));
+        assert!(c.take(130, Resend::New));
+    }
+}

@@ -1,0 +1,20 @@
+//! The Kafka layer every app uses (rollup, detector, writer, and the offline tools):
+//!
+//! - [`client`]: the shared `[kafka]` section and the settings of every client;
+//! - [`logging`]: librdkafka's log lines and errors into `tracing`;
+//! - [`acks`]: the acknowledged prefix of a partition's outputs;
+//! - [`commits`]: commits marked done only when the broker confirms them;
+//! - [`headers`]: provenance and reason headers of dead letters;
+//! - [`fetch_start`]: the guard against brokers that skip records at a resume point;
+//! - [`backoff`]: exponential backoff with jitter for every retry loop.
+
+pub mod acks;
+pub mod backoff;
+pub mod client;
+pub mod commits;
+pub mod fetch_start;
+pub mod headers;
+pub mod logging;
+
+pub use backoff::Backoff;
+pub use client::KafkaConfig;

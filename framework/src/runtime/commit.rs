@@ -1,0 +1,105 @@
+//! Commits of the rollup runtime: each partition's acknowledged offset with its replay plan
+//! in the commit metadata (and in the plan topic when the broker drops metadata), marked
+//! done only when the broker confirms it.
+
+use std::sync::mpsc::TrySendError;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::Tp;
+use super::context::ConsumerCtx;
+use super::coordinator::{Coordinator, lock};
+use super::plans::PlanStore;
+use crate::kafka::commits::{self, Resend};
+use crate::replay::Plan;
+
+impl Coordinator {
+    /// Commits offsets with their plans in the metadata (and in the plan topic when the
+    /// broker drops metadata).
+    pub(super) fn commit(
+        &self,
+        consumer: &BaseConsumer<ConsumerCtx>,
+        plans: &[(Tp, Plan)],
+        mode: CommitMode,
+    ) {
+        if plans.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (tp, plan) in plans {
+            let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(plan.next_offset));
+            if let Some(mut el) = tpl.find_partition(&tp.topic, tp.partition) {
+                el.set_metadata(plan.encode());
+            }
+            if let PlanStore::Topic(store) = &self.plans {
+                store.write(&tp.topic, tp.partition, plan);
+            }
+        }
+        match mode {
+            CommitMode::Sync => {
+                if let PlanStore::Topic(store) = &self.plans {
+                    store.flush(self.drain_timeout);
+                }
+                self.commit_now(consumer, &tpl);
+            }
+            // The committer thread waits for the broker; if it is still busy with an
+            // earlier commit, these offsets count as failed and are sent again later.
+            CommitMode::Async => {
+                let committer = lock(&self.committer).clone();
+                match committer {
+                    Some(tx) => {
+                        if let Err(TrySendError::Full(tpl) | TrySendError::Disconnected(tpl)) =
+                            tx.try_send(tpl)
+                        {
+                            commits::settle_unsent(&tpl, |t, p, o| self.settle_commit(t, p, o, false));
+                        }
+                    }
+                    None => self.commit_now(consumer, &tpl),
+                }
+            }
+        }
+    }
+
+    /// Commits `tpl`, waiting for the broker, and settles each partition.
+    pub(super) fn commit_now(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList) {
+        let result = commits::commit_and_settle(consumer, tpl, |topic, partition, offset, ok| {
+            self.settle_commit(topic, partition, offset, ok)
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "offset commit failed; it is sent again");
+        }
+    }
+
+    /// The broker's answer to a commit of `offset`: confirmed, or to be sent again.
+    pub(super) fn settle_commit(&self, topic: &str, partition: i32, offset: i64, ok: bool) {
+        let tp = Tp {
+            topic: topic.into(),
+            partition,
+        };
+        let map = self.assignments();
+        let ledger = map.get(&tp).map(|a| &a.ledger);
+        if ok {
+            self.metrics.commits.inc_by(1);
+            self.metrics
+                .update_partition(topic, partition, |g| g.committed_offset = offset);
+            if let Some(l) = ledger {
+                l.commit_confirmed(offset);
+            }
+        } else {
+            self.metrics.commit_errors.inc_by(1);
+            if let Some(l) = ledger {
+                l.commit_failed(offset);
+            }
+        }
+    }
+
+    /// Offsets (with their plans) whose outputs are all acknowledged and that are to be
+    /// committed now (see [`Resend`]).
+    pub(super) fn committable(&self, resend: Resend) -> Vec<(Tp, Plan)> {
+        self.assignments()
+            .iter()
+            .filter_map(|(tp, a)| a.ledger.take_commit(resend).map(|plan| (tp.clone(), plan)))
+            .collect()
+    }
+}

@@ -1,0 +1,280 @@
+//! Where replay plans and the rows of coarse windows live on the broker. Plans travel in
+//! the offset commit's metadata when the broker keeps it (Apache Kafka, librdkafka's mock
+//! cluster). tansu 0.6 accepts metadata and returns it empty, so at start-up the runtime
+//! [`probe`]s the broker, and where metadata is lost it also writes plans to a compacted
+//! topic ([`PlanTopic`]). Coarse windows are rebuilt from the rollups topic
+//! ([`read_rollups`]).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::kafka::client::client_config;
+use crate::kafka::fetch_start::{Arrival, FetchStart};
+use crate::kafka::logging::Logged;
+use crate::replay::Plan;
+
+/// Whether the broker returns an offset commit's metadata. Commits a marker for
+/// partition 0 of `topic` under a probe group of our own (never the app's group) and
+/// reads it back.
+pub fn probe(config: &Config, topic: &str) -> Result<bool, String> {
+    let group = format!("{}.metadata-probe", config.kafka.group);
+    let consumer: BaseConsumer<Logged> = client_config(
+        &config.kafka,
+        &[("group.id", &group), ("enable.auto.commit", "false")],
+    )
+    .create_with_context(Logged("replay"))
+    .map_err(|e| e.to_string())?;
+    let marker = format!(
+        "tributary-probe {}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(0))
+        .map_err(|e| e.to_string())?;
+    if let Some(mut el) = tpl.find_partition(topic, 0) {
+        el.set_metadata(marker.clone());
+    }
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .map_err(|e| format!("probe commit: {e}"))?;
+    let mut query = TopicPartitionList::new();
+    query.add_partition(topic, 0);
+    let back = consumer
+        .committed_offsets(query, Duration::from_secs(10))
+        .map_err(|e| format!("probe read-back: {e}"))?;
+    Ok(back
+        .find_partition(topic, 0)
+        .is_some_and(|el| el.metadata() == marker))
+}
+
+/// Plans in a compacted topic (one partition, key = "topic/partition"), for brokers that
+/// drop commit metadata. Read back up to a fence record this process writes first, so
+/// the read ends exactly at what was there, whatever the broker says its end offsets are.
+pub struct PlanTopic {
+    topic: String,
+    producer: FutureProducer<Logged>,
+    reader: ClientConfig,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for PlanTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanTopic").field("topic", &self.topic).finish()
+    }
+}
+
+fn plan_key(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+impl PlanTopic {
+    pub fn new(config: &Config, topic: String) -> Result<Self, String> {
+        let p = client_config(
+            &config.kafka,
+            &[("enable.idempotence", "true"), ("linger.ms", "5")],
+        );
+        let reader_group = format!("{}.plan-reader", config.kafka.group);
+        let reader = client_config(
+            &config.kafka,
+            &[
+                ("group.id", &reader_group),
+                ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "false"),
+            ],
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            topic,
+            producer: p
+                .create_with_context(Logged("replay"))
+                .map_err(|e| e.to_string())?,
+            reader,
+            rt,
+        })
+    }
+
+    /// Queues a plan; it is a valid resume point on its own (outputs before its offset
+    /// are acknowledged), so the write need not be awaited.
+    pub fn write(&self, topic: &str, partition: i32, plan: &Plan) {
+        let key = plan_key(topic, partition);
+        let value = plan.encode();
+        let record = FutureRecord::to(&self.topic)
+            .partition(0)
+            .key(&key)
+            .payload(&value);
+        if let Err((e, _)) = self.producer.send_result(record) {
+            tracing::warn!(topic = %self.topic, error = %e, "cannot queue replay plan");
+        }
+    }
+
+    /// Waits for queued plan writes (shutdown and revoke).
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer;
+        let _ = self.producer.flush(timeout);
+    }
+
+    /// The newest plan of every partition written so far.
+    pub fn read_all(&self, timeout: Duration) -> Result<HashMap<(String, i32), Plan>, String> {
+        let fence_value = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let fence = FutureRecord::to(&self.topic)
+            .partition(0)
+            .key("fence")
+            .payload(&fence_value);
+        let fence_offset = self
+            .rt
+            .block_on(self.producer.send(fence, timeout))
+            .map_err(|(e, _)| format!("cannot write the plan topic's fence: {e}"))?
+            .offset;
+        let consumer: BaseConsumer<Logged> = self
+            .reader
+            .create_with_context(Logged("replay"))
+            .map_err(|e| e.to_string())?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + timeout;
+        let mut plans = HashMap::new();
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(msg)) => {
+                    if msg.offset() >= fence_offset {
+                        return Ok(plans);
+                    }
+                    let key = msg.key().and_then(|k| std::str::from_utf8(k).ok());
+                    let value = msg.payload().and_then(|v| std::str::from_utf8(v).ok());
+                    if let (Some((topic, partition)), Some(plan)) =
+                        (key.and_then(|k| k.rsplit_once('/')), value.and_then(Plan::decode))
+                        && let Ok(partition) = partition.parse()
+                    {
+                        plans.insert((topic.to_owned(), partition), plan);
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(topic = %self.topic, error = %e, "reading replay plans"),
+                None => {}
+            }
+        }
+        Err(format!(
+            "plan topic {} not read up to its fence at offset {fence_offset} within {timeout:?}",
+            self.topic
+        ))
+    }
+}
+
+/// Reads back partition `partition` of the rollups topic over `[from, end)`: the rows a
+/// [`CoarsePlan`] rebuilds coarse windows from. Stops at `end` (a broker's high
+/// watermark cannot be trusted: tansu 0.6 reports a wrong one). A broker that serves
+/// nothing for a fetch starting inside a record batch (tansu) is met by seeking further
+/// back and skipping what comes before `from`.
+pub fn read_rollups(
+    config: &Config,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    end: i64,
+    timeout: Duration,
+) -> Result<Vec<crate::pipeline::ReadRollup>, String> {
+    let mut rows = Vec::new();
+    if from >= end {
+        return Ok(rows);
+    }
+    let group = format!("{}.rollups-reader", config.kafka.group);
+    let consumer: BaseConsumer<Logged> = client_config(
+        &config.kafka,
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "false"),
+            ("auto.offset.reset", "error"),
+        ],
+    )
+    .create_with_context(Logged("replay"))
+    .map_err(|e| e.to_string())?;
+    let seek_to = |offset: i64| -> Result<(), String> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+            .map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| e.to_string())
+    };
+    seek_to(from)?;
+    let deadline = Instant::now() + timeout;
+    // Until reading is known to start at `from`, see FetchStart.
+    let mut guard = Some(FetchStart::at(from));
+    let format = config.topics.output_format;
+    let seek_back = |to: i64, why: &str| -> Result<(), String> {
+        tracing::warn!(
+            topic,
+            partition,
+            from,
+            seek = to,
+            why,
+            "the broker may not serve fetches that start inside a record batch; seeking back"
+        );
+        seek_to(to)
+    };
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                let offset = msg.offset();
+                match guard.as_mut().map(|g| g.arrived(offset)) {
+                    None => {}
+                    Some(Arrival::Resumed) => guard = None,
+                    Some(Arrival::Before | Arrival::Skipped(None)) => continue,
+                    Some(Arrival::Skipped(Some(to))) => {
+                        seek_back(to, "records before it were skipped")?;
+                        continue;
+                    }
+                }
+                // A row that cannot be read would leave a coarse window short: give up on
+                // the topic and let the caller replay raw records instead.
+                let r = crate::codec::decode_rollup(format, msg.payload().unwrap_or_default())
+                    .map_err(|e| format!("{topic}/{partition} offset {offset} is not a rollup: {e}"))?;
+                rows.push(crate::pipeline::ReadRollup {
+                    agg: r.agg(),
+                    series: r.series,
+                    resolution: r.resolution,
+                    window_start: r.window_start,
+                    window_end: r.window_end,
+                });
+                if offset + 1 >= end {
+                    return Ok(rows);
+                }
+            }
+            Some(Err(e)) => return Err(format!("reading {topic}/{partition} from {from}: {e}")),
+            None => {
+                if let Some(to) = guard.as_mut().and_then(FetchStart::silent) {
+                    seek_back(to, "nothing was served")?;
+                }
+            }
+        }
+    }
+    Err(format!(
+        "{topic}/{partition} not read from {from} up to {end} within {timeout:?}"
+    ))
+}
+
+/// Where this process keeps plans.
+#[derive(Debug)]
+pub enum PlanStore {
+    /// In the offset commit's metadata only.
+    Metadata,
+    /// Also in a plan topic (the broker drops metadata).
+    Topic(PlanTopic),
+}
