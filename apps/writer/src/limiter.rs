@@ -105,6 +105,16 @@ impl std::fmt::Debug for Limiter {
     }
 }
 
+/// A limiter for a changed rate: empty, so the change admits no burst of its own (it
+/// refills at the new rate).
+fn rebuild(rows_per_sec: u32, burst: u32) -> Option<Arc<DefaultDirectRateLimiter>> {
+    let limiter = build(rows_per_sec, burst)?;
+    if let Some(n) = NonZeroU32::new(burst.max(1)) {
+        let _ = limiter.check_n(n);
+    }
+    Some(limiter)
+}
+
 fn build(rows_per_sec: u32, burst: u32) -> Option<Arc<DefaultDirectRateLimiter>> {
     let rate = NonZeroU32::new(rows_per_sec)?;
     let burst = NonZeroU32::new(burst.max(1))?;
@@ -150,12 +160,13 @@ impl Limiter {
         Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed))
     }
 
-    /// Replaces the limit; waiting tasks start over under the new one.
+    /// Replaces the limit; waiting tasks start over under the new one. The new limiter
+    /// starts empty, so a change never admits an extra burst.
     pub fn set(&self, limit: RateLimit) {
         let mut s = self.write();
         s.configured = limit;
         s.effective = limit.rows_per_sec;
-        s.limiter = build(limit.rows_per_sec, limit.burst);
+        s.limiter = rebuild(limit.rows_per_sec, limit.burst);
         s.last_change = Instant::now();
         drop(s);
         self.changed.notify_waiters();
@@ -202,7 +213,7 @@ impl Limiter {
         let mut s = self.write();
         if !adaptive.enabled && s.effective != s.configured.rows_per_sec {
             s.effective = s.configured.rows_per_sec;
-            s.limiter = build(s.configured.rows_per_sec, s.configured.burst);
+            s.limiter = rebuild(s.configured.rows_per_sec, s.configured.burst);
             drop(s);
             self.changed.notify_waiters();
             s = self.write();
@@ -236,7 +247,7 @@ impl Limiter {
         if next != s.effective {
             s.effective = next;
             let burst = s.configured.burst;
-            s.limiter = build(next, burst);
+            s.limiter = rebuild(next, burst);
             drop(s);
             self.changed.notify_waiters();
             tracing::info!(rows_per_sec = next, overloaded, "adaptive rate limit");
@@ -295,6 +306,36 @@ mod tests {
             ..adaptive
         });
         assert_eq!(l.effective(), 1000, "turning adaptation off restores the limit");
+    }
+
+    /// Whether `rows` rows would be admitted right now.
+    fn admits_now(l: &Limiter, rows: u32) -> bool {
+        let limiter = l.read().limiter.clone();
+        limiter.is_none_or(|g| NonZeroU32::new(rows).is_some_and(|n| g.check_n(n).is_ok_and(|r| r.is_ok())))
+    }
+
+    #[test]
+    fn a_rate_change_never_admits_an_extra_burst() {
+        let limit = |rows_per_sec| RateLimit {
+            rows_per_sec,
+            burst: 500,
+        };
+        let l = Limiter::new(limit(10), Adaptive::default());
+        assert!(admits_now(&l, 500), "a fresh limiter starts with its burst");
+        assert!(!admits_now(&l, 100), "the burst is spent");
+        l.set(limit(20));
+        assert!(!admits_now(&l, 100), "a ctl change grants no new burst");
+        let adaptive = Adaptive {
+            enabled: true,
+            interval_ms: 10,
+            ..Adaptive::default()
+        };
+        let l = Limiter::new(limit(1000), adaptive);
+        assert!(admits_now(&l, 500));
+        std::thread::sleep(Duration::from_millis(20));
+        l.signal(true);
+        assert_eq!(l.effective(), 700);
+        assert!(!admits_now(&l, 100), "an adaptive step grants no new burst");
     }
 
     #[test]

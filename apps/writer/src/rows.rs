@@ -33,6 +33,8 @@ pub enum RowError {
     UnknownResolution(String),
     #[error("value is not finite")]
     NonFinite,
+    #[error("window [{start}, {end}) is empty or too wide to bucket")]
+    BadWindow { start: i64, end: i64 },
 }
 
 fn ttl_seconds(d: tributary::config::HumanDuration) -> i32 {
@@ -83,10 +85,21 @@ pub fn to_row(
             if ![r.min, r.max, r.sum, r.avg].iter().all(|v| v.is_finite()) {
                 return Err(RowError::NonFinite);
             }
-            let width = (r.window_end - r.window_start).max(1);
+            let bad = || RowError::BadWindow {
+                start: r.window_start,
+                end: r.window_end,
+            };
+            // A window of any width maps to a bucket: the arithmetic is checked so a
+            // hostile record is dead-lettered instead of overflowing or dividing by zero.
+            let bucket_ms = r
+                .window_end
+                .checked_sub(r.window_start)
+                .filter(|w| *w > 0)
+                .and_then(|w| w.checked_mul(WINDOWS_PER_BUCKET))
+                .ok_or_else(bad)?;
             let values = vec![
                 CqlValue::Text(r.series),
-                CqlValue::BigInt(r.window_start.div_euclid(width * WINDOWS_PER_BUCKET)),
+                CqlValue::BigInt(r.window_start.div_euclid(bucket_ms)),
                 CqlValue::Timestamp(CqlTimestamp(r.window_start)),
                 CqlValue::Timestamp(CqlTimestamp(r.window_end)),
                 CqlValue::BigInt(r.count as i64),
@@ -153,5 +166,33 @@ mod tests {
             to_row(&c, Source::Metrics, Some(b"s"), Some(b"{")),
             Err(RowError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn hostile_windows_are_refused_not_a_crash() {
+        let c = WriterConfig::default();
+        let roll = |start: i64, end: i64| {
+            format!(
+                r#"{{"series":"s","resolution":"5m","window_start":{start},"window_end":{end},"count":1,"min":1,"max":1,"sum":1,"avg":1}}"#
+            )
+        };
+        // 2^61 ms wide: width · 1,000 overflows (it wrapped to a zero divisor before).
+        for (start, end) in [
+            (0, 1i64 << 61),
+            (5, 5),
+            (10, 0),
+            (i64::MIN, i64::MAX),
+            (-1, i64::MAX),
+        ] {
+            let r = to_row(&c, Source::Rollups, Some(b"s"), Some(roll(start, end).as_bytes()));
+            assert_eq!(r, Err(RowError::BadWindow { start, end }), "[{start}, {end})");
+        }
+        let wide = to_row(
+            &c,
+            Source::Rollups,
+            Some(b"s"),
+            Some(roll(i64::MIN, i64::MIN + 1).as_bytes()),
+        );
+        assert!(wide.is_ok(), "a narrow window at the i64 limit maps: {wide:?}");
     }
 }

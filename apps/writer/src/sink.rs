@@ -95,8 +95,7 @@ pub struct Sink {
     keyspace: String,
     statements: HashMap<TableKind, PreparedStatement>,
     consistency: Consistency,
-    max_in_flight: usize,
-    in_flight: Mutex<HashMap<u128, Arc<Semaphore>>>,
+    in_flight: InFlight,
     /// Replica sets by (table, token), valid for one cluster-state snapshot: a ring change
     /// (the driver publishes a new snapshot) empties it.
     replica_cache: Mutex<ReplicaCache>,
@@ -157,8 +156,7 @@ impl Sink {
             keyspace: ks,
             statements,
             consistency,
-            max_in_flight: config.limits.max_in_flight_per_node,
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: InFlight::new(config.limits.max_in_flight_per_node),
             replica_cache: Mutex::new(ReplicaCache::default()),
         })
     }
@@ -228,15 +226,7 @@ impl Sink {
     }
 
     fn permits(&self, replicas: &ReplicaSet) -> Vec<Arc<Semaphore>> {
-        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        replicas
-            .iter()
-            .map(|n| {
-                map.entry(*n)
-                    .or_insert_with(|| Arc::new(Semaphore::new(self.max_in_flight)))
-                    .clone()
-            })
-            .collect()
+        self.in_flight.semaphores(replicas)
     }
 
     /// Writes the rows of one replica set: a plain statement for one row, an UNLOGGED
@@ -284,5 +274,75 @@ impl Sink {
         };
         drop(permits);
         result.map_err(|e| classify(&e))
+    }
+}
+
+/// The cap on requests in flight per node. A request holds a permit of every node of its
+/// replica set (whichever the driver picks as coordinator is covered); a request without
+/// a replica set (no token) holds one of a shared "unrouted" bound, so no row escapes the
+/// cap.
+#[derive(Debug)]
+struct InFlight {
+    max: usize,
+    per_node: Mutex<HashMap<u128, Arc<Semaphore>>>,
+    unrouted: Arc<Semaphore>,
+}
+
+impl InFlight {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            per_node: Mutex::new(HashMap::new()),
+            unrouted: Arc::new(Semaphore::new(max)),
+        }
+    }
+
+    fn semaphores(&self, replicas: &[u128]) -> Vec<Arc<Semaphore>> {
+        if replicas.is_empty() {
+            return vec![self.unrouted.clone()];
+        }
+        let mut map = self.per_node.lock().unwrap_or_else(|p| p.into_inner());
+        replicas
+            .iter()
+            .map(|n| {
+                map.entry(*n)
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
+                    .clone()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_counts_against_an_in_flight_cap_routed_or_not() {
+        let cap = InFlight::new(2);
+        let a = cap.semaphores(&[1, 2]);
+        assert_eq!(a.len(), 2);
+        let permits: Vec<_> = (0..2)
+            .filter_map(|_| a[0].clone().try_acquire_owned().ok())
+            .collect();
+        assert_eq!(permits.len(), 2);
+        assert!(
+            cap.semaphores(&[1])[0].clone().try_acquire_owned().is_err(),
+            "node 1 is at its cap"
+        );
+        assert!(
+            cap.semaphores(&[3])[0].clone().try_acquire_owned().is_ok(),
+            "node 3 is not"
+        );
+        let unrouted = cap.semaphores(&[]);
+        assert_eq!(unrouted.len(), 1, "a row without a token still takes a permit");
+        let held: Vec<_> = (0..2)
+            .filter_map(|_| unrouted[0].clone().try_acquire_owned().ok())
+            .collect();
+        assert_eq!(held.len(), 2);
+        assert!(
+            cap.semaphores(&[])[0].clone().try_acquire_owned().is_err(),
+            "unrouted rows are capped too"
+        );
     }
 }

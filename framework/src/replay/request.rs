@@ -55,45 +55,9 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
     if let Ok(ms) = t.parse::<i64>() {
         return Ok(ms);
     }
-    let bad = || format!("{t:?} is not an RFC 3339 time like 2026-11-24T10:00:00Z (or epoch ms)");
-    let b = t.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return Err(bad());
-    }
-    let num = |r: std::ops::Range<usize>| t.get(r).and_then(|s| s.parse::<i64>().ok()).ok_or_else(bad);
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return Err(bad());
-    }
-    let mut rest = &t[19..];
-    let mut millis = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.find(|c: char| !c.is_ascii_digit()).unwrap_or(frac.len());
-        let padded = format!("{:0<3}", &frac[..digits.min(3)]);
-        millis = padded.parse::<i64>().map_err(|_| bad())?;
-        rest = &frac[digits..];
-    }
-    let offset_minutes = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            let h = rest[1..3].parse::<i64>().map_err(|_| bad())?;
-            let m = rest[4..6].parse::<i64>().map_err(|_| bad())?;
-            sign * (h * 60 + m)
-        }
-        _ => return Err(bad()),
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
-    Ok(secs * 1_000 + millis)
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|d| d.timestamp_millis())
+        .map_err(|e| format!("{t:?} is not an RFC 3339 time like 2026-11-24T10:00:00Z (or epoch ms): {e}"))
 }
 
 #[cfg(test)]
@@ -112,6 +76,10 @@ mod tests {
             "2024-13-01T00:00:00Z",
             "2024-11-23T16:40:00",
             "2024-11-23",
+            // Multi-byte characters where the offset's digits belong once panicked.
+            "2024-11-23T16:40:00+0é00",
+            "2024-11-23T16:40:00.éZ",
+            "éééé-11-23T16:40:00Z",
         ] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
