@@ -10,6 +10,12 @@ use rdkafka::producer::{DeliveryResult, ProducerContext};
 /// Passes one librdkafka log line on at the matching level. `client` says which of the
 /// app's clients it came from (consumer, producer, admin, …).
 pub fn forward_log(client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
+    // `[kafka.properties]` reach every client, so each producer warns about consumer-only
+    // properties (and the other way round): worth a line, not an operator's attention.
+    let level = match (level, facility) {
+        (RDKafkaLogLevel::Warning, "CONFWARN") => RDKafkaLogLevel::Info,
+        _ => level,
+    };
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert

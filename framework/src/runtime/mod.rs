@@ -11,18 +11,21 @@
 //! - [`commit`]: commits with replay plans, confirmed by the broker;
 //! - [`control`]: operator requests (replay) to a running runtime;
 //! - [`context`]: the consumer's callbacks;
-//! - [`worker`]: worker threads running the partitions' pipelines;
+//! - [`worker`]: worker threads running the partitions' pipelines, fed [`batch`]es;
+//! - [`output`]: a partition's outputs produced to Kafka;
 //! - [`ledger`], [`producer`]: output acknowledgements and delivery reports;
 //! - [`plans`]: where plans and coarse rows live on the broker;
 //! - [`operator`]: operator replays against the broker;
 //! - [`topics`]: topic preparation.
 
+mod batch;
 mod commit;
 mod context;
 mod control;
 mod coordinator;
 pub mod ledger;
 pub mod operator;
+mod output;
 pub mod plans;
 mod poll;
 pub mod producer;

@@ -13,12 +13,13 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{Producer, ThreadedProducer};
 
+use super::batch::Batch;
 use super::context::ConsumerCtx;
 use super::control::ControlRequest;
 use super::coordinator::{Coordinator, lock};
 use super::producer::OutputContext;
 use super::recovery::{open_state, plan_store};
-use super::worker::{self, Batch, Outputs, WorkerMsg, WorkerShared};
+use super::worker::{self, Outputs, WorkerMsg, WorkerShared};
 use super::{RunSummary, RuntimeError, Tp, topics};
 use crate::config::Config;
 use crate::kafka::commits::Resend;

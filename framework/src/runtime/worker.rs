@@ -6,67 +6,17 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{BaseRecord, ThreadedProducer};
+use rdkafka::producer::ThreadedProducer;
 
-use crate::codec::{self, DecodeError, Format};
-use crate::kafka::headers;
+use super::batch::Batch;
+use super::output::KafkaSink;
+use crate::codec::Format;
 use crate::metrics::{Metrics, PartitionGauges};
-use crate::pipeline::{OutputSink, Pipeline, PipelineSpec};
-use crate::record::{Anomaly, RollupRow};
+use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::runtime::Tp;
 use crate::runtime::ledger::Ledger;
-use crate::runtime::producer::{DeliveryTag, OutputContext};
+use crate::runtime::producer::OutputContext;
 use crate::state::{Checkpoint, StateStore};
-
-/// Records of one partition copied out of librdkafka into one buffer, so the poll loop
-/// does not allocate per record and workers can own them.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub partition: i32,
-    pub generation: u64,
-    data: Vec<u8>,
-    records: Vec<Span>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    offset: i64,
-    key: Option<(u32, u32)>,
-    payload: Option<(u32, u32)>,
-}
-
-impl Batch {
-    pub fn reset(&mut self, partition: i32, generation: u64) {
-        self.partition = partition;
-        self.generation = generation;
-        self.data.clear();
-        self.records.clear();
-    }
-
-    #[inline]
-    pub fn push(&mut self, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
-        let mut put = |bytes: Option<&[u8]>| {
-            bytes.map(|b| {
-                let start = self.data.len() as u32;
-                self.data.extend_from_slice(b);
-                (start, b.len() as u32)
-            })
-        };
-        let key = put(key);
-        let payload = put(payload);
-        self.records.push(Span { offset, key, payload });
-    }
-
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    fn get(&self, span: Option<(u32, u32)>) -> Option<&[u8]> {
-        span.map(|(s, l)| &self.data[s as usize..(s + l) as usize])
-    }
-}
 
 /// Messages from the poll loop (and rebalance callbacks) to a worker.
 #[derive(Debug)]
@@ -398,137 +348,4 @@ fn report(shared: &WorkerShared, run: &mut PartitionRun) {
         g.series = series;
         g.processed_offset = processed;
     });
-}
-
-/// Produces a pipeline's outputs to Kafka, numbering them for the ledger.
-struct KafkaSink<'a> {
-    shared: &'a WorkerShared,
-    partition: i32,
-    ledger: &'a Arc<Ledger>,
-    produced: &'a mut u64,
-    buf: &'a mut Vec<u8>,
-    /// The source offset being processed (or the next one, for flushes).
-    trigger: i64,
-}
-
-impl KafkaSink<'_> {
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        headers: Option<OwnedHeaders>,
-        rollup_trigger: Option<i64>,
-    ) {
-        let seq = *self.produced;
-        *self.produced += 1;
-        let tag = Box::new(DeliveryTag {
-            ledger: self.ledger.clone(),
-            seq,
-            rollup_trigger,
-        });
-        let mut record: BaseRecord<'_, [u8], [u8], Box<DeliveryTag>> =
-            BaseRecord::with_opaque_to(topic, tag).partition(partition);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        if let Some(h) = headers {
-            record = record.headers(h);
-        }
-        let mut waited = false;
-        loop {
-            match self.shared.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The producer queue is bounded: wait for deliveries instead of buffering.
-                    if !waited {
-                        self.shared.metrics.producer_queue_full_waits.inc_by(1);
-                        waited = true;
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                    record = back;
-                }
-                Err((e, _)) => {
-                    tracing::error!(topic, partition, error = %e, "cannot produce output");
-                    self.shared.metrics.output_errors.inc_by(1);
-                    self.ledger.ack(seq, Err(e.to_string()));
-                    return;
-                }
-            }
-        }
-    }
-}
-
-impl OutputSink for KafkaSink<'_> {
-    fn rollup(&mut self, series: &str, resolution: &str, row: &RollupRow) {
-        let mut buf = std::mem::take(self.buf);
-        codec::encode_rollup(self.shared.outputs.format, series, resolution, row, &mut buf);
-        let shared = self.shared;
-        self.send(
-            &shared.outputs.rollups,
-            self.partition,
-            Some(series.as_bytes()),
-            Some(&buf),
-            None,
-            Some(self.trigger),
-        );
-        *self.buf = buf;
-    }
-
-    fn anomaly(&mut self, series: &str, anomaly: &Anomaly) {
-        let mut buf = std::mem::take(self.buf);
-        codec::encode_anomaly(self.shared.outputs.format, series, anomaly, &mut buf);
-        let shared = self.shared;
-        self.send(
-            &shared.outputs.anomalies,
-            self.partition,
-            Some(series.as_bytes()),
-            Some(&buf),
-            None,
-            None,
-        );
-        *self.buf = buf;
-    }
-
-    fn dead_letter(&mut self, error: &DecodeError, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64) {
-        let outputs = &self.shared.outputs;
-        let shared = self.shared;
-        let reason = error.to_string();
-        tracing::debug!(topic = %outputs.input, partition = self.partition, offset, reason, "dead-lettered record");
-        let headers = headers::dead_letter(&outputs.input, &outputs.group, self.partition, offset, &reason);
-        let partition = self.partition % outputs.dead_letter_partitions.max(1);
-        self.send(
-            &shared.outputs.dead_letter,
-            partition,
-            key,
-            payload,
-            Some(headers),
-            None,
-        );
-    }
-
-    fn late(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64) {
-        let shared = self.shared;
-        if let Some((topic, partitions)) = &shared.outputs.late {
-            let headers = headers::provenance(
-                &shared.outputs.input,
-                &shared.outputs.group,
-                self.partition,
-                offset,
-            );
-            self.send(
-                topic,
-                self.partition % (*partitions).max(1),
-                key,
-                payload,
-                Some(headers),
-                None,
-            );
-        }
-    }
 }

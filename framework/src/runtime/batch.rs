@@ -1,0 +1,50 @@
+//! A batch: records of one partition copied out of librdkafka into one buffer by the poll
+//! loop and handed to the partition's worker.
+
+/// Records of one partition copied out of librdkafka into one buffer, so the poll loop
+/// does not allocate per record and workers can own them.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub partition: i32,
+    pub generation: u64,
+    data: Vec<u8>,
+    pub(super) records: Vec<Span>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Span {
+    pub(super) offset: i64,
+    pub(super) key: Option<(u32, u32)>,
+    pub(super) payload: Option<(u32, u32)>,
+}
+
+impl Batch {
+    pub fn reset(&mut self, partition: i32, generation: u64) {
+        self.partition = partition;
+        self.generation = generation;
+        self.data.clear();
+        self.records.clear();
+    }
+
+    #[inline]
+    pub fn push(&mut self, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let mut put = |bytes: Option<&[u8]>| {
+            bytes.map(|b| {
+                let start = self.data.len() as u32;
+                self.data.extend_from_slice(b);
+                (start, b.len() as u32)
+            })
+        };
+        let key = put(key);
+        let payload = put(payload);
+        self.records.push(Span { offset, key, payload });
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(super) fn get(&self, span: Option<(u32, u32)>) -> Option<&[u8]> {
+        span.map(|(s, l)| &self.data[s as usize..(s + l) as usize])
+    }
+}
