@@ -13,7 +13,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::admin::{self, Request, Response};
 use crate::config::{AppKind, Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::replay::request::{self as replay_request, ReplayFrom, ReplayRequest};
+use crate::replay::request::{self as replay_request, ReplayFrom, ReplayRequest, RequestError};
+use crate::runtime::operator::ReplayError;
 use crate::runtime::{ControlHandle, RunSummary, Runtime, RuntimeError};
 
 /// Command-line flags. Every flag overrides the config file and `TRIBUTARY_*` variables.
@@ -94,11 +95,12 @@ pub struct ReplayArgs {
 }
 
 impl ReplayArgs {
-    fn request(&self) -> Result<ReplayRequest, String> {
+    fn request(&self) -> Result<ReplayRequest, RequestError> {
         let from = match (self.from_offset, &self.from_time) {
             (Some(o), _) => ReplayFrom::Offset(o),
             (None, Some(t)) => ReplayFrom::Time(replay_request::parse_time(t)?),
-            (None, None) => return Err("give --from-offset or --from-time".into()),
+            // clap requires one of the two flags; this is for callers that build args.
+            (None, None) => return Err(RequestError::From),
         };
         let partitions = self
             .partitions
@@ -394,9 +396,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             Err(e) => {
                 runtime.stop();
                 let _ = tokio::task::spawn_blocking(move || runtime.join()).await;
-                return Err(RuntimeError::Kafka(format!(
-                    "cannot listen on admin address {listen}: {e}"
-                )));
+                return Err(RuntimeError::start(format!("the admin endpoint on {listen}"))(e));
             }
         }
     }
@@ -419,7 +419,10 @@ fn routes(metrics: Arc<Metrics>, control: ControlHandle) -> Arc<dyn admin::Handl
     Arc::new(move |r: &Request| match (r.method.as_str(), r.path.as_str()) {
         ("POST", "/replay") => {
             let request = ReplayRequest::from_query(|k| r.query_param(k).map(str::to_owned));
-            match request.and_then(|req| control.replay(req)) {
+            match request
+                .map_err(ReplayError::from)
+                .and_then(|req| control.replay(req))
+            {
                 Ok(offsets) => {
                     let started: Vec<_> = offsets
                         .iter()
@@ -427,7 +430,7 @@ fn routes(metrics: Arc<Metrics>, control: ControlHandle) -> Arc<dyn admin::Handl
                         .collect();
                     Response::json(200, &serde_json::json!({ "replaying": started }))
                 }
-                Err(e) => Response::json(400, &serde_json::json!({ "error": e })),
+                Err(e) => Response::json(400, &serde_json::json!({ "error": e.to_string() })),
             }
         }
         ("GET", "/metrics") => Response {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::admin::AdminConfig;
 use crate::codec::Format;
 use crate::cusum::CusumParams;
-pub use crate::duration::HumanDuration;
+pub use crate::duration::{DurationError, HumanDuration};
 use crate::kafka::KafkaConfig;
 use crate::pipeline::PipelineSpec;
 use crate::stage::Subscription;
@@ -722,7 +722,14 @@ mod tests {
             HumanDuration::parse("250ms").map(|d| d.to_string()),
             Ok("250ms".into())
         );
-        assert!(HumanDuration::parse("5").is_err());
-        assert!(HumanDuration::parse("5 fortnights").is_err());
+        assert_eq!(HumanDuration::parse("5"), Err(DurationError::NoUnit("5".into())));
+        assert!(matches!(
+            HumanDuration::parse("5 fortnights"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert_eq!(
+            HumanDuration::parse("99999999999999999d"),
+            Err(DurationError::TooLarge("99999999999999999d".into()))
+        );
     }
 }

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::record::{Anomaly, Direction, SeriesId};
-use crate::stage::{Collector, Context, Input, Output, ReplayPoint, Stage, Subscription};
+use crate::stage::{Collector, Context, Input, Output, ReplayPoint, RestoreError, Stage, Subscription};
 
 /// Detector parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -266,9 +266,10 @@ impl Stage for CusumStage {
         bincode::encode_to_vec(&snapshot, bincode::config::standard()).ok()
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
         let (snapshot, _): (CusumSnapshot, usize) =
-            bincode::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
+            bincode::decode_from_slice(bytes, bincode::config::standard())
+                .map_err(|e| RestoreError::Corrupt(e.to_string()))?;
         self.states.clear();
         for (series, state) in snapshot.states {
             *self.state(series) = state;

@@ -9,16 +9,29 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
+/// Why a duration cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} has no unit (use ms, s, m, h or d)")]
+    NoUnit(String),
+    #[error("{0:?} does not start with a whole number")]
+    NotANumber(String),
+    #[error("unknown unit {unit:?} in {text:?} (use ms, s, m, h or d)")]
+    UnknownUnit { unit: String, text: String },
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
 impl HumanDuration {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, DurationError> {
         let text = text.trim();
         let split = text
             .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("{text:?} has no unit (use ms, s, m, h or d)"))?;
+            .ok_or_else(|| DurationError::NoUnit(text.to_owned()))?;
         let (digits, unit) = text.split_at(split);
         let n: u64 = digits
             .parse()
-            .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+            .map_err(|_| DurationError::NotANumber(text.to_owned()))?;
         let ms = match unit.trim() {
             "ms" => 1,
             "s" => 1_000,
@@ -26,14 +39,15 @@ impl HumanDuration {
             "h" => 3_600_000,
             "d" => 86_400_000,
             other => {
-                return Err(format!(
-                    "unknown unit {other:?} in {text:?} (use ms, s, m, h or d)"
-                ));
+                return Err(DurationError::UnknownUnit {
+                    unit: other.to_owned(),
+                    text: text.to_owned(),
+                });
             }
         };
         n.checked_mul(ms)
             .map(|ms| HumanDuration(Duration::from_millis(ms)))
-            .ok_or_else(|| format!("{text:?} is too large"))
+            .ok_or_else(|| DurationError::TooLarge(text.to_owned()))
     }
 
     pub fn as_millis(self) -> i64 {

@@ -9,7 +9,9 @@ use crate::intern::Interner;
 use crate::record::Agg;
 use crate::record::{Anomaly, Point, RollupRow};
 use crate::replay::{CoarsePlan, Plan};
-use crate::stage::{CoarseSources, Collector, Context, Input, Output, ReplayPoint, Stage, Subscription};
+use crate::stage::{
+    CoarseSources, Collector, Context, Input, Output, ReplayPoint, RestoreError, Stage, Subscription,
+};
 use crate::window::{Resolution, RollupStage};
 
 /// Where a pipeline's outputs go.
@@ -321,14 +323,15 @@ impl Pipeline {
 
     /// Restores a [`Pipeline::snapshot`] into this (fresh) pipeline. A snapshot of another
     /// configuration or a corrupt one is an error and leaves the pipeline to be rebuilt.
-    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
         let (snapshot, _): (PipelineSnapshot, usize) =
-            bincode::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
+            bincode::decode_from_slice(bytes, bincode::config::standard())
+                .map_err(|e| RestoreError::Corrupt(e.to_string()))?;
         if snapshot.shape != self.shape {
-            return Err(format!(
-                "checkpoint is of another setup ({}), this one is {}",
-                snapshot.shape, self.shape
-            ));
+            return Err(RestoreError::OtherSetup {
+                found: snapshot.shape,
+                expected: self.shape.clone(),
+            });
         }
         for name in &snapshot.names {
             self.interner.intern(name);

@@ -52,6 +52,15 @@ pub struct CoarseSources {
     pub topic: Option<i64>,
 }
 
+/// Why a snapshot cannot be restored (the partition then rebuilds from its plan).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("corrupt snapshot: {0}")]
+    Corrupt(String),
+    #[error("checkpoint is of another setup ({found}), this one is {expected}")]
+    OtherSetup { found: String, expected: String },
+}
+
 /// Everything a stage can emit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Output {
@@ -157,7 +166,7 @@ pub trait Stage: Send {
     }
 
     /// Restores state written by [`Stage::snapshot`].
-    fn restore(&mut self, _bytes: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _bytes: &[u8]) -> Result<(), RestoreError> {
         Ok(())
     }
 }

@@ -35,6 +35,12 @@ pub enum StateError {
     Open { path: String, source: rocksdb::Error },
     #[error("state store write: {0}")]
     Write(#[from] rocksdb::Error),
+    #[error("state store read: {0}")]
+    Read(rocksdb::Error),
+    #[error("corrupt checkpoint: {0}")]
+    Corrupt(String),
+    #[error("checkpoint format {found} is not {FORMAT_VERSION}")]
+    Format { found: u32 },
 }
 
 /// The RocksDB database holding every partition's checkpoint, with its memory bounded by
@@ -88,17 +94,16 @@ impl StateStore {
     }
 
     /// The partition's checkpoint, or why there is none usable (for the log).
-    pub fn load(&self, topic: &str, partition: i32) -> Result<Option<Checkpoint>, String> {
-        let Some(bytes) = self.db.get(key(topic, partition)).map_err(|e| e.to_string())? else {
+    pub fn load(&self, topic: &str, partition: i32) -> Result<Option<Checkpoint>, StateError> {
+        let Some(bytes) = self.db.get(key(topic, partition)).map_err(StateError::Read)? else {
             return Ok(None);
         };
         let (stored, _): (Stored, usize) = bincode::decode_from_slice(&bytes, bincode::config::standard())
-            .map_err(|e| format!("corrupt checkpoint: {e}"))?;
+            .map_err(|e| StateError::Corrupt(e.to_string()))?;
         if stored.version != FORMAT_VERSION {
-            return Err(format!(
-                "checkpoint format {} is not {FORMAT_VERSION}",
-                stored.version
-            ));
+            return Err(StateError::Format {
+                found: stored.version,
+            });
         }
         Ok(Some(stored.checkpoint))
     }

@@ -18,13 +18,23 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// A burst too small for the largest batch: that batch could never be admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "burst ({burst}) must be at least the largest batch ({max_batch_rows} rows), or a batch could never be admitted"
+)]
+pub struct BurstTooSmall {
+    pub burst: u32,
+    pub max_batch_rows: usize,
+}
+
 impl RateLimit {
-    pub fn validate(&self, max_batch_rows: usize) -> Result<(), String> {
+    pub fn validate(&self, max_batch_rows: usize) -> Result<(), BurstTooSmall> {
         if self.rows_per_sec > 0 && (self.burst as usize) < max_batch_rows {
-            return Err(format!(
-                "burst ({}) must be at least the largest batch ({max_batch_rows} rows), or a batch could never be admitted",
-                self.burst
-            ));
+            return Err(BurstTooSmall {
+                burst: self.burst,
+                max_batch_rows,
+            });
         }
         Ok(())
     }

@@ -136,7 +136,7 @@ pub enum WriterError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("cassandra: {0}")]
-    Cassandra(String),
+    Cassandra(#[from] Box<crate::sink::SinkError>),
     #[error("stopped before start-up finished")]
     Stopped,
 }
@@ -162,11 +162,7 @@ pub async fn run(
             }
         }
     };
-    let sink = Arc::new(
-        Sink::new(session, &config)
-            .await
-            .map_err(WriterError::Cassandra)?,
-    );
+    let sink = Arc::new(Sink::new(session, &config).await.map_err(Box::new)?);
 
     // Topic names are kept as shared strings so a record's partition key costs no allocation.
     let mut sources: HashMap<String, (Arc<str>, Source)> = HashMap::new();

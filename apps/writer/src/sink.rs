@@ -67,26 +67,60 @@ pub fn classify(e: &ExecutionError) -> WriteError {
     }
 }
 
+/// Why the sink cannot start or a row cannot be routed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    // The driver's errors are large: boxed so a Result stays small on the row path.
+    #[error("cannot connect: {0}")]
+    Connect(Box<scylla::errors::NewSessionError>),
+    #[error("{source}\n  while running: {statement}")]
+    Schema {
+        statement: String,
+        #[source]
+        source: Box<ExecutionError>,
+    },
+    #[error("cannot refresh the cluster's metadata: {0}")]
+    Metadata(Box<scylla::errors::MetadataError>),
+    #[error("cannot prepare the INSERT for {table}: {source} (has `tributary-writer schema apply` run?)")]
+    Prepare {
+        table: String,
+        #[source]
+        source: Box<scylla::errors::PrepareError>,
+    },
+    #[error("no statement for {0:?}")]
+    NoStatement(TableKind),
+    #[error("cannot compute the token: {0}")]
+    Token(#[from] scylla::statement::prepared::PartitionKeyError),
+    #[error("the statement has no partition key")]
+    NoPartitionKey,
+}
+
 /// Connects to the cluster (the caller retries with backoff).
-pub async fn connect(config: &WriterConfig) -> Result<Session, String> {
+pub async fn connect(config: &WriterConfig) -> Result<Session, SinkError> {
     SessionBuilder::new()
         .known_nodes(&config.cassandra.contact_points)
         .connection_timeout(config.cassandra.request_timeout.0)
         .build()
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| SinkError::Connect(Box::new(e)))
 }
 
 /// Runs the schema statements (idempotent).
-pub async fn apply_schema(session: &Session, config: &WriterConfig) -> Result<usize, String> {
+pub async fn apply_schema(session: &Session, config: &WriterConfig) -> Result<usize, SinkError> {
     let statements = crate::schema::statements(config);
     for s in &statements {
         session
             .query_unpaged(s.as_str(), &[])
             .await
-            .map_err(|e| format!("{e}\n  while running: {s}"))?;
+            .map_err(|source| SinkError::Schema {
+                statement: s.clone(),
+                source: Box::new(source),
+            })?;
     }
-    session.refresh_metadata().await.map_err(|e| e.to_string())?;
+    session
+        .refresh_metadata()
+        .await
+        .map_err(|e| SinkError::Metadata(Box::new(e)))?;
     Ok(statements.len())
 }
 
@@ -135,19 +169,20 @@ impl std::fmt::Debug for Sink {
 
 impl Sink {
     /// Prepares an INSERT for every table the configuration names.
-    pub async fn new(session: Arc<Session>, config: &WriterConfig) -> Result<Self, String> {
+    pub async fn new(session: Arc<Session>, config: &WriterConfig) -> Result<Self, SinkError> {
         let ks = config.cassandra.keyspace.clone();
         let consistency = consistency(&config.cassandra.consistency).unwrap_or(Consistency::LocalQuorum);
         let mut kinds = vec![TableKind::Points, TableKind::Anomalies];
         kinds.extend(config.ttl.rollups.keys().map(|r| TableKind::Rollups(r.clone())));
         let mut statements = HashMap::new();
         for kind in kinds {
-            let mut p = session.prepare(kind.insert(&ks)).await.map_err(|e| {
-                format!(
-                    "cannot prepare the INSERT for {ks}.{}: {e} (has `tributary-writer schema apply` run?)",
-                    kind.table_name()
-                )
-            })?;
+            let mut p = session
+                .prepare(kind.insert(&ks))
+                .await
+                .map_err(|source| SinkError::Prepare {
+                    table: format!("{ks}.{}", kind.table_name()),
+                    source: Box::new(source),
+                })?;
             p.set_consistency(consistency);
             statements.insert(kind, p);
         }
@@ -162,14 +197,13 @@ impl Sink {
     }
 
     /// The row's token, computed once when the row is read.
-    pub fn token(&self, row: &Row) -> Result<Token, String> {
+    pub fn token(&self, row: &Row) -> Result<Token, SinkError> {
         let stmt = self
             .statements
             .get(&row.table)
-            .ok_or_else(|| format!("no statement for {:?}", row.table))?;
-        stmt.calculate_token(&row.values)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the statement has no partition key".to_owned())
+            .ok_or_else(|| SinkError::NoStatement(row.table.clone()))?;
+        stmt.calculate_token(&row.values)?
+            .ok_or(SinkError::NoPartitionKey)
     }
 
     /// The cache for the driver's current view of the ring: a new snapshot (ring change or

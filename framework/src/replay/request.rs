@@ -19,17 +19,27 @@ pub struct ReplayRequest {
     pub partitions: Option<Vec<i32>>,
 }
 
+/// Why a replay request cannot be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("from_offset: {0:?} is not an offset")]
+    Offset(String),
+    #[error("{text:?} is not an RFC 3339 time like 2026-11-24T10:00:00Z (or epoch ms): {reason}")]
+    Time { text: String, reason: String },
+    #[error("partitions: {0:?} is not a partition number")]
+    Partition(String),
+    #[error("give exactly one of from_offset=N or from_time=RFC3339")]
+    From,
+}
+
 impl ReplayRequest {
     /// Parses the admin endpoint's query: `from_offset=N` or `from_time=RFC3339|ms`, and
     /// optionally `partitions=0,3`.
-    pub fn from_query(query: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+    pub fn from_query(query: impl Fn(&str) -> Option<String>) -> Result<Self, RequestError> {
         let from = match (query("from_offset"), query("from_time")) {
-            (Some(o), None) => ReplayFrom::Offset(
-                o.parse()
-                    .map_err(|_| format!("from_offset: {o:?} is not an offset"))?,
-            ),
+            (Some(o), None) => ReplayFrom::Offset(o.parse().map_err(|_| RequestError::Offset(o))?),
             (None, Some(t)) => ReplayFrom::Time(parse_time(&t)?),
-            _ => return Err("give exactly one of from_offset=N or from_time=RFC3339".into()),
+            _ => return Err(RequestError::From),
         };
         let partitions = query("partitions").map(|p| parse_partitions(&p)).transpose()?;
         Ok(Self { from, partitions })
@@ -37,27 +47,30 @@ impl ReplayRequest {
 }
 
 /// `0,3,5` → [0, 3, 5].
-pub fn parse_partitions(text: &str) -> Result<Vec<i32>, String> {
+pub fn parse_partitions(text: &str) -> Result<Vec<i32>, RequestError> {
     text.split(',')
         .map(|p| {
             p.trim()
                 .parse::<i32>()
                 .ok()
                 .filter(|p| *p >= 0)
-                .ok_or_else(|| format!("partitions: {p:?} is not a partition number"))
+                .ok_or_else(|| RequestError::Partition(p.to_owned()))
         })
         .collect()
 }
 
 /// RFC 3339 (`2026-11-24T10:00:00Z`, `2026-11-24T10:00:00.250+01:00`) or epoch ms.
-pub fn parse_time(text: &str) -> Result<i64, String> {
+pub fn parse_time(text: &str) -> Result<i64, RequestError> {
     let t = text.trim();
     if let Ok(ms) = t.parse::<i64>() {
         return Ok(ms);
     }
     chrono::DateTime::parse_from_rfc3339(t)
         .map(|d| d.timestamp_millis())
-        .map_err(|e| format!("{t:?} is not an RFC 3339 time like 2026-11-24T10:00:00Z (or epoch ms): {e}"))
+        .map_err(|e| RequestError::Time {
+            text: t.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -97,9 +110,18 @@ mod tests {
                 partitions: Some(vec![0, 3])
             })
         );
-        assert!(ReplayRequest::from_query(q(&[])).is_err());
-        assert!(ReplayRequest::from_query(q(&[("from_offset", "5"), ("from_time", "0")])).is_err());
-        assert!(ReplayRequest::from_query(q(&[("from_offset", "x")])).is_err());
-        assert!(ReplayRequest::from_query(q(&[("from_offset", "1"), ("partitions", "0,-1")])).is_err());
+        assert_eq!(ReplayRequest::from_query(q(&[])), Err(RequestError::From));
+        assert_eq!(
+            ReplayRequest::from_query(q(&[("from_offset", "5"), ("from_time", "0")])),
+            Err(RequestError::From)
+        );
+        assert_eq!(
+            ReplayRequest::from_query(q(&[("from_offset", "x")])),
+            Err(RequestError::Offset("x".into()))
+        );
+        assert_eq!(
+            ReplayRequest::from_query(q(&[("from_offset", "1"), ("partitions", "0,-1")])),
+            Err(RequestError::Partition("-1".into()))
+        );
     }
 }

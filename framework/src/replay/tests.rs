@@ -9,7 +9,7 @@ use crate::codec::Format;
 use crate::cusum::CusumParams;
 use crate::pipeline::{CoarseDraft, Pipeline, PipelineSpec, ReadRollup, VecSink};
 use crate::replay::{CoarsePlan, Plan, StateSource, decide, first_read};
-use crate::stage::{ReplayPoint, Subscription};
+use crate::stage::{ReplayPoint, RestoreError, Subscription};
 use crate::window::Resolution;
 
 fn spec(cusum: bool) -> PipelineSpec {
@@ -115,7 +115,9 @@ proptest! {
         run(&mut first, &recs, 0, cut, &mut out);
         let snapshot = first.snapshot();
         let mut second = Pipeline::new(&spec(true));
-        second.restore(&snapshot).map_err(TestCaseError::fail)?;
+        second
+            .restore(&snapshot)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         run(&mut second, &recs, cut, n, &mut out);
 
         prop_assert_eq!(sorted_rollups(&out), sorted_rollups(&whole));
@@ -129,12 +131,14 @@ fn a_checkpoint_of_another_setup_is_refused() {
     let recs = records(7, 100, 1_000);
     run(&mut p, &recs, 0, 100, &mut VecSink::default());
     let snapshot = p.snapshot();
-    assert!(Pipeline::new(&spec(false)).restore(&snapshot).is_err());
-    assert!(
-        Pipeline::new(&spec(true))
-            .restore(&snapshot[..snapshot.len() / 2])
-            .is_err()
-    );
+    assert!(matches!(
+        Pipeline::new(&spec(false)).restore(&snapshot),
+        Err(RestoreError::OtherSetup { .. })
+    ));
+    assert!(matches!(
+        Pipeline::new(&spec(true)).restore(&snapshot[..snapshot.len() / 2]),
+        Err(RestoreError::Corrupt(_))
+    ));
 }
 
 #[test]

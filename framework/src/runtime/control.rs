@@ -10,6 +10,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode};
 use super::Tp;
 use super::context::ConsumerCtx;
 use super::coordinator::{Coordinator, seek};
+use super::operator::ReplayError;
 use super::worker::Resume;
 use crate::pipeline::Pipeline;
 use crate::replay::{self, Plan};
@@ -23,7 +24,7 @@ impl Coordinator {
         consumer: &BaseConsumer<ConsumerCtx>,
         input: &str,
         request: &replay::ReplayRequest,
-    ) -> Result<Vec<(i32, i64)>, String> {
+    ) -> Result<Vec<(i32, i64)>, ReplayError> {
         let mut owned: Vec<i32> = self
             .assignments()
             .keys()
@@ -77,7 +78,7 @@ impl Coordinator {
 pub enum ControlRequest {
     Replay {
         request: replay::ReplayRequest,
-        reply: mpsc::Sender<Result<Vec<(i32, i64)>, String>>,
+        reply: mpsc::Sender<Result<Vec<(i32, i64)>, ReplayError>>,
     },
 }
 
@@ -89,13 +90,13 @@ pub struct ControlHandle {
 
 impl ControlHandle {
     /// Replays partitions this instance owns; returns the offset each starts from.
-    pub fn replay(&self, request: replay::ReplayRequest) -> Result<Vec<(i32, i64)>, String> {
+    pub fn replay(&self, request: replay::ReplayRequest) -> Result<Vec<(i32, i64)>, ReplayError> {
         let (reply, answer) = mpsc::channel();
         self.tx
             .try_send(ControlRequest::Replay { request, reply })
-            .map_err(|_| "the runtime is busy or stopping; try again".to_string())?;
+            .map_err(|_| ReplayError::Busy)?;
         answer
             .recv_timeout(Duration::from_secs(60))
-            .map_err(|_| "the runtime did not answer within 60 s".to_string())?
+            .map_err(|_| ReplayError::NoAnswer)?
     }
 }

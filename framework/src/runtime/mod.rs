@@ -55,14 +55,26 @@ pub struct Tp {
 pub enum RuntimeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("kafka: {0}")]
-    Kafka(String),
+    #[error("kafka: cannot {action}: {source}")]
+    Kafka {
+        action: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("replay plans: {0}")]
+    Plans(#[from] plans::PlanStoreError),
     #[error("topic layout: {0}")]
     Topology(String),
     #[error("outputs were not delivered, stopped without committing past them: {0}")]
     Delivery(String),
     #[error("state store: {0}")]
-    State(String),
+    State(#[from] crate::state::StateError),
+    #[error("cannot start {what}: {source}")]
+    Start {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("stopped before start-up finished")]
     Stopped,
     #[error("a runtime thread panicked")]
@@ -72,7 +84,22 @@ pub enum RuntimeError {
 impl RuntimeError {
     /// Whether a restart can be expected to help (Kafka trouble) or not (bad setup).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, RuntimeError::Kafka(_) | RuntimeError::Delivery(_))
+        matches!(
+            self,
+            RuntimeError::Kafka { .. } | RuntimeError::Plans(_) | RuntimeError::Delivery(_)
+        )
+    }
+
+    /// A broker error with what was being done.
+    pub fn kafka(action: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        let action = action.into();
+        move |source| RuntimeError::Kafka { action, source }
+    }
+
+    /// A thread or listener that could not start.
+    pub fn start(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| RuntimeError::Start { what, source }
     }
 }
 
@@ -115,7 +142,7 @@ impl Runtime {
             std::thread::Builder::new()
                 .name("tributary-poll".into())
                 .spawn(move || poll::poll_thread(config, spec, stop, metrics, control_rx))
-                .map_err(|e| RuntimeError::Kafka(format!("cannot spawn poll thread: {e}")))?
+                .map_err(RuntimeError::start("the poll thread"))?
         };
         Ok(Self {
             stop,

@@ -5,13 +5,77 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::kafka::client::client_config;
 use crate::kafka::logging::Logged;
+use crate::replay::request::RequestError;
 use crate::replay::{Plan, ReplayFrom, ReplayRequest};
+
+/// Why a replay cannot start, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("cannot {action}: {source}")]
+    Kafka {
+        action: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("topic {0} does not exist")]
+    NoTopic(String),
+    #[error("no partitions to replay (this instance owns none)")]
+    NothingOwned,
+    #[error("partition {partition} does not exist: {topic} has {total} partitions (0..={})", .total - 1)]
+    NoPartition {
+        topic: String,
+        partition: i32,
+        total: i32,
+    },
+    #[error(
+        "partition {partition} is not assigned to this instance (it owns {owned:?}); ask its owner, or stop the group and replay offline"
+    )]
+    NotOwned { partition: i32, owned: Vec<i32> },
+    #[error("offset {offset} is not in {topic}/{partition}, which holds offsets {low}..{high}")]
+    OffsetOutOfRange {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        low: i64,
+        high: i64,
+    },
+    #[error(
+        "group {group} did not hand this tool partitions {partitions:?} within 90 s: is the app still running? Then replay through its admin endpoint"
+    )]
+    GroupBusy { group: String, partitions: Vec<i32> },
+    #[error("the runtime is busy or stopping; try again")]
+    Busy,
+    #[error("the runtime did not answer within 60 s")]
+    NoAnswer,
+}
+
+impl ReplayError {
+    /// Whether the same request may succeed later (the broker or the app was busy).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ReplayError::Kafka { .. }
+                | ReplayError::GroupBusy { .. }
+                | ReplayError::Busy
+                | ReplayError::NoAnswer
+        )
+    }
+}
+
+/// Wraps a broker error with what was being done.
+fn kafka(action: impl Into<String>) -> impl FnOnce(KafkaError) -> ReplayError {
+    let action = action.into();
+    move |source| ReplayError::Kafka { action, source }
+}
 
 /// Checks the partitions and turns the request into an offset per partition, with errors
 /// an operator can act on. `owned` limits an online replay to this instance's partitions.
@@ -20,18 +84,18 @@ pub fn resolve<C: ConsumerContext>(
     topic: &str,
     request: &ReplayRequest,
     owned: Option<&[i32]>,
-) -> Result<Vec<(i32, i64)>, String> {
+) -> Result<Vec<(i32, i64)>, ReplayError> {
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| format!("cannot read metadata of {topic}: {e}"))?;
+        .map_err(kafka(format!("read metadata of {topic}")))?;
     let total = metadata
         .topics()
         .iter()
         .find(|t| t.name() == topic)
         .map_or(0, |t| t.partitions().len() as i32);
     if total == 0 {
-        return Err(format!("topic {topic} does not exist"));
+        return Err(ReplayError::NoTopic(topic.to_owned()));
     }
     let partitions = match (&request.partitions, owned) {
         (Some(p), _) => p.clone(),
@@ -39,42 +103,48 @@ pub fn resolve<C: ConsumerContext>(
         (None, None) => (0..total).collect(),
     };
     if partitions.is_empty() {
-        return Err("no partitions to replay (this instance owns none)".into());
+        return Err(ReplayError::NothingOwned);
     }
     let mut out = Vec::new();
     for &p in &partitions {
         if p >= total {
-            return Err(format!(
-                "partition {p} does not exist: {topic} has {total} partitions (0..={})",
-                total - 1
-            ));
+            return Err(ReplayError::NoPartition {
+                topic: topic.to_owned(),
+                partition: p,
+                total,
+            });
         }
         if let Some(owned) = owned
             && !owned.contains(&p)
         {
-            return Err(format!(
-                "partition {p} is not assigned to this instance (it owns {owned:?}); ask its owner, or stop the group and replay offline"
-            ));
+            return Err(ReplayError::NotOwned {
+                partition: p,
+                owned: owned.to_vec(),
+            });
         }
         let (low, high) = consumer
             .fetch_watermarks(topic, p, timeout)
-            .map_err(|e| format!("cannot read the offsets of {topic}/{p}: {e}"))?;
+            .map_err(kafka(format!("read the offsets of {topic}/{p}")))?;
         let offset = match request.from {
             ReplayFrom::Offset(o) => {
                 if o < low || o > high {
-                    return Err(format!(
-                        "offset {o} is not in {topic}/{p}, which holds offsets {low}..{high}"
-                    ));
+                    return Err(ReplayError::OffsetOutOfRange {
+                        topic: topic.to_owned(),
+                        partition: p,
+                        offset: o,
+                        low,
+                        high,
+                    });
                 }
                 o
             }
             ReplayFrom::Time(ms) => {
                 let mut q = TopicPartitionList::new();
                 q.add_partition_offset(topic, p, Offset::Offset(ms))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(kafka(format!("look up {topic}/{p} by time")))?;
                 let r = consumer
                     .offsets_for_times(q, timeout)
-                    .map_err(|e| format!("cannot look up {topic}/{p} by time: {e}"))?;
+                    .map_err(kafka(format!("look up {topic}/{p} by time")))?;
                 match r.find_partition(topic, p).map(|el| el.offset()) {
                     Some(Offset::Offset(o)) if o >= 0 => o,
                     // No record at or after that time: replay nothing, resume at the end.
@@ -111,7 +181,7 @@ pub fn end_offsets(
 /// An offline replay: the app must be stopped. Joins the app's group as its only member
 /// (which also proves nobody else holds the partitions), commits a requested plan for
 /// every chosen partition (and writes it to the plan topic, if there is one), and leaves.
-pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64)>, String> {
+pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64)>, ReplayError> {
     let topic = &config.topics.input;
     let c = client_config(
         &config.kafka,
@@ -123,15 +193,17 @@ pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64
     );
     let consumer: BaseConsumer<Logged> = c
         .create_with_context(Logged("replay"))
-        .map_err(|e| e.to_string())?;
+        .map_err(kafka("create a consumer"))?;
     let offsets = resolve(&consumer, topic, request, None)?;
-    consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(kafka(format!("subscribe to {topic}")))?;
     // A member that just left or was killed holds its partitions until the broker expires
     // it (its session timeout), so wait a while before calling the app still running.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let _ = consumer.poll(Duration::from_millis(200));
-        let held = consumer.assignment().map_err(|e| e.to_string())?;
+        let held = consumer.assignment().map_err(kafka("read the assignment"))?;
         if offsets
             .iter()
             .all(|&(p, _)| held.find_partition(topic, p).is_some())
@@ -139,28 +211,25 @@ pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64
             break;
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!(
-                "group {} did not hand this tool partitions {:?} within 90 s: is the app still running? Then replay through its admin endpoint",
-                config.kafka.group,
-                offsets.iter().map(|o| o.0).collect::<Vec<_>>()
-            ));
+            return Err(ReplayError::GroupBusy {
+                group: config.kafka.group.clone(),
+                partitions: offsets.iter().map(|o| o.0).collect(),
+            });
         }
     }
     let mut tpl = TopicPartitionList::new();
     for &(p, o) in &offsets {
         tpl.add_partition_offset(topic, p, Offset::Offset(o))
-            .map_err(|e| e.to_string())?;
+            .map_err(kafka("list the replay offsets"))?;
         if let Some(mut el) = tpl.find_partition(topic, p) {
             el.set_metadata(Plan::requested(o).encode());
         }
     }
     write_plan_topic(config, &c, topic, &offsets)?;
-    consumer.commit(&tpl, CommitMode::Sync).map_err(|e| {
-        format!(
-            "cannot commit the replay offsets for group {}: {e}",
-            config.kafka.group
-        )
-    })?;
+    consumer.commit(&tpl, CommitMode::Sync).map_err(kafka(format!(
+        "commit the replay offsets for group {}",
+        config.kafka.group
+    )))?;
     consumer.unsubscribe();
     Ok(offsets)
 }
@@ -171,11 +240,11 @@ fn write_plan_topic(
     client: &ClientConfig,
     topic: &str,
     offsets: &[(i32, i64)],
-) -> Result<(), String> {
+) -> Result<(), ReplayError> {
     let plan_topic = config.plan_topic();
     let consumer: BaseConsumer<Logged> = client
         .create_with_context(Logged("replay"))
-        .map_err(|e| e.to_string())?;
+        .map_err(kafka("create a consumer"))?;
     let exists = consumer
         .fetch_metadata(Some(&plan_topic), Duration::from_secs(10))
         .map(|m| {
@@ -190,7 +259,7 @@ fn write_plan_topic(
     let producer: BaseProducer<Logged> =
         client_config(&config.kafka, &[("allow.auto.create.topics", "false")])
             .create_with_context(Logged("replay"))
-            .map_err(|e| e.to_string())?;
+            .map_err(kafka("create a producer"))?;
     for &(p, o) in offsets {
         let key = format!("{topic}/{p}");
         let value = Plan::requested(o).encode();
@@ -201,9 +270,9 @@ fn write_plan_topic(
                     .key(&key)
                     .payload(&value),
             )
-            .map_err(|(e, _)| format!("cannot write the plan topic {plan_topic}: {e}"))?;
+            .map_err(|(e, _)| kafka(format!("write the plan topic {plan_topic}"))(e))?;
     }
     producer
         .flush(Duration::from_secs(30))
-        .map_err(|e| format!("cannot write the plan topic {plan_topic}: {e}"))
+        .map_err(kafka(format!("write the plan topic {plan_topic}")))
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -19,17 +20,50 @@ use crate::kafka::fetch_start::{Arrival, FetchStart};
 use crate::kafka::logging::Logged;
 use crate::replay::Plan;
 
+/// Why plans or rollup rows could not be written or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanStoreError {
+    #[error("cannot {action}: {source}")]
+    Kafka {
+        action: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot start a runtime for the plan topic: {0}")]
+    Runtime(#[from] std::io::Error),
+    #[error("{what} not read up to offset {end} within {timeout:?}")]
+    Timeout {
+        what: String,
+        end: i64,
+        timeout: Duration,
+    },
+    #[error("{topic}/{partition} offset {offset} is not a rollup: {source}")]
+    NotARollup {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        #[source]
+        source: crate::codec::DecodeError,
+    },
+}
+
+/// Wraps a broker error with what was being done.
+fn kafka(action: impl Into<String>) -> impl FnOnce(KafkaError) -> PlanStoreError {
+    let action = action.into();
+    move |source| PlanStoreError::Kafka { action, source }
+}
+
 /// Whether the broker returns an offset commit's metadata. Commits a marker for
 /// partition 0 of `topic` under a probe group of our own (never the app's group) and
 /// reads it back.
-pub fn probe(config: &Config, topic: &str) -> Result<bool, String> {
+pub fn probe(config: &Config, topic: &str) -> Result<bool, PlanStoreError> {
     let group = format!("{}.metadata-probe", config.kafka.group);
     let consumer: BaseConsumer<Logged> = client_config(
         &config.kafka,
         &[("group.id", &group), ("enable.auto.commit", "false")],
     )
     .create_with_context(Logged("replay"))
-    .map_err(|e| e.to_string())?;
+    .map_err(kafka("create a client"))?;
     let marker = format!(
         "tributary-probe {}",
         std::time::SystemTime::now()
@@ -38,18 +72,18 @@ pub fn probe(config: &Config, topic: &str) -> Result<bool, String> {
     );
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Offset(0))
-        .map_err(|e| e.to_string())?;
+        .map_err(kafka("list the probe offset"))?;
     if let Some(mut el) = tpl.find_partition(topic, 0) {
         el.set_metadata(marker.clone());
     }
     consumer
         .commit(&tpl, CommitMode::Sync)
-        .map_err(|e| format!("probe commit: {e}"))?;
+        .map_err(kafka("commit the metadata probe"))?;
     let mut query = TopicPartitionList::new();
     query.add_partition(topic, 0);
     let back = consumer
         .committed_offsets(query, Duration::from_secs(10))
-        .map_err(|e| format!("probe read-back: {e}"))?;
+        .map_err(kafka("read the metadata probe back"))?;
     Ok(back
         .find_partition(topic, 0)
         .is_some_and(|el| el.metadata() == marker))
@@ -76,7 +110,7 @@ fn plan_key(topic: &str, partition: i32) -> String {
 }
 
 impl PlanTopic {
-    pub fn new(config: &Config, topic: String) -> Result<Self, String> {
+    pub fn new(config: &Config, topic: String) -> Result<Self, PlanStoreError> {
         let p = client_config(
             &config.kafka,
             &[("enable.idempotence", "true"), ("linger.ms", "5")],
@@ -92,13 +126,12 @@ impl PlanTopic {
         );
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
         Ok(Self {
             topic,
             producer: p
                 .create_with_context(Logged("replay"))
-                .map_err(|e| e.to_string())?,
+                .map_err(kafka("create a client"))?,
             reader,
             rt,
         })
@@ -125,7 +158,7 @@ impl PlanTopic {
     }
 
     /// The newest plan of every partition written so far.
-    pub fn read_all(&self, timeout: Duration) -> Result<HashMap<(String, i32), Plan>, String> {
+    pub fn read_all(&self, timeout: Duration) -> Result<HashMap<(String, i32), Plan>, PlanStoreError> {
         let fence_value = format!(
             "{}-{}",
             std::process::id(),
@@ -140,16 +173,16 @@ impl PlanTopic {
         let fence_offset = self
             .rt
             .block_on(self.producer.send(fence, timeout))
-            .map_err(|(e, _)| format!("cannot write the plan topic's fence: {e}"))?
+            .map_err(|(e, _)| kafka("write the plan topic's fence")(e))?
             .offset;
         let consumer: BaseConsumer<Logged> = self
             .reader
             .create_with_context(Logged("replay"))
-            .map_err(|e| e.to_string())?;
+            .map_err(kafka("create a client"))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+            .map_err(kafka("list the plan topic"))?;
+        consumer.assign(&tpl).map_err(kafka("assign the plan topic"))?;
         let deadline = Instant::now() + timeout;
         let mut plans = HashMap::new();
         while Instant::now() < deadline {
@@ -171,10 +204,11 @@ impl PlanTopic {
                 None => {}
             }
         }
-        Err(format!(
-            "plan topic {} not read up to its fence at offset {fence_offset} within {timeout:?}",
-            self.topic
-        ))
+        Err(PlanStoreError::Timeout {
+            what: format!("plan topic {}", self.topic),
+            end: fence_offset,
+            timeout,
+        })
     }
 }
 
@@ -190,7 +224,7 @@ pub fn read_rollups(
     from: i64,
     end: i64,
     timeout: Duration,
-) -> Result<Vec<crate::pipeline::ReadRollup>, String> {
+) -> Result<Vec<crate::pipeline::ReadRollup>, PlanStoreError> {
     let mut rows = Vec::new();
     if from >= end {
         return Ok(rows);
@@ -206,19 +240,21 @@ pub fn read_rollups(
         ],
     )
     .create_with_context(Logged("replay"))
-    .map_err(|e| e.to_string())?;
-    let seek_to = |offset: i64| -> Result<(), String> {
+    .map_err(kafka("create a client"))?;
+    let seek_to = |offset: i64| -> Result<(), PlanStoreError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
-            .map_err(|e| e.to_string())?;
-        consumer.assign(&tpl).map_err(|e| e.to_string())
+            .map_err(kafka("list the rollups partition"))?;
+        consumer
+            .assign(&tpl)
+            .map_err(kafka(format!("assign {topic}/{partition}")))
     };
     seek_to(from)?;
     let deadline = Instant::now() + timeout;
     // Until reading is known to start at `from`, see FetchStart.
     let mut guard = Some(FetchStart::at(from));
     let format = config.topics.output_format;
-    let seek_back = |to: i64, why: &str| -> Result<(), String> {
+    let seek_back = |to: i64, why: &str| -> Result<(), PlanStoreError> {
         tracing::warn!(
             topic,
             partition,
@@ -244,8 +280,14 @@ pub fn read_rollups(
                 }
                 // A row that cannot be read would leave a coarse window short: give up on
                 // the topic and let the caller replay raw records instead.
-                let r = crate::codec::decode_rollup(format, msg.payload().unwrap_or_default())
-                    .map_err(|e| format!("{topic}/{partition} offset {offset} is not a rollup: {e}"))?;
+                let r = crate::codec::decode_rollup(format, msg.payload().unwrap_or_default()).map_err(
+                    |source| PlanStoreError::NotARollup {
+                        topic: topic.to_owned(),
+                        partition,
+                        offset,
+                        source,
+                    },
+                )?;
                 rows.push(crate::pipeline::ReadRollup {
                     agg: r.agg(),
                     series: r.series,
@@ -257,7 +299,7 @@ pub fn read_rollups(
                     return Ok(rows);
                 }
             }
-            Some(Err(e)) => return Err(format!("reading {topic}/{partition} from {from}: {e}")),
+            Some(Err(e)) => return Err(kafka(format!("read {topic}/{partition} from {from}"))(e)),
             None => {
                 if let Some(to) = guard.as_mut().and_then(FetchStart::silent) {
                     seek_back(to, "nothing was served")?;
@@ -265,9 +307,11 @@ pub fn read_rollups(
             }
         }
     }
-    Err(format!(
-        "{topic}/{partition} not read from {from} up to {end} within {timeout:?}"
-    ))
+    Err(PlanStoreError::Timeout {
+        what: format!("{topic}/{partition} from {from}"),
+        end,
+        timeout,
+    })
 }
 
 /// Where this process keeps plans.

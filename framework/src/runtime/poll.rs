@@ -67,7 +67,7 @@ pub(super) fn poll_thread(
             .create_with_context(OutputContext {
                 metrics: metrics.clone(),
             })
-            .map_err(|e| RuntimeError::Kafka(format!("cannot create producer: {e}")))?,
+            .map_err(RuntimeError::kafka("create the producer"))?,
     );
     let outputs = Outputs {
         rollups: topics.rollups.clone(),
@@ -107,7 +107,7 @@ pub(super) fn poll_thread(
         let handle = std::thread::Builder::new()
             .name(format!("tributary-worker-{i}"))
             .spawn(move || worker::run(shared, rx))
-            .map_err(|e| RuntimeError::Kafka(format!("cannot spawn worker: {e}")))?;
+            .map_err(RuntimeError::start(format!("worker {i}")))?;
         senders.push(tx);
         handles.push(handle);
     }
@@ -131,10 +131,10 @@ pub(super) fn poll_thread(
         .create_with_context(ConsumerCtx {
             coordinator: coordinator.clone(),
         })
-        .map_err(|e| RuntimeError::Kafka(format!("cannot create consumer: {e}")))?;
+        .map_err(RuntimeError::kafka("create the consumer"))?;
     consumer
         .subscribe(&[&topics.input])
-        .map_err(|e| RuntimeError::Kafka(format!("cannot subscribe to {}: {e}", topics.input)))?;
+        .map_err(RuntimeError::kafka(format!("subscribe to {}", topics.input)))?;
     tracing::info!(group = %config.kafka.group, topic = %topics.input, workers = worker_count, "consuming");
 
     // Periodic commits wait for the broker's answer on a thread of their own, so a slow

@@ -255,7 +255,7 @@ pub(super) fn plan_store(config: &Config, stop: &AtomicBool) -> Result<PlanStore
     tracing::info!(topic, "replay plans are also kept in the plan topic");
     plans::PlanTopic::new(config, topic)
         .map(PlanStore::Topic)
-        .map_err(RuntimeError::Kafka)
+        .map_err(RuntimeError::from)
 }
 
 pub(super) fn open_state(config: &Config) -> Result<Option<Arc<StateStore>>, RuntimeError> {
@@ -268,8 +268,7 @@ pub(super) fn open_state(config: &Config) -> Result<Option<Arc<StateStore>>, Run
         std::path::Path::new(dir),
         config.state.block_cache_mb as usize * mib,
         config.state.write_buffer_mb as usize * mib,
-    )
-    .map_err(|e| RuntimeError::State(e.to_string()))?;
+    )?;
     tracing::info!(dir, "local checkpoints enabled");
     Ok(Some(Arc::new(store)))
 }

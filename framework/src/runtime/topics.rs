@@ -91,10 +91,10 @@ pub fn prepare_topics(
 fn admin_clients(config: &Config) -> Result<(AdminClient<Logged>, BaseProducer<Logged>), RuntimeError> {
     let admin = client_config(&config.kafka, &[])
         .create_with_context(Logged("admin"))
-        .map_err(|e| RuntimeError::Kafka(format!("cannot create admin client: {e}")))?;
+        .map_err(RuntimeError::kafka("create an admin client"))?;
     let producer = producer_config(&config.kafka)
         .create_with_context(Logged("admin"))
-        .map_err(|e| RuntimeError::Kafka(format!("cannot create producer: {e}")))?;
+        .map_err(RuntimeError::kafka("create a producer"))?;
     Ok((admin, producer))
 }
 

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use crate::record::{Agg, RollupRow, SeriesId};
-use crate::stage::{CoarseSources, CoarseState, Collector, Context, Input, Output, ReplayPoint, Stage};
+use crate::stage::{
+    CoarseSources, CoarseState, Collector, Context, Input, Output, ReplayPoint, RestoreError, Stage,
+};
 
 #[cfg(test)]
 mod tests;
@@ -306,15 +308,15 @@ impl Stage for RollupStage {
         bincode::encode_to_vec(&RollupSnapshot { levels }, bincode::config::standard()).ok()
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
         let (snapshot, _): (RollupSnapshot, usize) =
-            bincode::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
+            bincode::decode_from_slice(bytes, bincode::config::standard())
+                .map_err(|e| RestoreError::Corrupt(e.to_string()))?;
         if snapshot.levels.len() != self.levels.len() {
-            return Err(format!(
-                "checkpoint has {} rollup levels, configuration has {}",
-                snapshot.levels.len(),
-                self.levels.len()
-            ));
+            return Err(RestoreError::OtherSetup {
+                found: format!("{} rollup levels", snapshot.levels.len()),
+                expected: format!("{} rollup levels", self.levels.len()),
+            });
         }
         for (level, windows) in self.levels.iter_mut().zip(snapshot.levels) {
             level.open.clear();
