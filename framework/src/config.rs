@@ -12,12 +12,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::admin::AdminConfig;
 use crate::codec::Format;
+use crate::cusum::CusumConfig;
 use crate::cusum::CusumParams;
 pub use crate::duration::{DurationError, HumanDuration};
 use crate::kafka::KafkaConfig;
 use crate::pipeline::PipelineSpec;
 use crate::stage::Subscription;
+use crate::state::StateConfig;
 use crate::window::Resolution;
+use crate::window::RollupConfig;
 
 /// Which application a configuration is for; each has its own defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,66 +56,6 @@ pub struct TopicsConfig {
     pub late: String,
     /// Encoding of rollups and anomalies: "json" or "bincode".
     pub output_format: Format,
-}
-
-/// Window rollups.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RollupConfig {
-    /// Run the rollup stage.
-    pub enabled: bool,
-    /// Window widths, finest first; each a whole multiple of the previous one.
-    pub levels: Vec<String>,
-    /// Allowed lateness: a window closes when max event time − grace passes its end.
-    pub grace: HumanDuration,
-    /// A partition with no records for this long moves its watermark to wall-clock − grace.
-    pub idle_timeout: HumanDuration,
-}
-
-/// CUSUM change-point detection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CusumConfig {
-    /// Run the CUSUM stage.
-    pub enabled: bool,
-    /// "raw" for every point, or a rollup level (e.g. "5m") to watch window averages.
-    pub input: String,
-    /// Slack per observation, in standard deviations.
-    pub k: f64,
-    /// Alarm threshold, in standard deviations.
-    pub h: f64,
-    /// Observations per series before any alarm.
-    pub warmup: u64,
-    /// Floor for the standard deviation of flat series.
-    pub min_stddev: f64,
-    /// Restart the baseline after an alarm so a step is reported once.
-    pub reset_baseline: bool,
-    /// Inputs per partition replayed after a restart without a local checkpoint so the
-    /// baselines are warm again (outputs suppressed); 0 replays nothing for CUSUM.
-    pub replay_lookback: usize,
-    /// The same by event time; the replay covers both look-backs. "0s" = none.
-    pub replay_lookback_time: HumanDuration,
-}
-
-/// Replayable state: where replay plans live and the local RocksDB checkpoints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StateConfig {
-    /// Directory for local RocksDB checkpoints; empty disables them (restarts then replay
-    /// from the committed plan alone).
-    pub dir: String,
-    /// How often each partition's state is checkpointed (written once its outputs are acked).
-    pub checkpoint_interval: HumanDuration,
-    /// RocksDB block cache shared by every partition, in MiB.
-    pub block_cache_mb: u64,
-    /// Upper bound on RocksDB memtables (write buffer manager), in MiB.
-    pub write_buffer_mb: u64,
-    /// Where replay plans are kept: "auto" (commit metadata when the broker keeps it,
-    /// checked at start-up, else the plan topic), "metadata" or "topic".
-    pub plan_store: String,
-    /// Compacted topic for replay plans when commit metadata is not kept; empty means
-    /// "<group>.replay-plans".
-    pub plan_topic: String,
 }
 
 /// Threads and batching.

@@ -14,8 +14,34 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::duration::HumanDuration;
 use crate::record::{Anomaly, Direction, SeriesId};
 use crate::stage::{Collector, Context, Input, Output, ReplayPoint, RestoreError, Stage, Subscription};
+
+/// CUSUM change-point detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CusumConfig {
+    /// Run the CUSUM stage.
+    pub enabled: bool,
+    /// "raw" for every point, or a rollup level (e.g. "5m") to watch window averages.
+    pub input: String,
+    /// Slack per observation, in standard deviations.
+    pub k: f64,
+    /// Alarm threshold, in standard deviations.
+    pub h: f64,
+    /// Observations per series before any alarm.
+    pub warmup: u64,
+    /// Floor for the standard deviation of flat series.
+    pub min_stddev: f64,
+    /// Restart the baseline after an alarm so a step is reported once.
+    pub reset_baseline: bool,
+    /// Inputs per partition replayed after a restart without a local checkpoint so the
+    /// baselines are warm again (outputs suppressed); 0 replays nothing for CUSUM.
+    pub replay_lookback: usize,
+    /// The same by event time; the replay covers both look-backs. "0s" = none.
+    pub replay_lookback_time: HumanDuration,
+}
 
 /// Detector parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -7,6 +7,30 @@
 use std::path::Path;
 
 use rocksdb::{BlockBasedOptions, Cache, DB, Options, WriteBufferManager};
+use serde::{Deserialize, Serialize};
+
+use crate::duration::HumanDuration;
+
+/// Replayable state: where replay plans live and the local RocksDB checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory for local RocksDB checkpoints; empty disables them (restarts then replay
+    /// from the committed plan alone).
+    pub dir: String,
+    /// How often each partition's state is checkpointed (written once its outputs are acked).
+    pub checkpoint_interval: HumanDuration,
+    /// RocksDB block cache shared by every partition, in MiB.
+    pub block_cache_mb: u64,
+    /// Upper bound on RocksDB memtables (write buffer manager), in MiB.
+    pub write_buffer_mb: u64,
+    /// Where replay plans are kept: "auto" (commit metadata when the broker keeps it,
+    /// checked at start-up, else the plan topic), "metadata" or "topic".
+    pub plan_store: String,
+    /// Compacted topic for replay plans when commit metadata is not kept; empty means
+    /// "<group>.replay-plans".
+    pub plan_topic: String,
+}
 
 const FORMAT_VERSION: u32 = 2;
 

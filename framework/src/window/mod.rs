@@ -2,6 +2,10 @@
 //! coarser ones: a coarse window is merged in-process from the closed fine windows it
 //! covers, never recomputed from raw records.
 
+mod config;
+
+pub use config::RollupConfig;
+
 use std::collections::BTreeMap;
 
 use crate::record::{Agg, RollupRow, SeriesId};
