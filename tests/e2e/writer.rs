@@ -379,6 +379,62 @@ fn writer_sends_failed_commits_again_until_the_broker_confirms_them() {
 }
 
 #[test]
+fn writers_sharing_a_group_hand_partitions_over_cancelling_revoked_rows() {
+    // Writer A reads every record at once and writes slowly; writer B joins the group and
+    // takes partitions from A, then leaves. A's rows of the partitions it gave up are
+    // cancelled (B writes them again from the committed offset), nothing is lost, and the
+    // group ends committed at the end of every partition.
+    let s = setup_on(1, true);
+    let session = [(
+        "TRIBUTARY_KAFKA_PROPERTIES",
+        r#"{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }"#,
+    )];
+    let data = points(30, 100);
+    py_produce(s.kafka.brokers(), &s.metrics, &data);
+    let slow = ["--rows-per-sec", "200", "--burst", "32"];
+    let admin_a = format!("127.0.0.1:{}", free_port());
+    let mut a = start_writer_env(&s, &admin_a, &slow, &session);
+    let started = eventually(Duration::from_secs(60), || {
+        (metric(&admin_a, "tributary_writer_rows_written_total").unwrap_or(0.0) > 300.0).then_some(())
+    });
+    assert!(started.is_some(), "{}", a.log_text());
+    let admin_b = format!("127.0.0.1:{}", free_port());
+    let mut b = start_writer_env(&s, &admin_b, &slow, &session);
+    let handed = eventually(Duration::from_secs(60), || {
+        (a.log_text().contains("partition revoked") && b.log_text().contains("partition assigned"))
+            .then_some(())
+    });
+    assert!(handed.is_some(), "A:\n{}\nB:\n{}", a.log_text(), b.log_text());
+    // Rows waiting in the limiter are dropped when they wake up, not at the revoke.
+    let cancelled = eventually(Duration::from_secs(30), || {
+        (metric(&admin_a, "tributary_writer_rows_cancelled_total").unwrap_or(0.0) > 0.0).then_some(())
+    });
+    assert!(
+        cancelled.is_some(),
+        "rows of revoked partitions were cancelled:\n{}",
+        a.log_text()
+    );
+    let b_wrote = eventually(Duration::from_secs(60), || {
+        (metric(&admin_b, "tributary_writer_rows_written_total").unwrap_or(0.0) > 0.0).then_some(())
+    });
+    assert!(b_wrote.is_some(), "{}", b.log_text());
+    assert_eq!(b.terminate(Duration::from_secs(60)), Some(0), "{}", b.log_text());
+    let all = eventually(Duration::from_secs(120), || {
+        (s.ring.count(&s.keyspace, "points") == data.len() as u64).then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "rows lost: {} of {}\n{}",
+        s.ring.count(&s.keyspace, "points"),
+        data.len(),
+        a.log_text()
+    );
+    assert_eq!(a.terminate(Duration::from_secs(60)), Some(0), "{}", a.log_text());
+    let (committed, end) = committed_and_end(s.kafka.brokers(), &s.group, &s.metrics, data.len());
+    assert_eq!(committed, end);
+}
+
+#[test]
 fn writer_loses_nothing_after_a_sigkill_on_tansu() {
     // tansu serves the next record batch for a fetch that starts inside one: the writer
     // must notice instead of skipping records.
