@@ -350,8 +350,13 @@ impl Config {
     }
 
     /// The effective configuration as TOML, for `--print-config`.
+    /// The configuration as TOML for `--print-config`, secrets redacted.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        let shown = Config {
+            kafka: self.kafka.redacted(),
+            ..self.clone()
+        };
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }
 

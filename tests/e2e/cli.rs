@@ -64,6 +64,41 @@ fn runs_on_defaults_and_documents_every_flag() {
     }
 }
 
+#[test]
+fn print_config_shows_no_secret() {
+    let secret = harness::unique("s3cret-pw");
+    let props = format!(
+        r#"{{ "sasl.username" = "alice", "sasl.password" = "{secret}", "ssl.key.password" = "{secret}" }}"#
+    );
+    for bin in ["tributary-rollup", "tributary-detector", "tributary-writer"] {
+        let out = Command::new(app_binary(bin))
+            .arg("--print-config")
+            .env("TRIBUTARY_KAFKA_PROPERTIES", &props)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{bin}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains(&secret), "{bin} printed the secret:\n{all}");
+        assert!(
+            all.contains("\"sasl.password\" = \"<redacted>\""),
+            "{bin}:\n{all}"
+        );
+        assert!(
+            all.contains("alice"),
+            "{bin}: other properties stay visible:\n{all}"
+        );
+    }
+}
+
 /// `tributary-dev kafka` on a chosen port serves any Kafka client; `tributary-dev produce`
 /// fills it deterministically.
 #[test]

@@ -317,8 +317,13 @@ impl WriterConfig {
         }
     }
 
+    /// The configuration as TOML for `--print-config`, secrets redacted.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        let shown = WriterConfig {
+            kafka: self.kafka.redacted(),
+            ..self.clone()
+        };
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }
 

@@ -42,6 +42,18 @@ impl KafkaConfig {
         }
     }
 
+    /// A copy fit to show (`--print-config`): every property that holds a secret is
+    /// replaced by `<redacted>`.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        for (key, value) in shown.properties.iter_mut() {
+            if is_secret(key) {
+                *value = REDACTED.to_owned();
+            }
+        }
+        shown
+    }
+
     /// Problems with these settings, each named by its key.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -62,6 +74,25 @@ impl KafkaConfig {
         }
         p
     }
+}
+
+/// What a shown secret reads as.
+pub const REDACTED: &str = "<redacted>";
+
+/// librdkafka properties whose values are secrets: passwords, client secrets, private
+/// keys given inline, and OAuth/JAAS configuration strings (which embed credentials).
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "key.pem",
+        "ssl_key",
+        "oauthbearer.config",
+        "jaas",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
 }
 
 /// Consumer settings: manual commits, no auto offset store, cooperative rebalancing and
@@ -143,6 +174,31 @@ mod tests {
         assert!(matches!(consumer_config(&k).log_level, RDKafkaLogLevel::Warning));
         k.properties.insert("debug".into(), "broker".into());
         assert!(matches!(client_config(&k, &[]).log_level, RDKafkaLogLevel::Debug));
+    }
+
+    #[test]
+    fn secrets_are_redacted_for_showing_and_nothing_else() {
+        let mut k = KafkaConfig::for_group("g");
+        for (key, value) in [
+            ("sasl.password", "hunter2-unique"),
+            ("ssl.key.password", "pem-pass-unique"),
+            ("sasl.oauthbearer.client.secret", "client-secret-unique"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----unique"),
+            ("sasl.username", "alice"),
+            ("security.protocol", "SASL_SSL"),
+        ] {
+            k.properties.insert(key.into(), value.into());
+        }
+        let shown = toml::to_string(&k.redacted()).expect("toml");
+        for secret in ["hunter2", "pem-pass", "client-secret", "BEGIN PRIVATE KEY"] {
+            assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
+        }
+        assert!(shown.contains("alice") && shown.contains("SASL_SSL"), "{shown}");
+        assert_eq!(k.redacted().properties["sasl.password"], REDACTED);
+        assert_eq!(
+            k.properties["sasl.password"], "hunter2-unique",
+            "the config itself is untouched"
+        );
     }
 
     #[test]
