@@ -33,6 +33,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;
+pub mod reference;
 pub mod replay;
 pub mod runtime;
 pub mod stage;

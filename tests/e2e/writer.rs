@@ -172,6 +172,19 @@ fn wait_written(admin: &str, rows: u64, writer: &mut Process) {
     );
 }
 
+/// Waits until the ring holds all `rows` points (nothing lost), else fails with the log.
+fn wait_all_points(s: &Setup, rows: usize, writer: &Process) {
+    let all = eventually(Duration::from_secs(120), || {
+        (s.ring.count(&s.keyspace, "points") == rows as u64).then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "rows lost: {} of {rows}\n{}",
+        s.ring.count(&s.keyspace, "points"),
+        writer.log_text()
+    );
+}
+
 fn writes_everything_token_aware(rf: u32) {
     let s = setup(rf);
     let data = points(40, 50);
@@ -419,16 +432,7 @@ fn writers_sharing_a_group_hand_partitions_over_cancelling_revoked_rows() {
     });
     assert!(b_wrote.is_some(), "{}", b.log_text());
     assert_eq!(b.terminate(Duration::from_secs(60)), Some(0), "{}", b.log_text());
-    let all = eventually(Duration::from_secs(120), || {
-        (s.ring.count(&s.keyspace, "points") == data.len() as u64).then_some(())
-    });
-    assert!(
-        all.is_some(),
-        "rows lost: {} of {}\n{}",
-        s.ring.count(&s.keyspace, "points"),
-        data.len(),
-        a.log_text()
-    );
+    wait_all_points(&s, data.len(), &a);
     assert_eq!(a.terminate(Duration::from_secs(60)), Some(0), "{}", a.log_text());
     let (committed, end) = committed_and_end(s.kafka.brokers(), &s.group, &s.metrics, data.len());
     assert_eq!(committed, end);
@@ -477,16 +481,7 @@ fn faults_a_node_down_and_sigkill(s: Setup) {
         None,
         r#"{"overloaded": 0.0, "write_timeout": 0.0, "latency_ms": 0}"#,
     );
-    let all = eventually(Duration::from_secs(120), || {
-        (s.ring.count(&s.keyspace, "points") == data.len() as u64).then_some(())
-    });
-    assert!(
-        all.is_some(),
-        "rows lost: {} of {}\n{}",
-        s.ring.count(&s.keyspace, "points"),
-        data.len(),
-        writer.log_text()
-    );
+    wait_all_points(&s, data.len(), &writer);
     assert_eq!(writer.terminate(Duration::from_secs(60)), Some(0));
     let (committed, end) = committed_and_end(s.kafka.brokers(), &s.group, &s.metrics, data.len());
     assert_eq!(committed, end);
