@@ -19,6 +19,20 @@ pub struct AdminConfig {
     pub listen: String,
 }
 
+impl AdminConfig {
+    /// What is wrong with this section, if anything (`admin.listen` must be empty or an
+    /// address).
+    pub fn problem(&self) -> Option<String> {
+        if self.listen.is_empty() || self.listen.parse::<SocketAddr>().is_ok() {
+            return None;
+        }
+        Some(format!(
+            "admin.listen: {:?} is not an address like 127.0.0.1:9641 (empty disables it)",
+            self.listen
+        ))
+    }
+}
+
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
 

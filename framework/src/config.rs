@@ -3,7 +3,6 @@
 //! problem (unknown keys, wrong types, bad values) together, each named by its key.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -263,12 +262,7 @@ impl Config {
         if st.block_cache_mb == 0 || st.write_buffer_mb == 0 {
             problems.push("state.block_cache_mb, state.write_buffer_mb: must be at least 1".into());
         }
-        if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
-            problems.push(format!(
-                "admin.listen: {:?} is not an address like 127.0.0.1:9641 (empty disables it)",
-                self.admin.listen
-            ));
-        }
+        problems.extend(self.admin.problem());
         if problems.is_empty() {
             Ok(())
         } else {

@@ -286,12 +286,7 @@ impl WriterConfig {
         if self.runtime.max_pending_per_partition < self.batch.max_rows {
             p.push("runtime.max_pending_per_partition: must be at least batch.max_rows".into());
         }
-        if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            p.push(format!(
-                "admin.listen: {:?} is not an address like 127.0.0.1:9643",
-                self.admin.listen
-            ));
-        }
+        p.extend(self.admin.problem());
         if p.is_empty() {
             Ok(())
         } else {

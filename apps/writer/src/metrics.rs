@@ -11,7 +11,7 @@ use tributary::metrics::{Counter, Gauge, Registry, Unit, render};
 
 use crate::limiter::Limiter;
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct WriterMetrics {
     pub records_consumed: Counter,
     pub rows_written: Counter,
@@ -35,26 +35,8 @@ pub struct WriterMetrics {
 
 impl WriterMetrics {
     pub fn new(limiter: Arc<Limiter>) -> Self {
-        let mut r = Registry::default();
-        let m = Self {
-            records_consumed: Counter::default(),
-            rows_written: Counter::default(),
-            batches: Counter::default(),
-            single_statements: Counter::default(),
-            retries: Counter::default(),
-            batches_split: Counter::default(),
-            regrouped: Counter::default(),
-            overload_signals: Counter::default(),
-            dead_lettered: Counter::default(),
-            dead_letter_errors: Counter::default(),
-            rows_cancelled: Counter::default(),
-            commits: Counter::default(),
-            commit_errors: Counter::default(),
-            pending_rows: Gauge::default(),
-            paused_partitions: Gauge::default(),
-            rows_in_flight: Gauge::default(),
-            registry: Registry::default(),
-        };
+        // Counters and gauges start at zero; each is registered once, by name, below.
+        let mut m = Self::default();
         let counters = [
             ("records_consumed", "Records read from Kafka", &m.records_consumed),
             ("rows_written", "Rows the cluster acknowledged", &m.rows_written),
@@ -107,7 +89,8 @@ impl WriterMetrics {
             ),
         ];
         for (name, help, c) in counters {
-            r.register(format!("tributary_writer_{name}"), help, c.clone());
+            m.registry
+                .register(format!("tributary_writer_{name}"), help, c.clone());
         }
         let gauges = [
             (
@@ -127,10 +110,11 @@ impl WriterMetrics {
             ),
         ];
         for (name, help, g) in gauges {
-            r.register(format!("tributary_writer_{name}"), help, g.clone());
+            m.registry
+                .register(format!("tributary_writer_{name}"), help, g.clone());
         }
-        r.register_collector(Box::new(LimiterFigures(limiter)));
-        Self { registry: r, ..m }
+        m.registry.register_collector(Box::new(LimiterFigures(limiter)));
+        m
     }
 
     pub fn render(&self) -> String {
