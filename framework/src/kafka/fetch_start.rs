@@ -3,15 +3,18 @@
 //! Kafka serves a fetch from any offset. tansu 0.6 answers a fetch that starts inside a
 //! record batch with the next batch, or with nothing when that batch is the last one, so
 //! records would be skipped silently or never read. A [`FetchStart`] notices both: a first
-//! record past the start, or silence, means seeking further back (1, 8, 64 … records);
+//! record past the start, or silence, means seeking further back (16, 256, 4096 … records);
 //! records before the start are the caller's already. Against Kafka it costs nothing, or
 //! one re-read record on a partition without new records.
 
 use std::time::{Duration, Instant};
 
 /// A partition that served nothing for this long after its start or a seek is sought
-/// further back.
-pub const SILENT_FETCH: Duration = Duration::from_secs(3);
+/// further back: ten times the longest a fetch waits for data (`fetch.wait.max.ms` is
+/// 100 ms in every app's consumer). Each step back on tansu costs this much, and a
+/// resume inside a 10,000-record batch takes four or five steps; seeking back too early
+/// only re-reads records.
+pub const SILENT_FETCH: Duration = Duration::from_secs(1);
 
 /// Records fetched before a seek may still arrive: at most one seek per this long.
 const SEEK_SETTLE: Duration = Duration::from_millis(200);
@@ -25,6 +28,8 @@ pub struct FetchStart {
     since: Instant,
     /// A record at or before the start arrived: the fetch position is sound.
     anchored: bool,
+    /// How long a partition may serve nothing before it is sought further back.
+    silence: Duration,
 }
 
 /// What a record means for a partition resuming at a [`FetchStart`].
@@ -49,7 +54,15 @@ impl FetchStart {
             sought: None,
             since: Instant::now(),
             anchored: false,
+            silence: SILENT_FETCH,
         }
+    }
+
+    /// The same guard for a reader whose fetches are answered at once (a small
+    /// `fetch.wait.max.ms`), which can take silence for an answer sooner than
+    /// [`SILENT_FETCH`]. Seeking back too early only re-reads records.
+    pub fn silent_after(self, silence: Duration) -> Self {
+        Self { silence, ..self }
     }
 
     pub fn offset(&self) -> i64 {
@@ -70,15 +83,17 @@ impl FetchStart {
         Arrival::Skipped(Some(self.further_back()))
     }
 
-    /// Where to seek if nothing was served for [`SILENT_FETCH`] since the start or the
-    /// last seek.
+    /// Where to seek if nothing was served for [`SILENT_FETCH`] (or the reader's own
+    /// silence) since the start or the last seek.
     pub fn silent(&mut self) -> Option<i64> {
-        (!self.anchored && self.back <= self.offset && self.since.elapsed() >= SILENT_FETCH)
+        (!self.anchored && self.back <= self.offset && self.since.elapsed() >= self.silence)
             .then(|| self.further_back())
     }
 
     fn further_back(&mut self) -> i64 {
-        self.back = (self.back * 8).max(1);
+        // 16, 256, 4096, 65536 records: few steps (each silent one costs a wait), and
+        // records re-read before the start are only skipped.
+        self.back = (self.back * 16).max(16);
         self.sought = Some(Instant::now());
         self.since = Instant::now();
         (self.offset - self.back).max(0)
@@ -91,14 +106,14 @@ mod tests {
 
     #[test]
     fn a_resume_past_its_offset_seeks_back_and_skips_what_was_read() {
-        let mut start = FetchStart::at(40);
-        // The broker served the next batch: records 40..51 would be lost.
-        assert_eq!(start.arrived(51), Arrival::Skipped(Some(39)));
-        assert_eq!(start.arrived(52), Arrival::Skipped(None), "one seek per answer");
+        let mut start = FetchStart::at(400);
+        // The broker served the next batch: records 400..511 would be lost.
+        assert_eq!(start.arrived(511), Arrival::Skipped(Some(384)));
+        assert_eq!(start.arrived(512), Arrival::Skipped(None), "one seek per answer");
         start.sought = None;
-        assert_eq!(start.arrived(51), Arrival::Skipped(Some(32)), "further back");
-        assert_eq!(start.arrived(33), Arrival::Before, "already read");
-        assert_eq!(start.arrived(40), Arrival::Resumed);
+        assert_eq!(start.arrived(511), Arrival::Skipped(Some(144)), "further back");
+        assert_eq!(start.arrived(145), Arrival::Before, "already read");
+        assert_eq!(start.arrived(400), Arrival::Resumed);
     }
 
     #[test]
@@ -117,10 +132,21 @@ mod tests {
     fn a_partition_that_serves_nothing_is_sought_back_until_a_record_comes() {
         let mut start = FetchStart::at(100);
         start.since = Instant::now() - SILENT_FETCH;
-        assert_eq!(start.silent(), Some(99));
+        assert_eq!(start.silent(), Some(84));
         assert_eq!(start.silent(), None, "waits again after a seek");
         assert_eq!(start.arrived(99), Arrival::Before, "a record before the offset");
         start.since = Instant::now() - SILENT_FETCH;
         assert_eq!(start.silent(), None, "an anchored partition is not moved again");
+    }
+
+    #[test]
+    fn a_reader_answered_at_once_takes_silence_sooner() {
+        let mut quick = FetchStart::at(100).silent_after(Duration::from_millis(300));
+        let mut default = FetchStart::at(100);
+        for start in [&mut quick, &mut default] {
+            start.since = Instant::now() - Duration::from_millis(300);
+        }
+        assert_eq!(quick.silent(), Some(84));
+        assert_eq!(default.silent(), None, "the default waits {SILENT_FETCH:?}");
     }
 }

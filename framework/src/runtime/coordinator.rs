@@ -79,7 +79,9 @@ impl Coordinator {
                 .filter(|tp| !map.contains_key(tp))
                 .collect()
         };
+        let started = std::time::Instant::now();
         let committed = self.committed(consumer, &new);
+        let committed_read = started.elapsed();
         let topic_plans = match &self.plans {
             PlanStore::Topic(store) if !new.is_empty() => match store.read_all(Duration::from_secs(30)) {
                 Ok(plans) => plans,
@@ -90,6 +92,7 @@ impl Coordinator {
             },
             _ => Default::default(),
         };
+        let plans_read = started.elapsed() - committed_read;
         let mut prepared = Vec::new();
         for tp in new {
             let (offset, metadata_plan) = committed.get(&tp).copied().unwrap_or((None, None));
@@ -108,6 +111,14 @@ impl Coordinator {
             }
             prepared.push((tp, start, pipeline, offset, rollups_end));
         }
+        // Where an assignment's time goes: the broker's answers, or the local restore.
+        tracing::info!(
+            partitions = prepared.len(),
+            committed_ms = committed_read.as_millis() as u64,
+            plan_topic_ms = plans_read.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "assignment prepared"
+        );
         let mut map = self.assignments();
         let mut load = vec![0usize; self.workers.len()];
         for a in map.values() {

@@ -95,7 +95,10 @@ pub fn probe(config: &Config, topic: &str) -> Result<bool, PlanStoreError> {
 pub struct PlanTopic {
     topic: String,
     producer: FutureProducer<Logged>,
-    reader: ClientConfig,
+    /// Kept from start to stop with the topic's metadata loaded, so a read at assignment
+    /// starts fetching at once (a new client waits 500 ms for a leader it does not know
+    /// yet, which was most of a clean start's time).
+    reader: BaseConsumer<Logged>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -111,19 +114,26 @@ fn plan_key(topic: &str, partition: i32) -> String {
 
 impl PlanTopic {
     pub fn new(config: &Config, topic: String) -> Result<Self, PlanStoreError> {
+        // In order without idempotence: one request in flight keeps retries from
+        // reordering plans (a duplicate is harmless, the newest per key wins), and no
+        // producer id is needed first, which a new idempotent producer waits up to a
+        // second for, while the first assignment waits on the fence write.
         let p = client_config(
             &config.kafka,
-            &[("enable.idempotence", "true"), ("linger.ms", "5")],
-        );
-        let reader_group = format!("{}.plan-reader", config.kafka.group);
-        let reader = client_config(
-            &config.kafka,
             &[
-                ("group.id", &reader_group),
-                ("enable.auto.commit", "false"),
-                ("enable.partition.eof", "false"),
+                ("enable.idempotence", "false"),
+                ("max.in.flight.requests.per.connection", "1"),
+                ("acks", "all"),
+                ("linger.ms", "5"),
             ],
         );
+        let reader_group = format!("{}.plan-reader", config.kafka.group);
+        let reader: BaseConsumer<Logged> = reader_config(config, &reader_group)
+            .create_with_context(Logged("replay"))
+            .map_err(kafka("create a client"))?;
+        reader
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map_err(kafka(format!("read the metadata of {topic}")))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -175,14 +185,13 @@ impl PlanTopic {
             .block_on(self.producer.send(fence, timeout))
             .map_err(|(e, _)| kafka("write the plan topic's fence")(e))?
             .offset;
-        let consumer: BaseConsumer<Logged> = self
-            .reader
-            .create_with_context(Logged("replay"))
-            .map_err(kafka("create a client"))?;
+        let consumer = &self.reader;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)
             .map_err(kafka("list the plan topic"))?;
         consumer.assign(&tpl).map_err(kafka("assign the plan topic"))?;
+        // Stop fetching once read, whichever way the read ends.
+        let _unassign = Unassign(consumer);
         let deadline = Instant::now() + timeout;
         let mut plans = HashMap::new();
         while Instant::now() < deadline {
@@ -212,6 +221,35 @@ impl PlanTopic {
     }
 }
 
+/// Silence that sends a reader's fetch start further back: its fetches are answered
+/// within `fetch.wait.max.ms` (10 ms), so this is many empty answers in a row.
+const READER_SILENCE: Duration = Duration::from_millis(300);
+
+/// A consumer that reads a known range once: no commits, and fetches answered at once
+/// (the broker's default wait for more data would add up to 500 ms per read).
+fn reader_config(config: &Config, group: &str) -> ClientConfig {
+    client_config(
+        &config.kafka,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "false"),
+            ("fetch.wait.max.ms", "10"),
+        ],
+    )
+}
+
+/// Unassigns its consumer when dropped.
+struct Unassign<'a>(&'a BaseConsumer<Logged>);
+
+impl Drop for Unassign<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.unassign() {
+            tracing::debug!(error = %e, "cannot unassign the plan reader");
+        }
+    }
+}
+
 /// Reads back partition `partition` of the rollups topic over `[from, end)`: the rows a
 /// [`CoarsePlan`] rebuilds coarse windows from. Stops at `end` (a broker's high
 /// watermark cannot be trusted: tansu 0.6 reports a wrong one). A broker that serves
@@ -230,17 +268,14 @@ pub fn read_rollups(
         return Ok(rows);
     }
     let group = format!("{}.rollups-reader", config.kafka.group);
-    let consumer: BaseConsumer<Logged> = client_config(
-        &config.kafka,
-        &[
-            ("group.id", &group),
-            ("enable.auto.commit", "false"),
-            ("enable.partition.eof", "false"),
-            ("auto.offset.reset", "error"),
-        ],
-    )
-    .create_with_context(Logged("replay"))
-    .map_err(kafka("create a client"))?;
+    let mut reader = reader_config(config, &group);
+    reader.set("auto.offset.reset", "error");
+    let consumer: BaseConsumer<Logged> = reader
+        .create_with_context(Logged("replay"))
+        .map_err(kafka("create a client"))?;
+    consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(kafka(format!("read the metadata of {topic}")))?;
     let seek_to = |offset: i64| -> Result<(), PlanStoreError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
@@ -252,7 +287,7 @@ pub fn read_rollups(
     seek_to(from)?;
     let deadline = Instant::now() + timeout;
     // Until reading is known to start at `from`, see FetchStart.
-    let mut guard = Some(FetchStart::at(from));
+    let mut guard = Some(FetchStart::at(from).silent_after(READER_SILENCE));
     let format = config.topics.output_format;
     let seek_back = |to: i64, why: &str| -> Result<(), PlanStoreError> {
         tracing::warn!(
