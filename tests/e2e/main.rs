@@ -5,5 +5,6 @@ mod cli;
 mod dataset;
 mod embedded;
 mod replay;
+mod static_membership;
 mod tansu;
 mod writer;

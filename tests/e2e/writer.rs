@@ -8,13 +8,13 @@ use harness::{
 };
 
 /// Either broker process; both speak the Kafka protocol to the writer.
-enum TestBroker {
+pub(crate) enum TestBroker {
     Tansu(Tansu),
     Dev(harness::DevKafka),
 }
 
 impl TestBroker {
-    fn brokers(&self) -> &str {
+    pub(crate) fn brokers(&self) -> &str {
         match self {
             TestBroker::Tansu(t) => &t.brokers,
             TestBroker::Dev(d) => &d.brokers,
@@ -22,22 +22,22 @@ impl TestBroker {
     }
 }
 
-struct Setup {
-    kafka: TestBroker,
-    ring: CqlRing,
-    keyspace: String,
-    metrics: String,
-    rollups: String,
-    anomalies: String,
-    dlq: String,
-    group: String,
+pub(crate) struct Setup {
+    pub(crate) kafka: TestBroker,
+    pub(crate) ring: CqlRing,
+    pub(crate) keyspace: String,
+    pub(crate) metrics: String,
+    pub(crate) rollups: String,
+    pub(crate) anomalies: String,
+    pub(crate) dlq: String,
+    pub(crate) group: String,
 }
 
 fn setup(rf: u32) -> Setup {
     setup_on(rf, false)
 }
 
-fn setup_on(rf: u32, dev_kafka: bool) -> Setup {
+pub(crate) fn setup_on(rf: u32, dev_kafka: bool) -> Setup {
     setup_ring(rf, dev_kafka, 0)
 }
 
@@ -116,7 +116,7 @@ fn start_writer(s: &Setup, admin: &str, extra: &[&str]) -> Process {
     start_writer_env(s, admin, extra, &[])
 }
 
-fn start_writer_env(s: &Setup, admin: &str, extra: &[&str], env: &[(&str, &str)]) -> Process {
+pub(crate) fn start_writer_env(s: &Setup, admin: &str, extra: &[&str], env: &[(&str, &str)]) -> Process {
     let mut args = vec![
         "--brokers",
         s.kafka.brokers(),
@@ -141,7 +141,7 @@ fn start_writer_env(s: &Setup, admin: &str, extra: &[&str], env: &[(&str, &str)]
     Process::spawn("tributary-writer", &app_binary("tributary-writer"), &args, env)
 }
 
-fn points(n_series: usize, per_series: usize) -> Vec<Outgoing> {
+pub(crate) fn points(n_series: usize, per_series: usize) -> Vec<Outgoing> {
     let mut out = Vec::new();
     for i in 0..per_series {
         for s in 0..n_series {
@@ -160,7 +160,7 @@ fn points(n_series: usize, per_series: usize) -> Vec<Outgoing> {
     out
 }
 
-fn wait_written(admin: &str, rows: u64, writer: &mut Process) {
+pub(crate) fn wait_written(admin: &str, rows: u64, writer: &mut Process) {
     let done = eventually(Duration::from_secs(120), || {
         (metric(admin, "tributary_writer_rows_written_total").unwrap_or(0.0) as u64 >= rows).then_some(())
     });
@@ -173,7 +173,7 @@ fn wait_written(admin: &str, rows: u64, writer: &mut Process) {
 }
 
 /// Waits until the ring holds all `rows` points (nothing lost), else fails with the log.
-fn wait_all_points(s: &Setup, rows: usize, writer: &Process) {
+pub(crate) fn wait_all_points(s: &Setup, rows: usize, writer: &Process) {
     let all = eventually(Duration::from_secs(120), || {
         (s.ring.count(&s.keyspace, "points") == rows as u64).then_some(())
     });

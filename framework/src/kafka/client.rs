@@ -18,6 +18,12 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Consumer group id; instances with the same group share the partitions.
     pub group: String,
+    /// Static group membership (KIP-345): a name unique to this instance that it keeps
+    /// across restarts (a StatefulSet pod's name), so a restarted instance gets its
+    /// partitions back at once instead of after the dead member's session timeout. Empty:
+    /// dynamic membership. A member that is gone for good holds its partitions until its
+    /// session expires, so scale down deliberately.
+    pub group_instance_id: String,
     /// How often processed offsets (whose outputs are acknowledged) are committed.
     pub commit_interval: HumanDuration,
     /// Partition count for topics this app has to create when even the input is missing.
@@ -35,6 +41,7 @@ impl KafkaConfig {
         Self {
             brokers: "127.0.0.1:9092".into(),
             group: group.into(),
+            group_instance_id: String::new(),
             commit_interval: HumanDuration(Duration::from_secs(1)),
             default_partitions: 8,
             replication_factor: -1,
@@ -62,6 +69,17 @@ impl KafkaConfig {
         }
         if self.group.trim().is_empty() {
             p.push("kafka.group: must not be empty".to_owned());
+        }
+        if self.group_instance_id.len() > 249
+            || !self
+                .group_instance_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            p.push(
+                "kafka.group_instance_id: at most 249 characters of a-z, A-Z, 0-9, '.', '_' and '-'"
+                    .to_owned(),
+            );
         }
         if self.commit_interval.0.is_zero() {
             p.push("kafka.commit_interval: must be greater than zero".to_owned());
@@ -99,7 +117,7 @@ pub fn is_secret(key: &str) -> bool {
 /// fetch settings that keep the local queue full (librdkafka's defaults back off for a
 /// whole second once `queued.min.messages` is reached, which leaves workers idle).
 pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
-    client_config(
+    let mut config = client_config(
         kafka,
         &[
             ("group.id", &kafka.group),
@@ -114,7 +132,11 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
             ("fetch.wait.max.ms", "100"),
             ("max.partition.fetch.bytes", "4194304"),
         ],
-    )
+    );
+    if !kafka.group_instance_id.is_empty() && !kafka.properties.contains_key("group.instance.id") {
+        config.set("group.instance.id", &kafka.group_instance_id);
+    }
+    config
 }
 
 /// Producer settings: idempotent (no duplicates or reordering from retries), lz4, small
@@ -174,6 +196,31 @@ mod tests {
         assert!(matches!(consumer_config(&k).log_level, RDKafkaLogLevel::Warning));
         k.properties.insert("debug".into(), "broker".into());
         assert!(matches!(client_config(&k, &[]).log_level, RDKafkaLogLevel::Debug));
+    }
+
+    #[test]
+    fn a_static_member_id_reaches_the_group_consumer_only() {
+        let mut k = KafkaConfig::for_group("g");
+        assert_eq!(
+            consumer_config(&k).get("group.instance.id"),
+            None,
+            "dynamic by default"
+        );
+        k.group_instance_id = "rollup-0".into();
+        assert_eq!(consumer_config(&k).get("group.instance.id"), Some("rollup-0"));
+        // Other clients (plan reader, probes) must not fence the group's member.
+        assert_eq!(client_config(&k, &[]).get("group.instance.id"), None);
+        assert_eq!(producer_config(&k).get("group.instance.id"), None);
+        assert!(k.problems().is_empty(), "{:?}", k.problems());
+        for bad in ["pod 0", "pod/0", "é", &"x".repeat(250)] {
+            k.group_instance_id = bad.to_owned();
+            assert!(
+                k.problems()
+                    .iter()
+                    .any(|p| p.starts_with("kafka.group_instance_id")),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]
