@@ -26,7 +26,7 @@ pub struct BenchOptions {
     pub partitions: i32,
     pub workers: usize,
     pub memory_series: usize,
-    /// Run one part only: "pipeline", "e2e" or "memory".
+    /// Run one part only: "pipeline", "e2e", "memory", "writer", "replay" or "restart".
     pub only: Option<String>,
 }
 
@@ -129,6 +129,9 @@ pub fn run(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     }
     if wants("replay") {
         replay(opts, out)?;
+    }
+    if wants("restart") {
+        crate::restart_bench::restart(opts, out)?;
     }
     Ok(())
 }
@@ -293,7 +296,7 @@ fn replay(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spec(opts: &BenchOptions) -> LoadSpec {
+pub(crate) fn spec(opts: &BenchOptions) -> LoadSpec {
     LoadSpec {
         series: opts.series,
         points: opts.records / opts.series as u64,

@@ -122,7 +122,7 @@ enum DevCommand {
         /// Series for the memory figure (0 skips it).
         #[arg(long, default_value_t = 1_000_000)]
         memory_series: usize,
-        /// Run one part only: pipeline, e2e, memory, writer or replay (memory is cleanest in its own process).
+        /// Run one part only: pipeline, e2e, memory, writer, replay or restart (memory is cleanest in its own process; restart needs tansu).
         #[arg(long)]
         only: Option<String>,
     },

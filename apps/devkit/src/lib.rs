@@ -8,3 +8,4 @@ pub mod cql;
 pub mod demo;
 pub mod kafka;
 pub mod loadgen;
+pub mod restart_bench;
