@@ -35,6 +35,16 @@ pub enum DecodeError {
     KeyMismatch { key: String, series: String },
     #[error("value is not finite: {0}")]
     NonFinite(f64),
+    #[error("record is {bytes} bytes, more than input.max_record_bytes ({max})")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("event time {ts} is before 2000-01-01")]
+    TimeTooOld { ts: i64 },
+    #[error(
+        "event time {ts} is after {latest} (the record's broker timestamp + input.max_future, or year 9999)"
+    )]
+    TimeTooNew { ts: i64, latest: i64 },
+    #[error("value {0} is beyond ±1e100")]
+    ValueTooLarge(f64),
 }
 
 #[derive(Deserialize)]
@@ -52,7 +62,13 @@ struct PointBincode<'a> {
     value: f64,
 }
 
-const BINCODE: bincode::config::Configuration = bincode::config::standard();
+/// Records are small; a length prefix that claims more than this is refused before
+/// anything is allocated for it.
+const BINCODE: bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<{ 1 << 20 }>,
+> = bincode::config::standard().with_limit::<{ 1 << 20 }>();
 
 /// Decodes and validates one metric record. The key must be the series id.
 pub fn decode_point<'a>(

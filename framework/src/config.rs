@@ -15,6 +15,7 @@ use crate::cusum::CusumConfig;
 use crate::cusum::CusumParams;
 pub use crate::duration::{DurationError, HumanDuration};
 use crate::kafka::KafkaConfig;
+use crate::limits::InputConfig;
 use crate::pipeline::PipelineSpec;
 pub use crate::reference::reference_drift;
 use crate::stage::Subscription;
@@ -82,6 +83,7 @@ pub struct Config {
     pub cusum: CusumConfig,
     pub runtime: RuntimeConfig,
     pub state: StateConfig,
+    pub input: InputConfig,
     pub admin: AdminConfig,
 }
 
@@ -159,6 +161,7 @@ impl Config {
                 plan_store: "auto".into(),
                 plan_topic: String::new(),
             },
+            input: InputConfig::default(),
             admin: AdminConfig { listen: admin.into() },
         }
     }
@@ -180,6 +183,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         problems.extend(self.kafka.problems());
+        problems.extend(self.input.problems());
         let t = &self.topics;
         let mut names = vec![("topics.input", &t.input)];
         if self.rollup.enabled {
@@ -279,6 +283,11 @@ impl Config {
         }
         for (i, text) in self.rollup.levels.iter().enumerate() {
             match HumanDuration::parse(text) {
+                // Window arithmetic stays far from overflow: event times end at year
+                // 9999, widths at a year.
+                Ok(d) if d.as_millis() > 366 * 86_400_000 => {
+                    problems.push(format!("rollup.levels[{i}]: {text} is longer than 366d"))
+                }
                 Ok(d) if d.as_millis() > 0 => {
                     let width = d.as_millis();
                     if let Some(prev) = out.last()
@@ -332,6 +341,7 @@ impl Config {
             rollup: self.rollup.enabled.then_some(levels),
             cusum,
             grace_ms: self.rollup.grace.as_millis(),
+            limits: self.input.limits(),
         })
     }
 

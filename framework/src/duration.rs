@@ -50,8 +50,9 @@ impl HumanDuration {
             .ok_or_else(|| DurationError::TooLarge(text.to_owned()))
     }
 
+    /// Milliseconds, saturating (a duration of centuries must not wrap negative).
     pub fn as_millis(self) -> i64 {
-        self.0.as_millis() as i64
+        i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
     }
 }
 

@@ -30,6 +30,7 @@ pub mod cusum;
 pub mod duration;
 pub mod intern;
 pub mod kafka;
+pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;

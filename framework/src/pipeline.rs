@@ -6,6 +6,7 @@
 use crate::codec::{self, DecodeError, Format};
 use crate::cusum::{CusumParams, CusumStage};
 use crate::intern::Interner;
+use crate::limits::InputLimits;
 use crate::record::Agg;
 use crate::record::{Anomaly, Point, RollupRow};
 use crate::replay::{CoarsePlan, Plan};
@@ -34,6 +35,8 @@ pub struct PipelineSpec {
     pub cusum: Option<(CusumParams, Subscription)>,
     /// Allowed lateness: the watermark is the max event time seen minus this.
     pub grace_ms: i64,
+    /// What a record may hold; outside it a record is dead-lettered.
+    pub limits: InputLimits,
 }
 
 /// Counters kept per partition, read by the runtime for metrics.
@@ -116,6 +119,7 @@ pub struct Pipeline {
     subscriptions: Vec<Subscription>,
     labels: Vec<String>,
     grace_ms: i64,
+    limits: InputLimits,
     max_ts: i64,
     watermark: i64,
     collector: Collector,
@@ -165,6 +169,7 @@ impl Pipeline {
             subscriptions,
             labels,
             grace_ms: spec.grace_ms,
+            limits: spec.limits,
             max_ts: i64::MIN,
             watermark: i64::MIN,
             collector: Collector::new(),
@@ -367,13 +372,15 @@ impl Pipeline {
             .min_by_key(|r| r.offset)
     }
 
-    /// Processes one source record.
+    /// Processes one source record; `broker_ts` is its broker timestamp (milliseconds),
+    /// if it has one, which bounds how far in the future its event time may be.
     #[inline]
     pub fn process(
         &mut self,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         offset: i64,
+        broker_ts: Option<i64>,
         sink: &mut impl OutputSink,
     ) {
         self.stats.records += 1;
@@ -384,7 +391,12 @@ impl Pipeline {
                 stage.set_replaying(replaying);
             }
         }
-        let raw = match codec::decode_point(self.format, key, payload) {
+        let limits = self.limits;
+        let raw = match limits.check_size(key, payload).and_then(|()| {
+            let raw = codec::decode_point(self.format, key, payload)?;
+            limits.check_point(raw.ts, raw.value, broker_ts)?;
+            Ok(raw)
+        }) {
             Ok(raw) => raw,
             Err(_) if replaying => return,
             Err(error) => {
@@ -577,6 +589,8 @@ mod tests {
             ]),
             cusum,
             grace_ms: 0,
+            // The tests' event times start at 0.
+            limits: InputLimits::any_time(),
         }
     }
 
@@ -595,6 +609,7 @@ mod tests {
                 Some(b"s"),
                 Some(point("s", i * 60_000, v).as_bytes()),
                 i,
+                None,
                 &mut sink,
             );
         }
@@ -608,16 +623,90 @@ mod tests {
     }
 
     #[test]
+    fn records_outside_the_input_limits_are_dead_lettered_and_move_nothing() {
+        let spec = PipelineSpec {
+            limits: InputLimits::default(),
+            ..spec(None)
+        };
+        let mut p = Pipeline::new(&spec);
+        let mut sink = VecSink::default();
+        let now = 1_764_700_020_000;
+        let at = Some(now);
+        p.process(
+            Some(b"s"),
+            Some(point("s", now, 1.5).as_bytes()),
+            0,
+            at,
+            &mut sink,
+        );
+        let watermark = p.watermark();
+        let huge = format!(
+            r#"{{"series":"s","ts":{now},"value":1,"pad":"{}"}}"#,
+            "x".repeat(70_000)
+        );
+        let hostile = [
+            point("s", now + 3_600_001, 1.0), // past broker time + max_future
+            point("s", 0, 1.0),               // before 2000
+            point("s", i64::MAX, 1.0),        // would overflow window arithmetic
+            point("s", now, 1e200),           // sums would overflow
+            huge,
+        ];
+        for (i, record) in hostile.iter().enumerate() {
+            p.process(Some(b"s"), Some(record.as_bytes()), 1 + i as i64, at, &mut sink);
+        }
+        // Without a broker timestamp only the fixed range applies.
+        p.process(
+            Some(b"s"),
+            Some(point("s", i64::MAX, 1.0).as_bytes()),
+            6,
+            None,
+            &mut sink,
+        );
+        assert_eq!(p.watermark(), watermark, "no bad record moved the watermark");
+        let reasons: Vec<&str> = sink.dead_letters.iter().map(|d| d.0.as_str()).collect();
+        assert_eq!(reasons.len(), 6, "{reasons:?}");
+        for (reason, expected) in
+            reasons
+                .iter()
+                .zip(["after", "before 2000", "after", "beyond", "bytes", "after"])
+        {
+            assert!(reason.contains(expected), "{reason:?} lacks {expected:?}");
+        }
+        // A later good record closes the first minute with only the good point in it.
+        p.process(
+            Some(b"s"),
+            Some(point("s", now + 120_000, 1.0).as_bytes()),
+            7,
+            at,
+            &mut sink,
+        );
+        let (_, label, row) = &sink.rollups[0];
+        assert_eq!(
+            (label.as_str(), row.agg.count, row.agg.sum()),
+            ("1m", 1, 1.5),
+            "{:?}",
+            sink.rollups
+        );
+    }
+
+    #[test]
     fn bad_records_are_dead_lettered_and_processing_continues() {
         let mut p = Pipeline::new(&spec(None));
         let mut sink = VecSink::default();
-        p.process(Some(b"s"), Some(b"{"), 0, &mut sink);
-        p.process(None, Some(point("s", 0, 1.0).as_bytes()), 1, &mut sink);
-        p.process(Some(b"s"), Some(point("s", 0, 1.0).as_bytes()), 2, &mut sink);
+        p.process(Some(b"s"), Some(b"{"), 0, None, &mut sink);
+        p.process(None, Some(point("s", 0, 1.0).as_bytes()), 1, None, &mut sink);
+        p.process(
+            Some(b"s"),
+            Some(point("s", 0, 1.0).as_bytes()),
+            2,
+            None,
+            &mut sink,
+        );
         p.process(
             Some(b"s"),
             Some(point("s", 120_000, 1.0).as_bytes()),
             3,
+            None,
             &mut sink,
         );
         assert_eq!(
@@ -633,7 +722,13 @@ mod tests {
     fn idle_advance_closes_open_windows() {
         let mut p = Pipeline::new(&spec(None));
         let mut sink = VecSink::default();
-        p.process(Some(b"s"), Some(point("s", 1_000, 2.0).as_bytes()), 0, &mut sink);
+        p.process(
+            Some(b"s"),
+            Some(point("s", 1_000, 2.0).as_bytes()),
+            0,
+            None,
+            &mut sink,
+        );
         assert!(sink.rollups.is_empty());
         p.advance_watermark(600_000, 1, &mut sink);
         let labels: Vec<&str> = sink.rollups.iter().map(|r| r.1.as_str()).collect();

@@ -84,24 +84,55 @@ pub fn build(series: usize, hours: i64, partitions: i32, seed: u64) -> DataSet {
             });
         }
     }
-    let bad_values = [
-        "{\"series\":\"host-000/cpu.user\",\"ts\":1732320000000",
-        "{\"series\":\"host-000/cpu.user\",\"ts\":1732320000000,\"value\":\"high\"}",
-        "not json at all",
+    let first = &names[0];
+    let nested = format!(
+        r#"{{"series":"{first}","ts":{T0},"value":{}1{}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    let padded = format!(
+        r#"{{"series":"{first}","ts":{T0},"value":1,"pad":"{}"}}"#,
+        "x".repeat(100_000)
+    );
+    // (key, value): every one is dead-lettered with a reason, and nothing after it is lost.
+    let bad_records: Vec<(Option<String>, String)> = vec![
+        (
+            Some(first.clone()),
+            format!("{{\"series\":\"{first}\",\"ts\":{T0}"),
+        ),
+        (
+            Some(first.clone()),
+            format!("{{\"series\":\"{first}\",\"ts\":{T0},\"value\":\"high\"}}"),
+        ),
+        (Some(first.clone()), "not json at all".into()),
+        (None, point_json(first, T0, 1.0)),
+        // Hostile input: far future (year 2100), before 2000, the i64 limits, a value
+        // too large to sum, one JSON cannot hold, deep nesting, a record over the size
+        // limit, a key over it, an empty key, invalid UTF-8 in the value and the key.
+        (Some(first.clone()), point_json(first, 4_102_444_800_000, 1.0)),
+        (Some(first.clone()), point_json(first, 0, 1.0)),
+        (Some(first.clone()), point_json(first, i64::MAX, 1.0)),
+        (Some(first.clone()), point_json(first, i64::MIN, 1.0)),
+        (Some(first.clone()), point_json(first, T0, 1e200)),
+        (
+            Some(first.clone()),
+            format!(r#"{{"series":"{first}","ts":{T0},"value":1e400}}"#),
+        ),
+        (Some(first.clone()), nested),
+        (Some(first.clone()), padded),
+        (Some("k".repeat(70_000)), point_json(first, T0, 1.0)),
+        (Some(String::new()), point_json(first, T0, 1.0)),
+        (Some(first.clone()), "b64:/+7/".into()),
+        (Some("b64:/w==".into()), point_json(first, T0, 1.0)),
     ];
-    for v in bad_values {
+    let bad = bad_records.len();
+    for (key, value) in bad_records {
         records.push(Outgoing {
-            key: Some(names[0].clone()),
-            value: Some(v.to_owned()),
-            partition: Some(partition_of[&names[0]]),
+            key,
+            value: Some(value),
+            partition: Some(partition_of[first]),
         });
     }
-    records.push(Outgoing {
-        key: None,
-        value: Some(point_json(&names[0], T0, 1.0)),
-        partition: Some(0),
-    });
-    let bad = bad_values.len() + 1;
     for name in &names {
         records.push(Outgoing {
             key: Some(name.clone()),

@@ -72,6 +72,33 @@ fn rollup_app_matches_an_independent_oracle() {
         dead.iter()
             .any(|d| d.headers["tributary.error"].contains("invalid JSON"))
     );
+    for reason in [
+        "is after",
+        "before 2000",
+        "beyond",
+        "more than input.max_record_bytes",
+        "key is not UTF-8",
+        "invalid type: sequence",
+    ] {
+        assert!(
+            dead.iter().any(|d| d.headers["tributary.error"].contains(reason)),
+            "no dead letter says {reason:?}"
+        );
+    }
+    // Records over the size limit are dead-lettered cut to it, their sizes in headers.
+    let cut: Vec<_> = dead
+        .iter()
+        .filter(|d| {
+            d.headers.contains_key("tributary.original.size")
+                || d.headers.contains_key("tributary.original.key.size")
+        })
+        .collect();
+    assert_eq!(cut.len(), 2, "the padded value and the long key are cut");
+    assert!(
+        cut.iter()
+            .all(|d| d.value.as_ref().map_or(0, String::len) <= 65_536)
+    );
+    assert!(cut.iter().all(|d| d.key.as_ref().map_or(0, String::len) <= 1024));
 
     let late_records = py_consume(&kafka.brokers, &late, data.late, 60, 2.0);
     assert_eq!(late_records.len(), data.late, "every late record forwarded once");

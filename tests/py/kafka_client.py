@@ -3,17 +3,27 @@
 bundles its own librdkafka 2.x, so it shares no code with the apps under test).
 
   kafka_client.py produce BROKERS TOPIC < records.jsonl
-      each line: {"key": str|null, "value": str|null, "partition": int (optional)}
+      each line: {"key": str|null, "value": str|null, "partition": int (optional)};
+      a key or value "b64:..." is sent as the base64-decoded bytes (e.g. invalid UTF-8)
   kafka_client.py consume BROKERS TOPIC MIN_COUNT TIMEOUT_S [IDLE_S]
       prints one JSON line per record: key, value, partition, offset, headers
   kafka_client.py committed BROKERS GROUP TOPIC
       prints {"partition": committed offset} and {"end": {...}} as JSON
 """
+import base64
 import json
 import sys
 import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+
+
+def as_bytes(text):
+    if text is None:
+        return None
+    if text.startswith("b64:"):
+        return base64.b64decode(text[4:])
+    return text.encode()
 
 
 def produce(brokers, topic):
@@ -27,12 +37,11 @@ def produce(brokers, topic):
         kwargs = {}
         if r.get("partition") is not None:
             kwargs["partition"] = r["partition"]
-        key = r.get("key")
-        value = r.get("value")
+        key = as_bytes(r.get("key"))
+        value = as_bytes(r.get("value"))
         while True:
             try:
-                p.produce(topic, key=None if key is None else key.encode(),
-                          value=None if value is None else value.encode(),
+                p.produce(topic, key=key, value=value,
                           on_delivery=lambda err, msg: err and errors.append(str(err)), **kwargs)
                 break
             except BufferError:

@@ -339,7 +339,7 @@ fn pipeline_only(opts: &BenchOptions, out: &mut impl Write) {
     let mut sink = VecSink::default();
     let t = Instant::now();
     for (i, (k, v)) in records.iter().enumerate() {
-        pipeline.process(Some(k.as_bytes()), Some(v), i as i64, &mut sink);
+        pipeline.process(Some(k.as_bytes()), Some(v), i as i64, None, &mut sink);
         if sink.rollups.len() > 100_000 {
             sink.rollups.clear();
         }

@@ -28,6 +28,8 @@ fn spec(cusum: bool) -> PipelineSpec {
             Subscription::Points,
         )),
         grace_ms: 20_000,
+        // Event times start at 0.
+        limits: crate::limits::InputLimits::any_time(),
     }
 }
 
@@ -54,7 +56,13 @@ fn records(seed: u64, n: usize, jitter: i64) -> Vec<(String, String)> {
 
 fn run(p: &mut Pipeline, recs: &[(String, String)], from: usize, to: usize, sink: &mut VecSink) {
     for (offset, (key, value)) in recs.iter().enumerate().take(to).skip(from) {
-        p.process(Some(key.as_bytes()), Some(value.as_bytes()), offset as i64, sink);
+        p.process(
+            Some(key.as_bytes()),
+            Some(value.as_bytes()),
+            offset as i64,
+            None,
+            sink,
+        );
     }
 }
 
@@ -303,7 +311,13 @@ fn run_into(
 ) {
     for (offset, (key, value)) in recs.iter().enumerate().take(to).skip(from) {
         let before = sink.rollups.len();
-        p.process(Some(key.as_bytes()), Some(value.as_bytes()), offset as i64, sink);
+        p.process(
+            Some(key.as_bytes()),
+            Some(value.as_bytes()),
+            offset as i64,
+            None,
+            sink,
+        );
         for (series, resolution, r) in &sink.rollups[before..] {
             topic.rows.push((
                 offset as i64,

@@ -14,6 +14,8 @@ pub struct Batch {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Span {
     pub(super) offset: i64,
+    /// The broker timestamp, if the record has one.
+    pub(super) timestamp: Option<i64>,
     pub(super) key: Option<(u32, u32)>,
     pub(super) payload: Option<(u32, u32)>,
 }
@@ -27,7 +29,7 @@ impl Batch {
     }
 
     #[inline]
-    pub fn push(&mut self, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+    pub fn push(&mut self, offset: i64, timestamp: Option<i64>, key: Option<&[u8]>, payload: Option<&[u8]>) {
         let mut put = |bytes: Option<&[u8]>| {
             bytes.map(|b| {
                 let start = self.data.len() as u32;
@@ -37,7 +39,12 @@ impl Batch {
         };
         let key = put(key);
         let payload = put(payload);
-        self.records.push(Span { offset, key, payload });
+        self.records.push(Span {
+            offset,
+            timestamp,
+            key,
+            payload,
+        });
     }
 
     pub fn len(&self) -> usize {

@@ -118,6 +118,8 @@ impl OutputSink for KafkaSink<'_> {
         let reason = error.to_string();
         tracing::debug!(topic = %outputs.input, partition = self.partition, offset, reason, "dead-lettered record");
         let headers = headers::dead_letter(&outputs.input, &outputs.group, self.partition, offset, &reason);
+        let (key, payload, headers) =
+            headers::fit_dead_letter(key, payload, outputs.dead_letter_max_bytes, headers);
         let partition = self.partition % outputs.dead_letter_partitions.max(1);
         self.send(
             &shared.outputs.dead_letter,

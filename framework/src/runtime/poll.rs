@@ -74,6 +74,7 @@ pub(super) fn poll_thread(
         anomalies: topics.anomalies.clone(),
         dead_letter: topics.dead_letter.clone(),
         dead_letter_partitions: layout.outputs.get(&topics.dead_letter).copied().unwrap_or(1),
+        dead_letter_max_bytes: config.input.max_record_bytes,
         late: (!topics.late.is_empty()).then(|| {
             (
                 topics.late.clone(),
@@ -277,7 +278,12 @@ fn poll_loop(
                         pending.entry(partition).or_insert(QueuedBatch { batch, worker })
                     }
                 };
-                entry.batch.push(msg.offset(), msg.key(), msg.payload());
+                entry.batch.push(
+                    msg.offset(),
+                    msg.timestamp().to_millis(),
+                    msg.key(),
+                    msg.payload(),
+                );
                 if entry.batch.len() >= batch_size
                     && let Some(p) = pending.remove(&partition)
                 {

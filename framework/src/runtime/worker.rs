@@ -50,6 +50,9 @@ pub struct Outputs {
     pub anomalies: String,
     pub dead_letter: String,
     pub dead_letter_partitions: i32,
+    /// A dead letter's value is cut to this many bytes (its original size in a header),
+    /// so no record is too large to dead-letter.
+    pub dead_letter_max_bytes: usize,
     pub late: Option<(String, i32)>,
     pub format: Format,
     pub input: String,
@@ -220,6 +223,7 @@ fn process_batch(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, b
             batch.get(span.key),
             batch.get(span.payload),
             span.offset,
+            span.timestamp,
             &mut sink,
         );
         next = span.offset + 1;
