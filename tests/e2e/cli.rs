@@ -71,9 +71,13 @@ fn print_config_shows_no_secret() {
         r#"{{ "sasl.username" = "alice", "sasl.password" = "{secret}", "ssl.key.password" = "{secret}" }}"#
     );
     for bin in ["tributary-rollup", "tributary-detector", "tributary-writer"] {
+        let security = format!(
+            r#"{{ protocol = "sasl_ssl", mechanism = "SCRAM-SHA-512", username = "alice", password = "{secret}" }}"#
+        );
         let out = Command::new(app_binary(bin))
             .arg("--print-config")
             .env("TRIBUTARY_KAFKA_PROPERTIES", &props)
+            .env("TRIBUTARY_KAFKA_SECURITY", &security)
             .env_remove("RUST_LOG")
             .output()
             .expect("run");
@@ -91,6 +95,10 @@ fn print_config_shows_no_secret() {
         assert!(
             all.contains("\"sasl.password\" = \"<redacted>\""),
             "{bin}:\n{all}"
+        );
+        assert!(
+            all.contains("password = \"<redacted>\"") && all.contains("protocol = \"sasl_ssl\""),
+            "{bin}: [kafka.security] shown, its password redacted:\n{all}"
         );
         assert!(
             all.contains("alice"),

@@ -12,10 +12,20 @@ bundles its own librdkafka 2.x, so it shares no code with the apps under test).
 """
 import base64
 import json
+import os
 import sys
 import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+
+
+def settings(brokers, **extra):
+    """librdkafka settings: the brokers, the environment's KAFKA_CLIENT_CONFIG (a JSON
+    object, e.g. SASL_SSL for a secured broker), then `extra`."""
+    conf = {"bootstrap.servers": brokers}
+    conf.update(json.loads(os.environ.get("KAFKA_CLIENT_CONFIG") or "{}"))
+    conf.update(extra)
+    return conf
 
 
 def as_bytes(text):
@@ -27,7 +37,7 @@ def as_bytes(text):
 
 
 def produce(brokers, topic):
-    p = Producer({"bootstrap.servers": brokers, "enable.idempotence": True, "linger.ms": 5})
+    p = Producer(settings(brokers, **{"enable.idempotence": True, "linger.ms": 5}))
     errors = []
     count = 0
     for line in sys.stdin:
@@ -54,8 +64,8 @@ def produce(brokers, topic):
 
 
 def consume(brokers, topic, min_count, timeout, idle):
-    c = Consumer({"bootstrap.servers": brokers, "group.id": f"e2e-reader-{time.time()}",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    c = Consumer(settings(brokers, **{"group.id": f"e2e-reader-{time.time()}",
+                                      "enable.auto.commit": False, "auto.offset.reset": "earliest"}))
     md = c.list_topics(topic, timeout=10)
     parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
     c.assign([TopicPartition(topic, p, 0) for p in parts])
@@ -82,7 +92,7 @@ def consume(brokers, topic, min_count, timeout, idle):
 
 
 def committed(brokers, group, topic):
-    c = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
+    c = Consumer(settings(brokers, **{"group.id": group, "enable.auto.commit": False}))
     md = c.list_topics(topic, timeout=10)
     parts = [TopicPartition(topic, p) for p in sorted(md.topics[topic].partitions)]
     out = {"committed": {}, "end": {}}

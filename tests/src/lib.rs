@@ -68,10 +68,24 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &str, program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::spawn_in(None, name, program, args, envs)
+    }
+
+    /// The same, in the working directory `dir` if given.
+    pub fn spawn_in(
+        dir: Option<&Path>,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let log = logs_dir().join(format!("{}.log", unique(name)));
         let file = std::fs::File::create(&log).expect("log file");
         let err = file.try_clone().expect("log file");
         let mut cmd = Command::new(program);
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
         cmd.args(args)
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))
@@ -197,14 +211,150 @@ impl Tansu {
     }
 }
 
+/// tansu behind a TLS terminator (socat) with SASL SCRAM-SHA-512 required: the setup of
+/// a managed Kafka service. tansu's own TLS flags did not work here; its users are created
+/// while it runs without `--authentication`, then it is restarted on the same storage
+/// with it.
+pub struct SecureTansu {
+    /// The TLS port: `SASL_SSL` only.
+    pub brokers: String,
+    /// The CA (here the self-signed broker certificate) clients must trust.
+    pub ca_file: PathBuf,
+    pub username: String,
+    pub password: String,
+    pub dir: PathBuf,
+    _broker: Process,
+    _tls: Process,
+}
+
+fn wait_listening(addr: &str, what: &Process) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not start:\n{}",
+            what.name,
+            what.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl SecureTansu {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("secure-tansu"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(
+            made.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let both = dir.join("cert-and-key.pem");
+        let pem = [
+            std::fs::read(&cert).expect("cert"),
+            std::fs::read(&key).expect("key"),
+        ]
+        .concat();
+        std::fs::write(&both, pem).expect("pem");
+        let (plain, tls) = (free_port(), free_port());
+        let plain_url = format!("tcp://127.0.0.1:{plain}");
+        let plain_addr = format!("127.0.0.1:{plain}");
+        let broker = |advertised: &str, auth: bool| {
+            let mut args = vec![
+                "broker",
+                "--listener-url",
+                &plain_url,
+                "--advertised-listener-url",
+                advertised,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ];
+            if auth {
+                args.push("--authentication");
+            }
+            let p = Process::spawn_in(
+                Some(&dir),
+                "tansu",
+                &tansu_binary(),
+                &args,
+                &[("RUST_LOG", "warn")],
+            );
+            wait_listening(&plain_addr, &p);
+            p
+        };
+        let (username, password) = ("tributary-e2e".to_owned(), format!("pw-{}", unique("s")));
+        let setup = broker(&plain_url, false);
+        let created = Command::new(tansu_binary())
+            .args(["user", "create", "--broker", &plain_url, &username, &password])
+            .output()
+            .expect("tansu user create");
+        assert!(
+            created.status.success(),
+            "tansu user create: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        drop(setup);
+        let tls_addr = format!("127.0.0.1:{tls}");
+        let broker = broker(&format!("tcp://{tls_addr}"), true);
+        let tls_process = Process::spawn(
+            "socat",
+            Path::new("socat"),
+            &[
+                &format!(
+                    "OPENSSL-LISTEN:{tls},bind=127.0.0.1,reuseaddr,cert={},verify=0,fork",
+                    both.display()
+                ),
+                &format!("TCP:{plain_addr}"),
+            ],
+            &[],
+        );
+        wait_listening(&tls_addr, &tls_process);
+        let s = Self {
+            brokers: tls_addr,
+            ca_file: cert,
+            username,
+            password,
+            dir,
+            _broker: broker,
+            _tls: tls_process,
+        };
+        client_settings()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                s.brokers.clone(),
+                vec![
+                    ("security.protocol".into(), "SASL_SSL".into()),
+                    ("sasl.mechanisms".into(), "SCRAM-SHA-512".into()),
+                    ("sasl.username".into(), s.username.clone()),
+                    ("sasl.password".into(), s.password.clone()),
+                    ("ssl.ca.location".into(), s.ca_file.display().to_string()),
+                ],
+            );
+        s
+    }
+}
+
 /// Creates topics through the admin API.
 pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in settings_for(brokers) {
+        config.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
@@ -236,6 +386,36 @@ fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
+/// Client settings a secured broker needs (SASL_SSL), by its bootstrap address, so every
+/// helper that takes `brokers` reaches it unchanged.
+type SettingsByBroker = BTreeMap<String, Vec<(String, String)>>;
+
+fn client_settings() -> &'static std::sync::Mutex<SettingsByBroker> {
+    static SETTINGS: std::sync::OnceLock<std::sync::Mutex<SettingsByBroker>> = std::sync::OnceLock::new();
+    SETTINGS.get_or_init(Default::default)
+}
+
+fn settings_for(brokers: &str) -> Vec<(String, String)> {
+    client_settings()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(brokers)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The independent Python client, with the settings `brokers` needs.
+fn python(brokers: &str) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(python_client());
+    let settings: serde_json::Map<String, Value> = settings_for(brokers)
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    cmd.env("KAFKA_CLIENT_CONFIG", Value::Object(settings).to_string());
+    cmd
+}
+
 fn python_client() -> PathBuf {
     workspace_root().join("tests/py/kafka_client.py")
 }
@@ -250,8 +430,7 @@ pub struct Outgoing {
 
 /// Produces through Python's confluent-kafka.
 pub fn py_produce(brokers: &str, topic: &str, records: &[Outgoing]) {
-    let mut child = Command::new("python3")
-        .arg(python_client())
+    let mut child = python(brokers)
         .args(["produce", brokers, topic])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -298,8 +477,7 @@ pub fn py_consume(
     timeout_s: u64,
     idle_s: f64,
 ) -> Vec<Incoming> {
-    let out = Command::new("python3")
-        .arg(python_client())
+    let out = python(brokers)
         .args([
             "consume",
             brokers,
@@ -339,8 +517,7 @@ pub fn py_consume(
 
 /// Committed offsets of `group` and end offsets of `topic`, per partition.
 pub fn py_committed(brokers: &str, group: &str, topic: &str) -> (BTreeMap<i32, i64>, BTreeMap<i32, i64>) {
-    let out = Command::new("python3")
-        .arg(python_client())
+    let out = python(brokers)
         .args(["committed", brokers, group, topic])
         .output()
         .expect("python3");

@@ -8,6 +8,7 @@ use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use serde::{Deserialize, Serialize};
 
+use super::security::SecurityConfig;
 use crate::duration::HumanDuration;
 
 /// Kafka connection and consumer-group settings (`[kafka]` in every app's config).
@@ -30,6 +31,8 @@ pub struct KafkaConfig {
     pub default_partitions: i32,
     /// Replication factor for topics this app creates; -1 means the broker's default.
     pub replication_factor: i32,
+    /// TLS and SASL for every client (`[kafka.security]`).
+    pub security: SecurityConfig,
     /// Extra librdkafka properties, applied to every client the app creates (last, so
     /// they win).
     pub properties: BTreeMap<String, String>,
@@ -45,6 +48,7 @@ impl KafkaConfig {
             commit_interval: HumanDuration(Duration::from_secs(1)),
             default_partitions: 8,
             replication_factor: -1,
+            security: SecurityConfig::default(),
             properties: BTreeMap::new(),
         }
     }
@@ -53,6 +57,7 @@ impl KafkaConfig {
     /// replaced by `<redacted>`.
     pub fn redacted(&self) -> Self {
         let mut shown = self.clone();
+        shown.security = self.security.redacted();
         for (key, value) in shown.properties.iter_mut() {
             if is_secret(key) {
                 *value = REDACTED.to_owned();
@@ -90,6 +95,7 @@ impl KafkaConfig {
         if self.replication_factor == 0 || self.replication_factor < -1 {
             p.push("kafka.replication_factor: must be -1 (broker default) or at least 1".to_owned());
         }
+        p.extend(self.security.problems());
         p
     }
 }
@@ -166,6 +172,7 @@ pub fn client_config(kafka: &KafkaConfig, settings: &[(&str, &str)]) -> ClientCo
     for (k, v) in settings {
         c.set(*k, *v);
     }
+    kafka.security.apply(&mut c);
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }

@@ -1,6 +1,7 @@
 //! The Kafka layer every app uses (rollup, detector, writer, and the offline tools):
 //!
 //! - [`client`]: the shared `[kafka]` section and the settings of every client;
+//! - [`security`]: `[kafka.security]`, TLS and SASL for every client;
 //! - [`logging`]: librdkafka's log lines and errors into `tracing`;
 //! - [`acks`]: the acknowledged prefix of a partition's outputs;
 //! - [`commits`]: commits marked done only when the broker confirms them;
@@ -15,6 +16,7 @@ pub mod commits;
 pub mod fetch_start;
 pub mod headers;
 pub mod logging;
+pub mod security;
 
 pub use backoff::Backoff;
 pub use client::KafkaConfig;

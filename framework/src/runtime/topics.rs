@@ -47,7 +47,8 @@ pub fn prepare_topics(
             Ok(Some(n)) => break n,
             Ok(None) => tracing::warn!(topic = input, "input topic does not exist yet; waiting"),
             Err(e) => {
-                tracing::warn!(brokers = %config.kafka.brokers, error = %e, "cannot reach Kafka; retrying")
+                tracing::warn!(brokers = %config.kafka.brokers, error = %e, "cannot reach Kafka; retrying");
+                show_cause(&producer);
             }
         }
         backoff.wait(stop).map_err(|_| RuntimeError::Stopped)?;
@@ -69,7 +70,10 @@ pub fn prepare_topics(
                     continue;
                 }
                 Ok(None) => tracing::warn!(topic = %out.name, "output topic does not exist yet; retrying"),
-                Err(e) => tracing::warn!(error = %e, "cannot reach Kafka; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach Kafka; retrying");
+                    show_cause(&producer);
+                }
             }
             backoff.wait(stop).map_err(|_| RuntimeError::Stopped)?;
         };
@@ -88,6 +92,14 @@ pub fn prepare_topics(
 
 /// An admin client for CreateTopics, and a producer whose metadata requests auto-create
 /// topics on brokers without CreateTopics.
+/// librdkafka queues its log lines and client errors for the application to poll; an
+/// admin client never polls them, so the reason behind "cannot reach Kafka" (a refused
+/// password, an untrusted certificate) would stay unseen. The producer made alongside
+/// meets the same brokers with the same settings: polling it passes its lines on.
+fn show_cause(producer: &BaseProducer<Logged>) {
+    producer.poll(Duration::ZERO);
+}
+
 fn admin_clients(config: &Config) -> Result<(AdminClient<Logged>, BaseProducer<Logged>), RuntimeError> {
     let admin = client_config(&config.kafka, &[])
         .create_with_context(Logged("admin"))

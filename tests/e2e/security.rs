@@ -1,0 +1,221 @@
+//! Kafka with TLS and SASL (SCRAM-SHA-512), as managed services run it: tansu requiring
+//! authentication behind a TLS terminator. The apps connect through `[kafka.security]`
+//! (password from a file, the broker's CA), never show the password, and report a wrong
+//! password or an untrusted certificate while they keep retrying.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use harness::{
+    CqlRing, Outgoing, Process, SecureTansu, app_binary, create_topics, eventually, free_port, py_consume,
+    py_produce, unique,
+};
+
+use crate::dataset::{self, Duplicates};
+
+/// A `[kafka.security]` section for `kafka`, with `password` written to a file.
+fn security_section(kafka: &SecureTansu, password: &str, ca_file: &Path) -> String {
+    let password_file = kafka.dir.join(unique("password"));
+    std::fs::write(&password_file, format!("{password}\n")).expect("password file");
+    format!(
+        "[kafka.security]\nprotocol = \"sasl_ssl\"\nmechanism = \"SCRAM-SHA-512\"\nusername = \"{}\"\npassword_file = \"{}\"\nca_file = \"{}\"\n",
+        kafka.username,
+        password_file.display(),
+        ca_file.display()
+    )
+}
+
+fn config_file(kafka: &SecureTansu, text: &str) -> PathBuf {
+    let path = kafka.dir.join(format!("{}.toml", unique("app")));
+    std::fs::write(&path, text).expect("config file");
+    path
+}
+
+fn rollup(kafka: &SecureTansu, config: &Path, input: &str, rollups: &str) -> Process {
+    Process::spawn(
+        "tributary-rollup",
+        &app_binary("tributary-rollup"),
+        &[
+            "--config",
+            &config.display().to_string(),
+            "--brokers",
+            &kafka.brokers,
+            "--input-topic",
+            input,
+            "--output-topic",
+            rollups,
+            "--group",
+            &unique("rollup"),
+            "--admin-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        &[("RUST_LOG", "info")],
+    )
+}
+
+#[test]
+fn the_rollup_app_and_the_writer_work_over_sasl_ssl() {
+    let kafka = SecureTansu::start();
+    let (input, rollups) = (unique("metrics"), unique("rollups"));
+    create_topics(&kafka.brokers, &[(&input, 3)]);
+    let data = dataset::build(6, 8, 3, 29);
+    py_produce(&kafka.brokers, &input, &data.records);
+    let config = config_file(
+        &kafka,
+        &format!(
+            "[kafka]\ncommit_interval = \"200ms\"\n{}",
+            security_section(&kafka, &kafka.password, &kafka.ca_file)
+        ),
+    );
+    let mut app = rollup(&kafka, &config, &input, &rollups);
+    let out = py_consume(&kafka.brokers, &rollups, data.expected.len(), 180, 3.0);
+    assert!(app.is_running(), "app died:\n{}", app.log_text());
+    dataset::check_rollups(&data, Duplicates::Refused, &out);
+    assert_eq!(
+        app.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        app.log_text()
+    );
+    assert!(
+        !app.log_text().contains(&kafka.password),
+        "the password was logged"
+    );
+
+    // The writer, through the same section, writes the points to the ring.
+    let ring = CqlRing::start(3);
+    let keyspace = unique("ks").replace('-', "_");
+    let schema = std::process::Command::new(app_binary("tributary-writer"))
+        .args(["schema", "apply", "--contact-points", &ring.contact_point()])
+        .args([
+            "--keyspace",
+            &keyspace,
+            "--replication-factor",
+            "1",
+            "--log",
+            "warn",
+        ])
+        .output()
+        .expect("schema apply");
+    assert!(
+        schema.status.success(),
+        "{}",
+        String::from_utf8_lossy(&schema.stderr)
+    );
+    let points: Vec<Outgoing> = (0..300)
+        .map(|i| Outgoing {
+            key: Some("host-1/cpu".into()),
+            value: Some(harness::point_json(
+                "host-1/cpu",
+                1_732_320_000_000 + i * 10_000,
+                i as f64,
+            )),
+            partition: Some(0),
+        })
+        .collect();
+    let writer_input = unique("points");
+    create_topics(&kafka.brokers, &[(&writer_input, 1)]);
+    py_produce(&kafka.brokers, &writer_input, &points);
+    let writer_config = config_file(&kafka, &security_section(&kafka, &kafka.password, &kafka.ca_file));
+    let mut writer = Process::spawn(
+        "tributary-writer",
+        &app_binary("tributary-writer"),
+        &[
+            "--config",
+            &writer_config.display().to_string(),
+            "--brokers",
+            &kafka.brokers,
+            "--contact-points",
+            &ring.contact_point(),
+            "--keyspace",
+            &keyspace,
+            "--metrics-topic",
+            &writer_input,
+            "--rollups-topic",
+            "",
+            "--anomalies-topic",
+            "",
+            "--group",
+            &unique("writer"),
+            "--admin-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        &[],
+    );
+    let all = eventually(Duration::from_secs(120), || {
+        (ring.count(&keyspace, "points") == points.len() as u64).then_some(())
+    });
+    assert!(all.is_some(), "points not written:\n{}", writer.log_text());
+    assert_eq!(
+        writer.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        writer.log_text()
+    );
+    assert!(
+        !writer.log_text().contains(&kafka.password),
+        "the password was logged"
+    );
+}
+
+#[test]
+fn a_wrong_password_and_an_untrusted_certificate_are_reported_and_retried() {
+    let kafka = SecureTansu::start();
+    let input = unique("metrics");
+    create_topics(&kafka.brokers, &[(&input, 1)]);
+    // A certificate that signed nothing the broker presents.
+    let stranger = kafka.dir.join("stranger.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=stranger",
+        ])
+        .arg("-keyout")
+        .arg(kafka.dir.join("stranger-key.pem"))
+        .arg("-out")
+        .arg(&stranger)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success());
+    let wrong_password = format!("wrong-{}", unique("pw"));
+    let cases = [
+        (
+            security_section(&kafka, &wrong_password, &kafka.ca_file),
+            "SASL authentication error",
+        ),
+        (
+            security_section(&kafka, &kafka.password, &stranger),
+            "certificate verify failed",
+        ),
+    ];
+    for (section, cause) in cases {
+        let config = config_file(&kafka, &section);
+        let mut app = rollup(&kafka, &config, &input, &unique("rollups"));
+        let reported = eventually(Duration::from_secs(60), || {
+            let log = app.log_text();
+            (log.contains(cause) && log.contains(&kafka.brokers)).then_some(())
+        });
+        assert!(
+            reported.is_some(),
+            "{cause:?} naming {} not logged:\n{}",
+            kafka.brokers,
+            app.log_text()
+        );
+        // Still up and retrying, not crashed: an operator can fix the secret.
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(app.is_running(), "the app gave up:\n{}", app.log_text());
+        let log = app.log_text();
+        assert!(
+            !log.contains(&wrong_password) && !log.contains(&kafka.password),
+            "a password was logged"
+        );
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
