@@ -105,6 +105,19 @@ fn print_config_shows_no_secret() {
             "{bin}: other properties stay visible:\n{all}"
         );
     }
+    let out = Command::new(app_binary("tributary-writer"))
+        .arg("--print-config")
+        .env("TRIBUTARY_CASSANDRA_USERNAME", "writer")
+        .env("TRIBUTARY_CASSANDRA_PASSWORD", &secret)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run");
+    let all = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !all.contains(&secret),
+        "the Cassandra password shown:\n{all}"
+    );
+    assert!(all.contains("password = \"<redacted>\""), "{all}");
 }
 
 /// `tributary-dev kafka` on a chosen port serves any Kafka client; `tributary-dev produce`

@@ -219,3 +219,119 @@ fn a_wrong_password_and_an_untrusted_certificate_are_reported_and_retried() {
         assert!(!log.contains("panicked"), "{log}");
     }
 }
+
+#[test]
+fn the_writer_logs_into_cassandra_with_a_password_file_and_keeps_retrying_a_refused_login() {
+    let kafka = harness::Tansu::start();
+    let password = unique("cql-pw");
+    let ring = CqlRing::start_with_login(3, "writer", &password);
+    let dir = std::env::temp_dir().join(unique("cql-login"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (right, wrong) = (dir.join("right"), dir.join("wrong"));
+    std::fs::write(&right, format!("{password}\n")).expect("password file");
+    let wrong_password = unique("not-it");
+    std::fs::write(&wrong, &wrong_password).expect("password file");
+    let login = |file: &Path| {
+        [
+            ("TRIBUTARY_CASSANDRA_USERNAME", "writer".to_owned()),
+            ("TRIBUTARY_CASSANDRA_PASSWORD_FILE", file.display().to_string()),
+        ]
+    };
+    let keyspace = unique("ks").replace('-', "_");
+    let schema = |env: &[(&str, String)]| {
+        let mut cmd = std::process::Command::new(app_binary("tributary-writer"));
+        cmd.args(["schema", "apply", "--contact-points", &ring.contact_point()])
+            .args([
+                "--keyspace",
+                &keyspace,
+                "--replication-factor",
+                "1",
+                "--log",
+                "warn",
+            ]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("schema apply")
+    };
+    // The ring really asks: without a login nothing passes.
+    let refused = schema(&[]);
+    assert!(
+        !refused.status.success(),
+        "the ring accepted a client without a login"
+    );
+    let applied = schema(&login(&right));
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    let input = unique("points");
+    create_topics(&kafka.brokers, &[(&input, 1)]);
+    let points: Vec<Outgoing> = (0..200)
+        .map(|i| Outgoing {
+            key: Some("host-1/cpu".into()),
+            value: Some(harness::point_json(
+                "host-1/cpu",
+                1_732_320_000_000 + i * 10_000,
+                i as f64,
+            )),
+            partition: Some(0),
+        })
+        .collect();
+    py_produce(&kafka.brokers, &input, &points);
+    let group = unique("writer");
+    let start = |file: &Path| {
+        let env = login(file);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Process::spawn(
+            "tributary-writer",
+            &app_binary("tributary-writer"),
+            &[
+                "--brokers",
+                &kafka.brokers,
+                "--contact-points",
+                &ring.contact_point(),
+                "--keyspace",
+                &keyspace,
+                "--metrics-topic",
+                &input,
+                "--rollups-topic",
+                "",
+                "--anomalies-topic",
+                "",
+                "--group",
+                &group,
+                "--admin-listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ],
+            &env,
+        )
+    };
+    let mut refused = start(&wrong);
+    let reported = eventually(Duration::from_secs(60), || {
+        let log = refused.log_text();
+        (log.contains("cannot reach the cluster; retrying") && log.contains("incorrect")).then_some(())
+    });
+    assert!(
+        reported.is_some(),
+        "a refused login not reported:\n{}",
+        refused.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(refused.is_running(), "gave up:\n{}", refused.log_text());
+    assert!(
+        !refused.log_text().contains(&wrong_password),
+        "the password was logged"
+    );
+    assert_eq!(ring.count(&keyspace, "points"), 0);
+    drop(refused);
+
+    let writer = start(&right);
+    let all = eventually(Duration::from_secs(120), || {
+        (ring.count(&keyspace, "points") == points.len() as u64).then_some(())
+    });
+    assert!(all.is_some(), "points not written:\n{}", writer.log_text());
+    assert!(!writer.log_text().contains(&password), "the password was logged");
+}

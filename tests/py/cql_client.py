@@ -6,8 +6,10 @@
   cql_client.py count HOST PORT KEYSPACE TABLE   prints the table's row count.
 """
 import json
+import os
 import sys
 
+from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster
 from cassandra.policies import RoundRobinPolicy
 
@@ -38,8 +40,12 @@ def main(host, port, keyspace):
 
 
 def count(host, port, keyspace, table):
-    """Prints the number of rows in keyspace.table."""
-    cluster = Cluster([host], port=int(port), protocol_version=4,
+    """Prints the number of rows in keyspace.table (logging in as CQL_USERNAME with
+    CQL_PASSWORD when the ring asks)."""
+    auth = None
+    if os.environ.get("CQL_USERNAME"):
+        auth = PlainTextAuthProvider(os.environ["CQL_USERNAME"], os.environ.get("CQL_PASSWORD", ""))
+    cluster = Cluster([host], port=int(port), protocol_version=4, auth_provider=auth,
                       load_balancing_policy=RoundRobinPolicy(), connect_timeout=10)
     s = cluster.connect()
     print(s.execute(f"SELECT COUNT(*) FROM {keyspace}.{table}").one()[0])

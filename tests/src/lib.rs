@@ -674,6 +674,8 @@ pub struct CqlRing {
     pub port: u16,
     pub http: String,
     pub process: Process,
+    /// The (user, password) the ring requires, if any.
+    login: Option<(String, String)>,
 }
 
 impl CqlRing {
@@ -683,8 +685,18 @@ impl CqlRing {
 
     /// `spare` more nodes start outside the ring; [`CqlRing::set_member`] adds them.
     pub fn start_with_spare(nodes: usize, spare: usize) -> Self {
+        Self::start_with(nodes, spare, None)
+    }
+
+    /// A ring that requires `(user, password)` (PasswordAuthenticator).
+    pub fn start_with_login(nodes: usize, user: &str, password: &str) -> Self {
+        Self::start_with(nodes, 0, Some((user, password)))
+    }
+
+    fn start_with(nodes: usize, spare: usize, login: Option<(&str, &str)>) -> Self {
         let port = free_port();
         let http = format!("127.0.0.1:{}", free_port());
+        let (user, password) = login.unwrap_or_default();
         let process = Process::spawn(
             "tributary-dev-cql",
             &app_binary("tributary-dev"),
@@ -698,14 +710,21 @@ impl CqlRing {
                 &port.to_string(),
                 "--http",
                 &http,
+                "--username",
+                user,
             ],
-            &[],
+            &[("TRIBUTARY_DEV_CQL_PASSWORD", password)],
         );
         let ready = eventually(Duration::from_secs(30), || {
             process.log_text().contains("Ctrl-C stops").then_some(())
         });
         assert!(ready.is_some(), "ring did not start: {}", process.log_text());
-        Self { port, http, process }
+        Self {
+            port,
+            http,
+            process,
+            login: login.map(|(u, p)| (u.to_owned(), p.to_owned())),
+        }
     }
 
     pub fn contact_point(&self) -> String {
@@ -750,9 +769,12 @@ impl CqlRing {
 
     /// Row count of a table, through Python's cassandra-driver.
     pub fn count(&self, keyspace: &str, table: &str) -> u64 {
+        let (user, password) = self.login.clone().unwrap_or_default();
         let out = Command::new("python3")
             .arg(workspace_root().join("tests/py/cql_client.py"))
             .args(["count", "127.0.0.1", &self.port.to_string(), keyspace, table])
+            .env("CQL_USERNAME", user)
+            .env("CQL_PASSWORD", password)
             .output()
             .expect("python3");
         assert!(

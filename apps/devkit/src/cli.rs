@@ -67,6 +67,10 @@ enum DevCommand {
         /// GET /topology, POST /topology?node=N {"member": bool}.
         #[arg(long, default_value = "127.0.0.1:9043")]
         http: String,
+        /// Require this user (PasswordAuthenticator), with the password from
+        /// TRIBUTARY_DEV_CQL_PASSWORD.
+        #[arg(long, default_value = "")]
+        username: String,
     },
     /// Generate metric points into a topic: N series, rate, duration, jitter, step changes.
     Produce {
@@ -194,17 +198,25 @@ fn run(command: DevCommand) -> anyhow::Result<()> {
             vnodes,
             spare,
             http,
+            username,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
+                let credentials = (!username.is_empty()).then(|| {
+                    (
+                        username,
+                        std::env::var("TRIBUTARY_DEV_CQL_PASSWORD").unwrap_or_default(),
+                    )
+                });
                 let config = crate::cql::RingConfig {
                     nodes,
                     port,
                     vnodes,
                     spare,
+                    credentials,
                     ..Default::default()
                 };
                 let ring = crate::cql::Ring::start(config).await?;

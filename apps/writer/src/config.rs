@@ -48,6 +48,23 @@ pub struct CassandraConfig {
     pub consistency: String,
     /// Per-request timeout.
     pub request_timeout: HumanDuration,
+    /// User for PasswordAuthenticator; empty connects without authenticating.
+    pub username: String,
+    /// Password of `username`; prefer `password_file`. Never shown.
+    pub password: String,
+    /// A file whose first line is the password (e.g. a mounted Kubernetes secret).
+    pub password_file: String,
+}
+
+impl CassandraConfig {
+    /// The password, from `password_file` when one is named.
+    pub fn password(&self) -> std::io::Result<String> {
+        if self.password_file.is_empty() {
+            return Ok(self.password.clone());
+        }
+        let text = std::fs::read_to_string(&self.password_file)?;
+        Ok(text.lines().next().unwrap_or_default().to_owned())
+    }
 }
 
 /// Time to live per table and resolution ("0s" = keep forever).
@@ -141,6 +158,9 @@ impl Default for WriterConfig {
                 datacenter: "datacenter1".into(),
                 consistency: "local_quorum".into(),
                 request_timeout: HumanDuration(Duration::from_secs(10)),
+                username: String::new(),
+                password: String::new(),
+                password_file: String::new(),
             },
             ttl: TtlConfig {
                 points: days(7),
@@ -213,6 +233,19 @@ impl WriterConfig {
         }
         if self.cassandra.contact_points.is_empty() {
             p.push("cassandra.contact_points: at least one host:port".into());
+        }
+        let c = &self.cassandra;
+        if !c.password.is_empty() && !c.password_file.is_empty() {
+            p.push("cassandra.password: set it or password_file, not both".into());
+        }
+        if !c.password_file.is_empty() && c.password().is_err() {
+            p.push(format!(
+                "cassandra.password_file: cannot read {:?}",
+                c.password_file
+            ));
+        }
+        if c.username.is_empty() && !(c.password.is_empty() && c.password_file.is_empty()) {
+            p.push("cassandra.username: needed with a password".into());
         }
         if !self
             .cassandra
@@ -314,10 +347,13 @@ impl WriterConfig {
 
     /// The configuration as TOML for `--print-config`, secrets redacted.
     pub fn to_toml(&self) -> String {
-        let shown = WriterConfig {
+        let mut shown = WriterConfig {
             kafka: self.kafka.redacted(),
             ..self.clone()
         };
+        if !shown.cassandra.password.is_empty() {
+            shown.cassandra.password = tributary::kafka::client::REDACTED.to_owned();
+        }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }

@@ -93,16 +93,29 @@ pub enum SinkError {
     Token(#[from] scylla::statement::prepared::PartitionKeyError),
     #[error("the statement has no partition key")]
     NoPartitionKey,
+    #[error("cannot read cassandra.password_file {file:?}: {source}")]
+    PasswordFile {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Connects to the cluster (the caller retries with backoff).
 pub async fn connect(config: &WriterConfig) -> Result<Session, SinkError> {
-    SessionBuilder::new()
-        .known_nodes(&config.cassandra.contact_points)
-        .connection_timeout(config.cassandra.request_timeout.0)
-        .build()
-        .await
-        .map_err(|e| SinkError::Connect(Box::new(e)))
+    let c = &config.cassandra;
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&c.contact_points)
+        .connection_timeout(c.request_timeout.0);
+    if !c.username.is_empty() {
+        // Read at each connect, so a rotated secret is picked up by the next attempt.
+        let password = c.password().map_err(|e| SinkError::PasswordFile {
+            file: c.password_file.clone(),
+            source: e,
+        })?;
+        builder = builder.user(&c.username, password);
+    }
+    builder.build().await.map_err(|e| SinkError::Connect(Box::new(e)))
 }
 
 /// Runs the schema statements (idempotent).

@@ -7,6 +7,7 @@ pub mod opcode {
     pub const ERROR: u8 = 0x00;
     pub const STARTUP: u8 = 0x01;
     pub const READY: u8 = 0x02;
+    pub const AUTHENTICATE: u8 = 0x03;
     pub const OPTIONS: u8 = 0x05;
     pub const SUPPORTED: u8 = 0x06;
     pub const QUERY: u8 = 0x07;
@@ -17,6 +18,7 @@ pub mod opcode {
     pub const EVENT: u8 = 0x0C;
     pub const BATCH: u8 = 0x0D;
     pub const AUTH_RESPONSE: u8 = 0x0F;
+    pub const AUTH_SUCCESS: u8 = 0x10;
 
     pub fn name(op: u8) -> &'static str {
         match op {
@@ -37,6 +39,7 @@ pub mod opcode {
 pub mod error_code {
     pub const SERVER: i32 = 0x0000;
     pub const PROTOCOL: i32 = 0x000A;
+    pub const BAD_CREDENTIALS: i32 = 0x0100;
     pub const UNAVAILABLE: i32 = 0x1000;
     pub const OVERLOADED: i32 = 0x1001;
     pub const WRITE_TIMEOUT: i32 = 0x1100;

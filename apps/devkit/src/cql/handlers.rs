@@ -3,6 +3,7 @@
 //! connection).
 
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use super::batch::*;
 use super::frame::{self, Header, Malformed, Reader, Writer, error_code, opcode};
@@ -55,8 +56,9 @@ pub(super) async fn handle(
     index: usize,
     h: Header,
     body: &[u8],
-    keyspace: &Mutex<Option<String>>,
+    session: &Session,
 ) -> Vec<u8> {
+    let keyspace = &session.keyspace;
     {
         let mut c = lock(&cluster.nodes[index].counters);
         *c.requests.entry(opcode::name(h.opcode).to_owned()).or_default() += 1;
@@ -71,9 +73,26 @@ pub(super) async fn handle(
             }
         }
     }
+    let open = matches!(
+        h.opcode,
+        opcode::OPTIONS | opcode::STARTUP | opcode::AUTH_RESPONSE
+    );
     let result = match h.opcode {
+        _ if !open && !session.authenticated.load(Ordering::SeqCst) => Err(CqlError::new(
+            error_code::PROTOCOL,
+            "the connection has not authenticated",
+        )),
         opcode::OPTIONS => Ok((opcode::SUPPORTED, supported())),
-        opcode::STARTUP => startup(&mut reader),
+        opcode::STARTUP => startup(&mut reader).map(|ready| match &cluster.credentials {
+            // PasswordAuthenticator: the client answers with SASL PLAIN.
+            Some(_) => {
+                let mut w = Writer::new();
+                w.string("org.apache.cassandra.auth.PasswordAuthenticator");
+                (opcode::AUTHENTICATE, w.buf)
+            }
+            None => ready,
+        }),
+        opcode::AUTH_RESPONSE => authenticate(cluster, session, &mut reader),
         opcode::REGISTER => Ok((opcode::READY, Vec::new())),
         opcode::QUERY => query(cluster, index, &mut reader, keyspace).await,
         opcode::PREPARE => prepare(cluster, &mut reader, keyspace),
@@ -109,6 +128,32 @@ pub(super) fn startup(r: &mut Reader<'_>) -> Result<(u8, Vec<u8>), CqlError> {
         ));
     }
     Ok((opcode::READY, Vec::new()))
+}
+
+/// SASL PLAIN (`\0user\0password`) against the ring's credentials.
+fn authenticate(cluster: &Cluster, session: &Session, r: &mut Reader<'_>) -> Result<(u8, Vec<u8>), CqlError> {
+    let token = r.bytes()?.unwrap_or_default();
+    let mut parts = token.split(|b| *b == 0).skip(1);
+    let (user, password) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    match &cluster.credentials {
+        Some((u, p)) if u.as_bytes() == user && p.as_bytes() == password => {
+            session.authenticated.store(true, Ordering::SeqCst);
+            let mut w = Writer::new();
+            w.bytes(None);
+            Ok((opcode::AUTH_SUCCESS, w.buf))
+        }
+        Some(_) => Err(CqlError::new(
+            error_code::BAD_CREDENTIALS,
+            &format!(
+                "Provided username {} and/or password are incorrect",
+                String::from_utf8_lossy(user)
+            ),
+        )),
+        None => Err(CqlError::new(
+            error_code::PROTOCOL,
+            "no authentication was asked for",
+        )),
+    }
 }
 
 /// Query parameters shared by QUERY and EXECUTE.

@@ -32,6 +32,9 @@ pub struct RingConfig {
     /// Extra node slots after `nodes` that start outside the ring and can join it later
     /// (POST /topology), on the next addresses.
     pub spare: usize,
+    /// (user, password) the ring requires, as Cassandra's PasswordAuthenticator does;
+    /// `None` accepts every connection.
+    pub credentials: Option<(String, String)>,
 }
 
 impl Default for RingConfig {
@@ -43,6 +46,7 @@ impl Default for RingConfig {
             vnodes: 16,
             seed: 7,
             spare: 0,
+            credentials: None,
         }
     }
 }
@@ -136,6 +140,16 @@ pub struct Cluster {
     pub(super) rng: Mutex<u64>,
     /// EVENT bodies for connections that sent REGISTER (drivers follow ring changes so).
     pub(super) events: broadcast::Sender<Vec<u8>>,
+    /// Required (user, password), if any.
+    pub(super) credentials: Option<(String, String)>,
+}
+
+/// One client connection's state.
+pub(super) struct Session {
+    pub(super) keyspace: Mutex<Option<String>>,
+    /// Whether the connection may send requests: it authenticated, or the ring requires
+    /// no credentials.
+    pub(super) authenticated: AtomicBool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -202,6 +216,7 @@ impl Ring {
             prepared: Mutex::new(HashMap::new()),
             rng: Mutex::new(config.seed | 1),
             events: broadcast::channel(64).0,
+            credentials: config.credentials.clone(),
         });
         let (stop, _) = watch::channel(false);
         for (i, listener) in listeners.into_iter().enumerate() {
@@ -307,7 +322,10 @@ pub(super) async fn connection(
             }
         }
     });
-    let keyspace: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let session = Arc::new(Session {
+        keyspace: Mutex::new(None),
+        authenticated: AtomicBool::new(cluster.credentials.is_none()),
+    });
     // Events go out only after the client sent REGISTER, on stream -1.
     let registered = Arc::new(AtomicBool::new(false));
     let events = {
@@ -360,9 +378,9 @@ pub(super) async fn connection(
         }
         let cluster = cluster.clone();
         let tx = tx.clone();
-        let keyspace = keyspace.clone();
+        let session = session.clone();
         tokio::spawn(async move {
-            let response = handle(&cluster, index, h, &body, &keyspace).await;
+            let response = handle(&cluster, index, h, &body, &session).await;
             let _ = tx.send(response).await;
         });
     }
