@@ -17,12 +17,28 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct AdminConfig {
     /// Listen address; empty disables the endpoint.
     pub listen: String,
+    /// Bearer token required by the endpoints that change state (replay, rate limit);
+    /// prefer `token_file`. Never shown.
+    #[serde(default)]
+    pub token: String,
+    /// A file whose first line is that token (e.g. a mounted Kubernetes secret).
+    #[serde(default)]
+    pub token_file: String,
 }
 
 impl AdminConfig {
     /// What is wrong with this section, if anything (`admin.listen` must be empty or an
     /// address).
     pub fn problem(&self) -> Option<String> {
+        if !self.token.is_empty() && !self.token_file.is_empty() {
+            return Some("admin.token: set it or token_file, not both".to_owned());
+        }
+        if let Err(e) = self.bearer() {
+            return Some(format!(
+                "admin.token_file: cannot read {:?}: {e}",
+                self.token_file
+            ));
+        }
         if self.listen.is_empty() || self.listen.parse::<SocketAddr>().is_ok() {
             return None;
         }
@@ -30,6 +46,51 @@ impl AdminConfig {
             "admin.listen: {:?} is not an address like 127.0.0.1:9641 (empty disables it)",
             self.listen
         ))
+    }
+
+    /// The token, from `token_file` when one is named; `None` when none is set.
+    pub fn bearer(&self) -> std::io::Result<Option<String>> {
+        let token = if self.token_file.is_empty() {
+            self.token.clone()
+        } else {
+            let text = std::fs::read_to_string(&self.token_file)?;
+            text.lines().next().unwrap_or_default().trim().to_owned()
+        };
+        Ok((!token.is_empty()).then_some(token))
+    }
+
+    /// A copy fit to show: the token replaced.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        if !shown.token.is_empty() {
+            shown.token = crate::kafka::client::REDACTED.to_owned();
+        }
+        shown
+    }
+
+    /// Wraps `handler` so requests that change state (any method but GET and HEAD) need
+    /// the bearer token when one is set, and are refused beyond loopback when none is;
+    /// `/metrics`, health and status stay open to scrapers and probes.
+    pub fn protect(&self, handler: Arc<dyn Handler>) -> Arc<dyn Handler> {
+        let loopback = self
+            .listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        let token = match self.bearer() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(file = %self.token_file, error = %e, "cannot read admin.token_file; state-changing endpoints refused");
+                Some(String::new())
+            }
+        };
+        if token.is_none() && !loopback {
+            tracing::warn!(listen = %self.listen, "no admin.token_file: endpoints that change state are refused beyond loopback");
+        }
+        Arc::new(Protected {
+            inner: handler,
+            token,
+            loopback,
+        })
     }
 }
 
@@ -43,6 +104,8 @@ pub struct Request {
     pub path: String,
     pub query: String,
     pub body: Vec<u8>,
+    /// The `Authorization: Bearer` token, if sent.
+    pub bearer: Option<String>,
 }
 
 impl Request {
@@ -98,6 +161,39 @@ where
     fn handle(&self, request: &Request) -> Response {
         self(request)
     }
+}
+
+/// A handler behind the token check (see [`AdminConfig::protect`]).
+struct Protected {
+    inner: Arc<dyn Handler>,
+    /// `Some("")` when the token file could not be read: nothing matches it.
+    token: Option<String>,
+    loopback: bool,
+}
+
+impl Handler for Protected {
+    fn handle(&self, request: &Request) -> Response {
+        if matches!(request.method.as_str(), "GET" | "HEAD") {
+            return self.inner.handle(request);
+        }
+        match (&self.token, &request.bearer) {
+            (None, _) if self.loopback => self.inner.handle(request),
+            (None, _) => Response::text(
+                403,
+                "this endpoint changes state: set admin.token_file to use it beyond loopback\n",
+            ),
+            (Some(want), Some(got)) if !want.is_empty() && same_bytes(want.as_bytes(), got.as_bytes()) => {
+                self.inner.handle(request)
+            }
+            (Some(_), _) => Response::text(401, "a valid bearer token is required\n"),
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken does not say
+/// how much of a guess was right.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// Binds the admin listener. Port 0 picks a free port (tests).
@@ -169,11 +265,15 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Request> {
     let target = parts.next().ok_or_else(|| bad("no path"))?;
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut length = 0usize;
+    let mut bearer = None;
     for line in lines {
-        if let Some((k, v)) = line.split_once(':')
-            && k.trim().eq_ignore_ascii_case("content-length")
-        {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        if k.trim().eq_ignore_ascii_case("content-length") {
             length = v.trim().parse().map_err(|_| bad("bad content-length"))?;
+        } else if k.trim().eq_ignore_ascii_case("authorization") {
+            bearer = v.trim().strip_prefix("Bearer ").map(|t| t.trim().to_owned());
         }
     }
     if length > MAX_BODY {
@@ -194,6 +294,7 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Request> {
         path: path.to_owned(),
         query: query.to_owned(),
         body,
+        bearer,
     })
 }
 
@@ -202,6 +303,8 @@ async fn write_response(stream: &mut TcpStream, r: &Response) -> std::io::Result
         200 => "OK",
         202 => "Accepted",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         409 => "Conflict",
         503 => "Service Unavailable",
@@ -220,12 +323,24 @@ async fn write_response(stream: &mut TcpStream, r: &Response) -> std::io::Result
 
 /// A minimal blocking HTTP client for the CLI's `ctl` commands and tests.
 pub fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    request_with(addr, method, path, body, None)
+}
+
+/// The same, sending `token` as a bearer token.
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     )?;
     s.write_all(body)?;

@@ -213,7 +213,14 @@ fn replay_command(app: AppKind, config: &Config, args: &ReplayArgs) -> ExitCode 
             let list: Vec<String> = p.iter().map(|p| p.to_string()).collect();
             query.push_str(&format!("&partitions={}", list.join(",")));
         }
-        match admin::request(addr, "POST", &format!("/replay?{query}"), b"") {
+        let token = match config.admin.bearer() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{}: cannot read admin.token_file: {e}", app.name());
+                return ExitCode::from(2);
+            }
+        };
+        match admin::request_with(addr, "POST", &format!("/replay?{query}"), b"", token.as_deref()) {
             Ok((200, body)) => {
                 println!("{}", body.trim());
                 if !args.no_wait {
@@ -377,6 +384,7 @@ pub async fn shutdown_signal() {
 /// stops by itself.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary, RuntimeError> {
     let listen = config.admin.listen.clone();
+    let admin_config = config.admin.clone();
     let runtime = Runtime::start(config)?;
     let metrics = runtime.metrics().clone();
     let control = runtime.control();
@@ -389,9 +397,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                     .map(|a| a.to_string())
                     .unwrap_or(listen.clone());
                 tracing::info!(addr, "admin endpoint listening (/metrics, /health, /status)");
-                tokio::spawn(admin::serve(listener, routes(metrics, control), async move {
-                    let _ = admin_stop_rx.await;
-                }));
+                tokio::spawn(admin::serve(
+                    listener,
+                    admin_config.protect(routes(metrics, control)),
+                    async move {
+                        let _ = admin_stop_rx.await;
+                    },
+                ));
             }
             Err(e) => {
                 runtime.stop();

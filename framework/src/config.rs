@@ -162,7 +162,11 @@ impl Config {
                 plan_topic: String::new(),
             },
             input: InputConfig::default(),
-            admin: AdminConfig { listen: admin.into() },
+            admin: AdminConfig {
+                listen: admin.into(),
+                token: String::new(),
+                token_file: String::new(),
+            },
         }
     }
 
@@ -359,6 +363,7 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let shown = Config {
             kafka: self.kafka.redacted(),
+            admin: self.admin.redacted(),
             ..self.clone()
         };
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))

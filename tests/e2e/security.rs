@@ -32,6 +32,10 @@ fn config_file(kafka: &SecureTansu, text: &str) -> PathBuf {
 }
 
 fn rollup(kafka: &SecureTansu, config: &Path, input: &str, rollups: &str) -> Process {
+    rollup_at(&kafka.brokers, config, input, rollups)
+}
+
+fn rollup_at(brokers: &str, config: &Path, input: &str, rollups: &str) -> Process {
     Process::spawn(
         "tributary-rollup",
         &app_binary("tributary-rollup"),
@@ -39,7 +43,7 @@ fn rollup(kafka: &SecureTansu, config: &Path, input: &str, rollups: &str) -> Pro
             "--config",
             &config.display().to_string(),
             "--brokers",
-            &kafka.brokers,
+            brokers,
             "--input-topic",
             input,
             "--output-topic",
@@ -185,27 +189,35 @@ fn a_wrong_password_and_an_untrusted_certificate_are_reported_and_retried() {
         .expect("openssl");
     assert!(made.status.success());
     let wrong_password = format!("wrong-{}", unique("pw"));
+    // The broker's certificate names 127.0.0.1 only.
+    let by_name = kafka.brokers.replace("127.0.0.1", "localhost");
     let cases = [
         (
             security_section(&kafka, &wrong_password, &kafka.ca_file),
+            kafka.brokers.clone(),
             "SASL authentication error",
         ),
         (
             security_section(&kafka, &kafka.password, &stranger),
+            kafka.brokers.clone(),
+            "certificate verify failed",
+        ),
+        (
+            security_section(&kafka, &kafka.password, &kafka.ca_file),
+            by_name,
             "certificate verify failed",
         ),
     ];
-    for (section, cause) in cases {
+    for (section, brokers, cause) in cases {
         let config = config_file(&kafka, &section);
-        let mut app = rollup(&kafka, &config, &input, &unique("rollups"));
+        let mut app = rollup_at(&brokers, &config, &input, &unique("rollups"));
         let reported = eventually(Duration::from_secs(60), || {
             let log = app.log_text();
-            (log.contains(cause) && log.contains(&kafka.brokers)).then_some(())
+            (log.contains(cause) && log.contains(&brokers)).then_some(())
         });
         assert!(
             reported.is_some(),
-            "{cause:?} naming {} not logged:\n{}",
-            kafka.brokers,
+            "{cause:?} naming {brokers} not logged:\n{}",
             app.log_text()
         );
         // Still up and retrying, not crashed: an operator can fix the secret.
@@ -334,4 +346,121 @@ fn the_writer_logs_into_cassandra_with_a_password_file_and_keeps_retrying_a_refu
     });
     assert!(all.is_some(), "points not written:\n{}", writer.log_text());
     assert!(!writer.log_text().contains(&password), "the password was logged");
+}
+
+#[test]
+fn mutual_tls_takes_the_client_certificate_and_refuses_a_client_without_one() {
+    let kafka = SecureTansu::start_with(true);
+    let (cert, key) = kafka.client_cert.clone().expect("mutual TLS");
+    let (input, rollups) = (unique("metrics"), unique("rollups"));
+    create_topics(&kafka.brokers, &[(&input, 2)]);
+    let data = dataset::build(4, 6, 2, 31);
+    py_produce(&kafka.brokers, &input, &data.records);
+    let section = security_section(&kafka, &kafka.password, &kafka.ca_file);
+    let without = config_file(&kafka, &section);
+    let mut refused = rollup(&kafka, &without, &input, &unique("rollups"));
+    let reported = eventually(Duration::from_secs(60), || {
+        let log = refused.log_text();
+        (log.contains("certificate required") && log.contains(&kafka.brokers)).then_some(())
+    });
+    assert!(
+        reported.is_some(),
+        "no handshake failure logged:\n{}",
+        refused.log_text()
+    );
+    assert!(refused.is_running(), "gave up:\n{}", refused.log_text());
+    drop(refused);
+
+    let with = config_file(
+        &kafka,
+        &format!(
+            "{section}cert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let mut app = rollup(&kafka, &with, &input, &rollups);
+    let out = py_consume(&kafka.brokers, &rollups, data.expected.len(), 180, 3.0);
+    assert!(app.is_running(), "app died:\n{}", app.log_text());
+    dataset::check_rollups(&data, Duplicates::Refused, &out);
+    assert_eq!(
+        app.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        app.log_text()
+    );
+}
+
+#[test]
+fn endpoints_that_change_state_need_the_token_and_ctl_reads_it_from_the_config() {
+    use crate::writer::{setup_on, start_writer_env};
+    use tributary::admin::request_with;
+
+    let s = setup_on(1, false);
+    let dir = std::env::temp_dir().join(unique("admin-token"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let token = unique("admin-token-value");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let env = [("TRIBUTARY_ADMIN_TOKEN_FILE", token_file.to_str().expect("path"))];
+    let mut writer = start_writer_env(&s, &admin, &[], &env);
+    let addr = admin.parse().expect("addr");
+    let up = eventually(Duration::from_secs(30), || {
+        request_with(addr, "GET", "/metrics", b"", None).ok()
+    });
+    assert_eq!(
+        up.map(|r| r.0),
+        Some(200),
+        "/metrics stays open: {}",
+        writer.log_text()
+    );
+    let limit = br#"{"rows_per_sec": 700, "burst": 70}"#;
+    for (bearer, status) in [
+        (None, 401),
+        (Some("not-the-token"), 401),
+        (Some(token.as_str()), 200),
+    ] {
+        let (got, body) = request_with(addr, "POST", "/rate-limit", limit, bearer).expect("request");
+        assert_eq!(got, status, "bearer {bearer:?}: {body}");
+    }
+    // ctl takes the address and the token from the writer's config file.
+    let config = dir.join("writer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n",
+            token_file.display()
+        ),
+    )
+    .expect("config");
+    let ctl = std::process::Command::new(app_binary("tributary-writer"))
+        .args(["--config", config.to_str().expect("path")])
+        .args(["ctl", "rate-limit", "--rows-per-sec", "900", "--burst", "90"])
+        .output()
+        .expect("ctl");
+    assert!(
+        ctl.status.success(),
+        "ctl: {}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    assert_eq!(
+        harness::metric(&admin, "tributary_writer_rate_limit_rows_per_sec"),
+        Some(900.0)
+    );
+    assert!(!writer.log_text().contains(&token), "the token was logged");
+    assert_eq!(writer.terminate(Duration::from_secs(60)), Some(0));
+
+    // Beyond loopback and without a token, state-changing endpoints are refused.
+    let port = free_port();
+    let open = format!("0.0.0.0:{port}");
+    let writer = start_writer_env(&s, &open, &[], &[]);
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let up = eventually(Duration::from_secs(30), || {
+        request_with(addr, "GET", "/metrics", b"", None).ok()
+    });
+    assert_eq!(up.map(|r| r.0), Some(200), "{}", writer.log_text());
+    let (got, body) = request_with(addr, "POST", "/rate-limit", limit, None).expect("request");
+    assert_eq!(got, 403, "{body}");
+    assert!(body.contains("admin.token_file"), "{body}");
 }

@@ -223,8 +223,33 @@ pub struct SecureTansu {
     pub username: String,
     pub password: String,
     pub dir: PathBuf,
+    /// With mutual TLS: the client certificate and key the terminator accepts.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     _broker: Process,
     _tls: Process,
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, in `dir`.
+fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (cert, key)
 }
 
 fn wait_listening(addr: &str, what: &Process) {
@@ -242,23 +267,15 @@ fn wait_listening(addr: &str, what: &Process) {
 
 impl SecureTansu {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With `mutual`, the terminator also requires a client certificate (mutual TLS).
+    pub fn start_with(mutual: bool) -> Self {
         let dir = std::env::temp_dir().join(unique("secure-tansu"));
         std::fs::create_dir_all(&dir).expect("dir");
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        let made = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-            .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl");
-        assert!(
-            made.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&made.stderr)
-        );
+        let (cert, key) = self_signed(&dir, "broker");
+        let client_cert = mutual.then(|| self_signed(&dir, "client"));
         let both = dir.join("cert-and-key.pem");
         let pem = [
             std::fs::read(&cert).expect("cert"),
@@ -310,10 +327,18 @@ impl SecureTansu {
             "socat",
             Path::new("socat"),
             &[
-                &format!(
-                    "OPENSSL-LISTEN:{tls},bind=127.0.0.1,reuseaddr,cert={},verify=0,fork",
-                    both.display()
-                ),
+                &match &client_cert {
+                    // Mutual TLS: only the client certificate made above is accepted.
+                    Some((client, _)) => format!(
+                        "OPENSSL-LISTEN:{tls},bind=127.0.0.1,reuseaddr,cert={},verify=1,cafile={},fork",
+                        both.display(),
+                        client.display()
+                    ),
+                    None => format!(
+                        "OPENSSL-LISTEN:{tls},bind=127.0.0.1,reuseaddr,cert={},verify=0,fork",
+                        both.display()
+                    ),
+                },
                 &format!("TCP:{plain_addr}"),
             ],
             &[],
@@ -325,22 +350,25 @@ impl SecureTansu {
             username,
             password,
             dir,
+            client_cert,
             _broker: broker,
             _tls: tls_process,
         };
+        let mut settings = vec![
+            ("security.protocol".into(), "SASL_SSL".into()),
+            ("sasl.mechanisms".into(), "SCRAM-SHA-512".into()),
+            ("sasl.username".into(), s.username.clone()),
+            ("sasl.password".into(), s.password.clone()),
+            ("ssl.ca.location".into(), s.ca_file.display().to_string()),
+        ];
+        if let Some((cert, key)) = &s.client_cert {
+            settings.push(("ssl.certificate.location".into(), cert.display().to_string()));
+            settings.push(("ssl.key.location".into(), key.display().to_string()));
+        }
         client_settings()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                s.brokers.clone(),
-                vec![
-                    ("security.protocol".into(), "SASL_SSL".into()),
-                    ("sasl.mechanisms".into(), "SCRAM-SHA-512".into()),
-                    ("sasl.username".into(), s.username.clone()),
-                    ("sasl.password".into(), s.password.clone()),
-                    ("ssl.ca.location".into(), s.ca_file.display().to_string()),
-                ],
-            );
+            .insert(s.brokers.clone(), settings);
         s
     }
 }

@@ -525,6 +525,7 @@ fn faults_change_over_http() {
         path: path.into(),
         query: query.into(),
         body: body.as_bytes().to_vec(),
+        bearer: None,
     };
     let r = handler.handle(&req(
         "POST",

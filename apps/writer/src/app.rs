@@ -85,9 +85,9 @@ pub enum WriterCommand {
     },
     /// Talk to a running writer through its admin endpoint.
     Ctl {
-        /// The writer's admin address.
-        #[arg(long, default_value = "127.0.0.1:9643")]
-        admin: String,
+        /// The writer's admin address [default: admin.listen of the config].
+        #[arg(long)]
+        admin: Option<String>,
         #[command(subcommand)]
         action: CtlAction,
     },
@@ -149,9 +149,6 @@ impl Flags {
 pub fn main() -> ExitCode {
     let cli = WriterCli::parse();
     tributary::app::init_tracing(&cli.flags.log);
-    if let Some(WriterCommand::Ctl { admin, action }) = &cli.command {
-        return ctl(admin, action);
-    }
     let config = match cli.flags.load() {
         Ok(c) => c,
         Err(e) => {
@@ -206,7 +203,18 @@ pub fn main() -> ExitCode {
                 }
             }
         }),
-        Some(WriterCommand::Ctl { .. }) => ExitCode::SUCCESS,
+        Some(WriterCommand::Ctl { admin, action }) => {
+            // The address and token of the writer this config describes, unless given.
+            let addr = admin.clone().unwrap_or_else(|| config.admin.listen.clone());
+            let token = match config.admin.bearer() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("tributary-writer ctl: cannot read admin.token_file: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            ctl(&addr, token.as_deref(), &action)
+        }
         None => rt.block_on(serve(config, cli.flags.config.clone())),
     }
 }
@@ -224,7 +232,9 @@ async fn serve(config: WriterConfig, file: Option<PathBuf>) -> ExitCode {
                 tracing::info!(addr = %config.admin.listen, "admin endpoint listening (/metrics, /status, /rate-limit)");
                 tokio::spawn(admin::serve(
                     listener,
-                    routes(control.clone(), config.batch.max_rows),
+                    config
+                        .admin
+                        .protect(routes(control.clone(), config.batch.max_rows)),
                     async move {
                         let _ = admin_stopped.await;
                     },
@@ -304,7 +314,7 @@ fn routes(control: Arc<Control>, max_rows: usize) -> Arc<dyn admin::Handler> {
     })
 }
 
-fn ctl(admin_addr: &str, action: &CtlAction) -> ExitCode {
+fn ctl(admin_addr: &str, token: Option<&str>, action: &CtlAction) -> ExitCode {
     let addr = match admin_addr.parse() {
         Ok(a) => a,
         Err(e) => {
@@ -315,9 +325,9 @@ fn ctl(admin_addr: &str, action: &CtlAction) -> ExitCode {
     let result = match action {
         CtlAction::RateLimit { rows_per_sec, burst } => {
             let body = serde_json::json!({"rows_per_sec": rows_per_sec, "burst": burst}).to_string();
-            admin::request(addr, "POST", "/rate-limit", body.as_bytes())
+            admin::request_with(addr, "POST", "/rate-limit", body.as_bytes(), token)
         }
-        CtlAction::Status => admin::request(addr, "GET", "/status", b""),
+        CtlAction::Status => admin::request_with(addr, "GET", "/status", b"", token),
     };
     match result {
         Ok((200, body)) => {

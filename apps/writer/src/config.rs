@@ -194,6 +194,8 @@ impl Default for WriterConfig {
             },
             admin: AdminConfig {
                 listen: "127.0.0.1:9643".into(),
+                token: String::new(),
+                token_file: String::new(),
             },
         }
     }
@@ -349,6 +351,7 @@ impl WriterConfig {
     pub fn to_toml(&self) -> String {
         let mut shown = WriterConfig {
             kafka: self.kafka.redacted(),
+            admin: self.admin.redacted(),
             ..self.clone()
         };
         if !shown.cassandra.password.is_empty() {
