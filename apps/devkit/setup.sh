@@ -42,9 +42,9 @@ if ! command -v tansu >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tans
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
 fi
 
-if ! python3 -c "import confluent_kafka, cassandra" 2>/dev/null; then
-    log "pip install confluent-kafka cassandra-driver"
-    python3 -m pip install -q confluent-kafka cassandra-driver 2>/dev/null \
-        || python3 -m pip install -q --break-system-packages confluent-kafka cassandra-driver
+if ! python3 -c "import confluent_kafka, cassandra, yaml" 2>/dev/null; then
+    log "pip install confluent-kafka cassandra-driver pyyaml"
+    python3 -m pip install -q confluent-kafka cassandra-driver pyyaml 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages confluent-kafka cassandra-driver pyyaml
 fi
 log "prerequisites ready"

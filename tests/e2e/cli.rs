@@ -241,3 +241,66 @@ fn emulated_ring_serves_the_python_cassandra_driver() {
     assert_eq!(written, 51);
     assert_eq!(ring.terminate(std::time::Duration::from_secs(30)), Some(0));
 }
+
+/// The Kubernetes manifests: every StatefulSet gives each pod its own name as its static
+/// member id, and every config they ship loads in the app it is for.
+#[test]
+fn kubernetes_manifests_use_the_pod_name_as_static_member_id_and_ship_valid_configs() {
+    let path = harness::workspace_root().join("deploy/kubernetes/tributary.yaml");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(&path)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("manifests as JSON");
+    let configs: Vec<&serde_json::Value> = docs.iter().filter(|d| d["kind"] == "ConfigMap").collect();
+    let sets: Vec<&serde_json::Value> = docs.iter().filter(|d| d["kind"] == "StatefulSet").collect();
+    assert_eq!(sets.len(), 2, "the rollup app and the writer");
+    for set in sets {
+        let container = &set["spec"]["template"]["spec"]["containers"][0];
+        let env = container["env"].as_array().expect("env");
+        assert!(
+            env.iter()
+                .any(|e| e["name"] == "TRIBUTARY_KAFKA_GROUP_INSTANCE_ID"
+                    && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"),
+            "{}: no static member id from the pod name",
+            set["metadata"]["name"]
+        );
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let (binary, file) = (args[0], args[2].rsplit('/').next().expect("config file"));
+        let config = configs
+            .iter()
+            .find_map(|c| c["data"][file].as_str())
+            .unwrap_or_else(|| panic!("no ConfigMap holds {file}"));
+        let dir = std::env::temp_dir().join(harness::unique("manifest"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join(file), config).expect("config");
+        let shown = Command::new(app_binary(binary))
+            .arg("--config")
+            .arg(dir.join(file))
+            .arg("--print-config")
+            .env("TRIBUTARY_KAFKA_GROUP_INSTANCE_ID", format!("{binary}-0"))
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&shown.stdout);
+        assert!(
+            shown.status.success(),
+            "{binary} refuses its manifest's config: {}",
+            String::from_utf8_lossy(&shown.stderr)
+        );
+        assert!(
+            text.contains(&format!("group_instance_id = \"{binary}-0\"")),
+            "{binary}: the pod name does not reach kafka.group_instance_id:\n{text}"
+        );
+    }
+}

@@ -464,3 +464,73 @@ fn endpoints_that_change_state_need_the_token_and_ctl_reads_it_from_the_config()
     assert_eq!(got, 403, "{body}");
     assert!(body.contains("admin.token_file"), "{body}");
 }
+
+#[test]
+fn no_secret_reaches_any_output_even_with_trace_logging() {
+    let kafka = SecureTansu::start();
+    let input = unique("metrics");
+    create_topics(&kafka.brokers, &[(&input, 1)]);
+    let token = unique("admin-token-secret");
+    let admin = format!("127.0.0.1:{}", free_port());
+    // Inline secrets, the worst case (files are preferred), with every log line on.
+    let config = config_file(
+        &kafka,
+        &format!(
+            "[kafka]\nproperties = {{ debug = \"all\" }}\n[kafka.security]\nprotocol = \"sasl_ssl\"\nmechanism = \"SCRAM-SHA-512\"\nusername = \"{}\"\npassword = \"{}\"\nca_file = \"{}\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"{token}\"\n",
+            kafka.username,
+            kafka.password,
+            kafka.ca_file.display()
+        ),
+    );
+    let mut app = Process::spawn(
+        "tributary-rollup",
+        &app_binary("tributary-rollup"),
+        &[
+            "--config",
+            &config.display().to_string(),
+            "--brokers",
+            &kafka.brokers,
+            "--input-topic",
+            &input,
+            "--group",
+            &unique("rollup"),
+        ],
+        &[("RUST_LOG", "trace")],
+    );
+    let assigned = eventually(Duration::from_secs(60), || {
+        app.log_text().contains("partition assigned").then_some(())
+    });
+    assert!(assigned.is_some(), "{}", app.log_text());
+    let mut outputs = vec![app.log_text()];
+    for path in ["/status", "/metrics", "/health"] {
+        let (_, body) = harness::admin_get(&admin, path).expect("admin endpoint");
+        outputs.push(body);
+    }
+    let addr = admin.parse().expect("addr");
+    let (status, body) =
+        tributary::admin::request_with(addr, "POST", "/replay?from_offset=0", b"", Some("wrong"))
+            .expect("replay");
+    assert_eq!(status, 401);
+    outputs.push(body);
+    for args in [vec!["--help"], vec!["replay", "--help"], vec!["--print-config"]] {
+        let out = std::process::Command::new(app_binary("tributary-rollup"))
+            .arg("--config")
+            .arg(&config)
+            .args(&args)
+            .output()
+            .expect("run");
+        outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        outputs.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    assert_eq!(app.terminate(Duration::from_secs(60)), Some(0));
+    outputs.push(app.log_text());
+    assert!(outputs[0].len() > 10_000, "trace logging was not on");
+    for (i, text) in outputs.iter().enumerate() {
+        for secret in [&kafka.password, &token] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "output {i} holds a secret:\n{text}"
+            );
+        }
+    }
+}

@@ -32,7 +32,8 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn workspace_root() -> PathBuf {
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
     Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .parent()
         .expect("workspace root")
