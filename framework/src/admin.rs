@@ -95,6 +95,8 @@ impl AdminConfig {
 }
 
 const MAX_HEAD: usize = 16 * 1024;
+/// Connections served at once; more are answered 503 at once.
+const MAX_CONNECTIONS: usize = 64;
 const MAX_BODY: usize = 1024 * 1024;
 
 /// A parsed request.
@@ -109,13 +111,21 @@ pub struct Request {
 }
 
 impl Request {
-    /// The value of `name` in the query string, if present.
-    pub fn query_param(&self, name: &str) -> Option<&str> {
+    /// The value of `name` in the query string, if present, percent-decoded (`+` is a
+    /// space); `None` also when it does not decode to UTF-8.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let decode = |s: &str| {
+            let spaced = s.replace('+', " ");
+            percent_encoding::percent_decode_str(&spaced)
+                .decode_utf8()
+                .ok()
+                .map(|c| c.into_owned())
+        };
         self.query
             .split('&')
             .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
+            .find(|(k, _)| decode(k).as_deref() == Some(name))
+            .and_then(|(_, v)| decode(v))
     }
 }
 
@@ -204,16 +214,26 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
 /// Serves until `shutdown` completes.
 pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
+                Ok((mut stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        // Bounded: a flood of connections cannot exhaust the app.
+                        tokio::spawn(async move {
+                            let busy = Response::text(503, "too many admin connections\n");
+                            let _ = write_response(&mut stream, &busy).await;
+                        });
+                        continue;
+                    };
                     let handler = handler.clone();
                     tokio::spawn(async move {
                         if let Err(e) = connection(stream, handler).await {
                             tracing::debug!(%peer, error = %e, "admin connection failed");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -372,7 +392,7 @@ mod tests {
                 200,
                 format!(
                     "{}:{}",
-                    r.query_param("x").unwrap_or("-"),
+                    r.query_param("x").unwrap_or_else(|| "-".into()),
                     String::from_utf8_lossy(&r.body)
                 ),
             ),
@@ -396,5 +416,70 @@ mod tests {
         assert_eq!(missing.expect("missing").0, 404);
         let _ = tx.send(());
         server.await.expect("server stops");
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let r = Request {
+            method: "POST".into(),
+            path: "/replay".into(),
+            query: "from_time=2026-11-24T10%3A00%3A00%2B01%3A00&partitions=0%2C3&note=a+b&bad=%FF".into(),
+            body: Vec::new(),
+            bearer: None,
+        };
+        assert_eq!(
+            r.query_param("from_time").as_deref(),
+            Some("2026-11-24T10:00:00+01:00")
+        );
+        assert_eq!(r.query_param("partitions").as_deref(), Some("0,3"));
+        assert_eq!(r.query_param("note").as_deref(), Some("a b"));
+        assert_eq!(r.query_param("bad"), None, "not UTF-8");
+        assert_eq!(r.query_param("missing"), None);
+    }
+
+    #[test]
+    fn state_changing_requests_need_the_token_and_reads_do_not() {
+        let ok: Arc<dyn Handler> = Arc::new(|_: &Request| Response::text(200, "done\n"));
+        let req = |method: &str, bearer: Option<&str>| Request {
+            method: method.into(),
+            path: "/x".into(),
+            query: String::new(),
+            body: Vec::new(),
+            bearer: bearer.map(str::to_owned),
+        };
+        let with_token = AdminConfig {
+            listen: "0.0.0.0:9641".into(),
+            token: "t0ken".into(),
+            token_file: String::new(),
+        }
+        .protect(ok.clone());
+        assert_eq!(with_token.handle(&req("GET", None)).status, 200);
+        assert_eq!(with_token.handle(&req("POST", None)).status, 401);
+        assert_eq!(with_token.handle(&req("POST", Some("t0kem"))).status, 401);
+        assert_eq!(with_token.handle(&req("POST", Some("t0ke"))).status, 401);
+        assert_eq!(with_token.handle(&req("POST", Some("t0ken"))).status, 200);
+        let open = |listen: &str| AdminConfig {
+            listen: listen.into(),
+            token: String::new(),
+            token_file: String::new(),
+        };
+        assert_eq!(
+            open("127.0.0.1:9641")
+                .protect(ok.clone())
+                .handle(&req("POST", None))
+                .status,
+            200
+        );
+        assert_eq!(
+            open("0.0.0.0:9641")
+                .protect(ok.clone())
+                .handle(&req("POST", None))
+                .status,
+            403
+        );
+        assert_eq!(
+            open("0.0.0.0:9641").protect(ok).handle(&req("GET", None)).status,
+            200
+        );
     }
 }

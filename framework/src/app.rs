@@ -430,7 +430,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 fn routes(metrics: Arc<Metrics>, control: ControlHandle) -> Arc<dyn admin::Handler> {
     Arc::new(move |r: &Request| match (r.method.as_str(), r.path.as_str()) {
         ("POST", "/replay") => {
-            let request = ReplayRequest::from_query(|k| r.query_param(k).map(str::to_owned));
+            let request = ReplayRequest::from_query(|k| r.query_param(k));
             match request
                 .map_err(ReplayError::from)
                 .and_then(|req| control.replay(req))

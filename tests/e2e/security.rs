@@ -534,3 +534,132 @@ fn no_secret_reaches_any_output_even_with_trace_logging() {
         }
     }
 }
+
+#[test]
+fn the_writer_speaks_tls_to_the_cluster_and_refuses_an_unverified_one() {
+    let kafka = harness::Tansu::start();
+    let ring = CqlRing::start(3);
+    let (tls_port, ca_file, _terminators) = ring.with_tls(3);
+    let contact = format!("127.0.0.1:{tls_port}");
+    let keyspace = unique("ks").replace('-', "_");
+    let dir = std::env::temp_dir().join(unique("cql-tls"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let stranger = dir.join("stranger.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=stranger",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("stranger-key.pem"))
+        .arg("-out")
+        .arg(&stranger)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success());
+    let tls = |ca: &Path| {
+        [
+            ("TRIBUTARY_CASSANDRA_TLS", "true".to_owned()),
+            ("TRIBUTARY_CASSANDRA_CA_FILE", ca.display().to_string()),
+        ]
+    };
+    let schema = std::process::Command::new(app_binary("tributary-writer"))
+        .args(["schema", "apply", "--contact-points", &contact])
+        .args([
+            "--keyspace",
+            &keyspace,
+            "--replication-factor",
+            "1",
+            "--log",
+            "warn",
+        ])
+        .envs(tls(&ca_file))
+        .output()
+        .expect("schema apply");
+    assert!(
+        schema.status.success(),
+        "{}",
+        String::from_utf8_lossy(&schema.stderr)
+    );
+
+    let input = unique("points");
+    create_topics(&kafka.brokers, &[(&input, 1)]);
+    let points: Vec<Outgoing> = (0..200)
+        .map(|i| Outgoing {
+            key: Some(format!("host-{}/cpu", i % 7)),
+            value: Some(harness::point_json(
+                &format!("host-{}/cpu", i % 7),
+                1_732_320_000_000 + i * 10_000,
+                i as f64,
+            )),
+            partition: Some(0),
+        })
+        .collect();
+    py_produce(&kafka.brokers, &input, &points);
+    let group = unique("writer");
+    let start = |ca: &Path| {
+        let env = tls(ca);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Process::spawn(
+            "tributary-writer",
+            &app_binary("tributary-writer"),
+            &[
+                "--brokers",
+                &kafka.brokers,
+                "--contact-points",
+                &contact,
+                "--keyspace",
+                &keyspace,
+                "--metrics-topic",
+                &input,
+                "--rollups-topic",
+                "",
+                "--anomalies-topic",
+                "",
+                "--group",
+                &group,
+                "--admin-listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ],
+            &env,
+        )
+    };
+    let mut refused = start(&stranger);
+    let reported = eventually(Duration::from_secs(60), || {
+        let log = refused.log_text();
+        (log.contains("cannot reach the cluster; retrying") && log.contains("certificate verify failed"))
+            .then_some(())
+    });
+    assert!(
+        reported.is_some(),
+        "an unverified cluster not reported:\n{}",
+        refused.log_text()
+    );
+    assert!(refused.is_running(), "gave up:\n{}", refused.log_text());
+    drop(refused);
+
+    let writer = start(&ca_file);
+    let all = eventually(Duration::from_secs(120), || {
+        (ring.count(&keyspace, "points") == points.len() as u64).then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "points not written over TLS:\n{}",
+        writer.log_text()
+    );
+    // Every node was reached through its terminator: the ring saw the writer's rows on
+    // more than one node, and only TLS ports were given.
+    let nodes_written = ring
+        .counters()
+        .iter()
+        .filter(|c| c["rows_written"].as_u64().unwrap_or(0) > 0)
+        .count();
+    assert!(nodes_written > 1, "{:?}", ring.counters());
+}

@@ -760,6 +760,58 @@ impl CqlRing {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Puts a TLS terminator (socat, certificate for every node's address) in front of
+    /// each of the `nodes` nodes, on one port for all; returns it, the CA file clients
+    /// must trust, and the terminators (which stop when dropped).
+    pub fn with_tls(&self, nodes: usize) -> (u16, PathBuf, Vec<Process>) {
+        let dir = std::env::temp_dir().join(unique("ring-tls"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert, key) = (dir.join("ring.pem"), dir.join("ring-key.pem"));
+        let names: Vec<String> = (1..=nodes).map(|i| format!("IP:127.0.0.{i}")).collect();
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=ring", "-addext"])
+            .arg(format!("subjectAltName={}", names.join(",")))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(
+            made.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let both = dir.join("ring-both.pem");
+        let pem = [
+            std::fs::read(&cert).expect("cert"),
+            std::fs::read(&key).expect("key"),
+        ]
+        .concat();
+        std::fs::write(&both, pem).expect("pem");
+        let tls = free_port();
+        let terminators = (1..=nodes)
+            .map(|i| {
+                let p = Process::spawn(
+                    "socat",
+                    Path::new("socat"),
+                    &[
+                        &format!(
+                            "OPENSSL-LISTEN:{tls},bind=127.0.0.{i},reuseaddr,cert={},verify=0,fork",
+                            both.display()
+                        ),
+                        &format!("TCP:127.0.0.{i}:{}", self.port),
+                    ],
+                    &[],
+                );
+                wait_listening(&format!("127.0.0.{i}:{tls}"), &p);
+                p
+            })
+            .collect();
+        (tls, cert, terminators)
+    }
+
     /// Per-node counters.
     pub fn counters(&self) -> Vec<Value> {
         let (_, body) = admin_get(&self.http, "/counters").expect("ring counters");

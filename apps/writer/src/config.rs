@@ -54,6 +54,15 @@ pub struct CassandraConfig {
     pub password: String,
     /// A file whose first line is the password (e.g. a mounted Kubernetes secret).
     pub password_file: String,
+    /// Speak TLS to every node; the nodes' certificates are always verified.
+    pub tls: bool,
+    /// PEM CA certificates that sign the nodes' certificates; empty = the system's trust
+    /// store.
+    pub ca_file: String,
+    /// PEM client certificate for mutual TLS (with `key_file`).
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
 }
 
 impl CassandraConfig {
@@ -161,6 +170,10 @@ impl Default for WriterConfig {
                 username: String::new(),
                 password: String::new(),
                 password_file: String::new(),
+                tls: false,
+                ca_file: String::new(),
+                cert_file: String::new(),
+                key_file: String::new(),
             },
             ttl: TtlConfig {
                 points: days(7),
@@ -248,6 +261,21 @@ impl WriterConfig {
         }
         if c.username.is_empty() && !(c.password.is_empty() && c.password_file.is_empty()) {
             p.push("cassandra.username: needed with a password".into());
+        }
+        if c.cert_file.is_empty() != c.key_file.is_empty() {
+            p.push("cassandra.cert_file, cassandra.key_file: set both or neither".into());
+        }
+        for (key, path) in [
+            ("ca_file", &c.ca_file),
+            ("cert_file", &c.cert_file),
+            ("key_file", &c.key_file),
+        ] {
+            if !path.is_empty() && !c.tls {
+                p.push(format!("cassandra.{key}: set, but cassandra.tls is false"));
+            }
+            if !path.is_empty() && std::fs::File::open(path).is_err() {
+                p.push(format!("cassandra.{key}: cannot read {path:?}"));
+            }
         }
         if !self
             .cassandra

@@ -93,6 +93,8 @@ pub enum SinkError {
     Token(#[from] scylla::statement::prepared::PartitionKeyError),
     #[error("the statement has no partition key")]
     NoPartitionKey,
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     #[error("cannot read cassandra.password_file {file:?}: {source}")]
     PasswordFile {
         file: String,
@@ -107,6 +109,9 @@ pub async fn connect(config: &WriterConfig) -> Result<Session, SinkError> {
     let mut builder = SessionBuilder::new()
         .known_nodes(&c.contact_points)
         .connection_timeout(c.request_timeout.0);
+    if c.tls {
+        builder = builder.tls_context(Some(tls_context(c)?));
+    }
     if !c.username.is_empty() {
         // Read at each connect, so a rotated secret is picked up by the next attempt.
         let password = c.password().map_err(|e| SinkError::PasswordFile {
@@ -116,6 +121,29 @@ pub async fn connect(config: &WriterConfig) -> Result<Session, SinkError> {
         builder = builder.user(&c.username, password);
     }
     builder.build().await.map_err(|e| SinkError::Connect(Box::new(e)))
+}
+
+/// TLS that verifies the nodes against `ca_file` (or the system's trust store), with the
+/// client certificate for mutual TLS when one is set. Verification is never turned off.
+fn tls_context(c: &crate::config::CassandraConfig) -> Result<openssl::ssl::SslContext, SinkError> {
+    use openssl::ssl::{SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode};
+    let tls = |what: &str, e: openssl::error::ErrorStack| SinkError::Tls(format!("{what}: {e}"));
+    let mut b = SslContextBuilder::new(SslMethod::tls_client()).map_err(|e| tls("TLS", e))?;
+    if c.ca_file.is_empty() {
+        b.set_default_verify_paths()
+            .map_err(|e| tls("the system trust store", e))?;
+    } else {
+        b.set_ca_file(&c.ca_file)
+            .map_err(|e| tls(&format!("cassandra.ca_file {:?}", c.ca_file), e))?;
+    }
+    b.set_verify(SslVerifyMode::PEER);
+    if !c.cert_file.is_empty() {
+        b.set_certificate_chain_file(&c.cert_file)
+            .map_err(|e| tls(&format!("cassandra.cert_file {:?}", c.cert_file), e))?;
+        b.set_private_key_file(&c.key_file, SslFiletype::PEM)
+            .map_err(|e| tls(&format!("cassandra.key_file {:?}", c.key_file), e))?;
+    }
+    Ok(b.build())
 }
 
 /// Runs the schema statements (idempotent).

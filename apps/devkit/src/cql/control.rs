@@ -25,7 +25,7 @@ impl Ring {
                     .collect::<Vec<_>>(),
             ),
             ("POST", "/faults") => {
-                let targets: Vec<usize> = match r.query_param("node").map(str::parse::<usize>) {
+                let targets: Vec<usize> = match r.query_param("node").map(|n| n.parse::<usize>()) {
                     Some(Ok(n)) if n >= 1 && n <= ring.cluster.nodes.len() => vec![n - 1],
                     Some(_) => return Response::text(400, "node must be 1..=N\n"),
                     None => (0..ring.cluster.nodes.len()).collect(),
@@ -60,7 +60,7 @@ impl Ring {
                     .collect::<Vec<_>>(),
             ),
             ("POST", "/topology") => {
-                let node = match r.query_param("node").map(str::parse::<usize>) {
+                let node = match r.query_param("node").map(|n| n.parse::<usize>()) {
                     Some(Ok(n)) if n >= 1 && n <= ring.cluster.nodes.len() => n - 1,
                     _ => return Response::text(400, "node=N (1-based) is required\n"),
                 };
