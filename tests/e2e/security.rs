@@ -294,9 +294,12 @@ fn the_writer_logs_into_cassandra_with_a_password_file_and_keeps_retrying_a_refu
         .collect();
     py_produce(&kafka.brokers, &input, &points);
     let group = unique("writer");
+    let writer_admin = format!("127.0.0.1:{}", free_port());
     let start = |file: &Path| {
         let env = login(file);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        // Every log line on: the password must not be in any of them.
+        env.push(("RUST_LOG", "trace"));
         Process::spawn(
             "tributary-writer",
             &app_binary("tributary-writer"),
@@ -316,7 +319,7 @@ fn the_writer_logs_into_cassandra_with_a_password_file_and_keeps_retrying_a_refu
                 "--group",
                 &group,
                 "--admin-listen",
-                &format!("127.0.0.1:{}", free_port()),
+                &writer_admin,
             ],
             &env,
         )
@@ -345,7 +348,14 @@ fn the_writer_logs_into_cassandra_with_a_password_file_and_keeps_retrying_a_refu
         (ring.count(&keyspace, "points") == points.len() as u64).then_some(())
     });
     assert!(all.is_some(), "points not written:\n{}", writer.log_text());
-    assert!(!writer.log_text().contains(&password), "the password was logged");
+    let mut outputs = vec![writer.log_text()];
+    for path in ["/status", "/metrics"] {
+        outputs.push(harness::admin_get(&writer_admin, path).expect("admin endpoint").1);
+    }
+    assert!(outputs[0].len() > 10_000, "trace logging was not on");
+    for text in outputs {
+        assert!(!text.contains(&password), "the password was shown:\n{text}");
+    }
 }
 
 #[test]
@@ -662,4 +672,20 @@ fn the_writer_speaks_tls_to_the_cluster_and_refuses_an_unverified_one() {
         .filter(|c| c["rows_written"].as_u64().unwrap_or(0) > 0)
         .count();
     assert!(nodes_written > 1, "{:?}", ring.counters());
+    // Python's cassandra-driver reads them back through TLS too.
+    let counted = std::process::Command::new("python3")
+        .arg(harness::workspace_root().join("tests/py/cql_client.py"))
+        .args(["count", "127.0.0.1", &tls_port.to_string(), &keyspace, "points"])
+        .env("CQL_SSL_CA", &ca_file)
+        .output()
+        .expect("python3");
+    assert!(
+        counted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&counted.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&counted.stdout).trim(),
+        points.len().to_string()
+    );
 }

@@ -7,6 +7,7 @@
 """
 import json
 import os
+import ssl
 import sys
 
 from cassandra.auth import PlainTextAuthProvider
@@ -41,11 +42,17 @@ def main(host, port, keyspace):
 
 def count(host, port, keyspace, table):
     """Prints the number of rows in keyspace.table (logging in as CQL_USERNAME with
-    CQL_PASSWORD when the ring asks)."""
+    CQL_PASSWORD when the ring asks; over TLS trusting CQL_SSL_CA when set)."""
     auth = None
     if os.environ.get("CQL_USERNAME"):
         auth = PlainTextAuthProvider(os.environ["CQL_USERNAME"], os.environ.get("CQL_PASSWORD", ""))
+    ssl_context = None
+    if os.environ.get("CQL_SSL_CA"):
+        # TLS with the nodes' certificates verified against this CA.
+        ssl_context = ssl.create_default_context(cafile=os.environ["CQL_SSL_CA"])
+        ssl_context.check_hostname = False
     cluster = Cluster([host], port=int(port), protocol_version=4, auth_provider=auth,
+                      ssl_context=ssl_context,
                       load_balancing_policy=RoundRobinPolicy(), connect_timeout=10)
     s = cluster.connect()
     print(s.execute(f"SELECT COUNT(*) FROM {keyspace}.{table}").one()[0])
