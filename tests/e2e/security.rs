@@ -689,3 +689,59 @@ fn the_writer_speaks_tls_to_the_cluster_and_refuses_an_unverified_one() {
         points.len().to_string()
     );
 }
+
+#[test]
+fn the_writer_presents_its_client_certificate_to_a_cluster_that_requires_one() {
+    let ring = CqlRing::start(3);
+    let dir = std::env::temp_dir().join(unique("cql-mtls"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key) = (dir.join("client.pem"), dir.join("client-key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=writer",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success());
+    let (tls_port, ca_file, _terminators) = ring.with_tls_for(3, Some(&cert));
+    let contact = format!("127.0.0.1:{tls_port}");
+    let schema = |client: bool| {
+        let keyspace = unique("ks").replace('-', "_");
+        let mut cmd = std::process::Command::new(app_binary("tributary-writer"));
+        cmd.args(["schema", "apply", "--contact-points", &contact])
+            .args([
+                "--keyspace",
+                &keyspace,
+                "--replication-factor",
+                "1",
+                "--log",
+                "warn",
+            ])
+            .env("TRIBUTARY_CASSANDRA_TLS", "true")
+            .env("TRIBUTARY_CASSANDRA_CA_FILE", &ca_file);
+        if client {
+            cmd.env("TRIBUTARY_CASSANDRA_CERT_FILE", &cert)
+                .env("TRIBUTARY_CASSANDRA_KEY_FILE", &key);
+        }
+        cmd.output().expect("schema apply")
+    };
+    let without = schema(false);
+    assert!(
+        !without.status.success(),
+        "a cluster requiring a client certificate let one in without"
+    );
+    let with = schema(true);
+    assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
+}

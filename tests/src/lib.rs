@@ -764,6 +764,12 @@ impl CqlRing {
     /// each of the `nodes` nodes, on one port for all; returns it, the CA file clients
     /// must trust, and the terminators (which stop when dropped).
     pub fn with_tls(&self, nodes: usize) -> (u16, PathBuf, Vec<Process>) {
+        self.with_tls_for(nodes, None)
+    }
+
+    /// The same; with `client`, the terminators require that client certificate (mutual
+    /// TLS).
+    pub fn with_tls_for(&self, nodes: usize, client: Option<&Path>) -> (u16, PathBuf, Vec<Process>) {
         let dir = std::env::temp_dir().join(unique("ring-tls"));
         std::fs::create_dir_all(&dir).expect("dir");
         let (cert, key) = (dir.join("ring.pem"), dir.join("ring-key.pem"));
@@ -797,10 +803,17 @@ impl CqlRing {
                     "socat",
                     Path::new("socat"),
                     &[
-                        &format!(
-                            "OPENSSL-LISTEN:{tls},bind=127.0.0.{i},reuseaddr,cert={},verify=0,fork",
-                            both.display()
-                        ),
+                        &match client {
+                            Some(client) => format!(
+                                "OPENSSL-LISTEN:{tls},bind=127.0.0.{i},reuseaddr,cert={},verify=1,cafile={},fork",
+                                both.display(),
+                                client.display()
+                            ),
+                            None => format!(
+                                "OPENSSL-LISTEN:{tls},bind=127.0.0.{i},reuseaddr,cert={},verify=0,fork",
+                                both.display()
+                            ),
+                        },
                         &format!("TCP:127.0.0.{i}:{}", self.port),
                     ],
                     &[],
