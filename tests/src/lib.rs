@@ -228,7 +228,12 @@ pub struct SecureTansu {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     _broker: Process,
     _tls: Process,
+    /// One secured broker at a time: tansu 0.6 sometimes answers a SCRAM handshake with
+    /// "unsupported mechanism" when several run under load (seen in the full suite).
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static SECURE_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A self-signed certificate for 127.0.0.1 and its key, in `dir`.
 fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -273,6 +278,7 @@ impl SecureTansu {
 
     /// With `mutual`, the terminator also requires a client certificate (mutual TLS).
     pub fn start_with(mutual: bool) -> Self {
+        let turn = SECURE_TURN.lock().unwrap_or_else(|p| p.into_inner());
         let dir = std::env::temp_dir().join(unique("secure-tansu"));
         std::fs::create_dir_all(&dir).expect("dir");
         let (cert, key) = self_signed(&dir, "broker");
@@ -354,6 +360,7 @@ impl SecureTansu {
             client_cert,
             _broker: broker,
             _tls: tls_process,
+            _turn: turn,
         };
         let mut settings = vec![
             ("security.protocol".into(), "SASL_SSL".into()),
