@@ -57,6 +57,86 @@ fn rollup_at(brokers: &str, config: &Path, input: &str, rollups: &str) -> Proces
     )
 }
 
+/// `n` points of `series` series, all in partition 0 of a new topic; returns the topic.
+fn produce_points(brokers: &str, n: i64, series: i64) -> (String, Vec<Outgoing>) {
+    let points: Vec<Outgoing> = (0..n)
+        .map(|i| {
+            let name = format!("host-{}/cpu", i % series);
+            Outgoing {
+                value: Some(harness::point_json(
+                    &name,
+                    1_732_320_000_000 + i * 10_000,
+                    i as f64,
+                )),
+                key: Some(name),
+                partition: Some(0),
+            }
+        })
+        .collect();
+    let topic = unique("points");
+    create_topics(brokers, &[(&topic, 1)]);
+    py_produce(brokers, &topic, &points);
+    (topic, points)
+}
+
+/// `tributary-writer schema apply` for `keyspace` at `contact`, with `env`.
+fn apply_schema(contact: &str, keyspace: &str, env: &[(&str, String)]) -> std::process::Output {
+    std::process::Command::new(app_binary("tributary-writer"))
+        .args(["schema", "apply", "--contact-points", contact])
+        .args([
+            "--keyspace",
+            keyspace,
+            "--replication-factor",
+            "1",
+            "--log",
+            "warn",
+        ])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("schema apply")
+}
+
+/// Where a writer of raw points reads and writes.
+struct PointsWriter<'a> {
+    brokers: &'a str,
+    contact: &'a str,
+    keyspace: &'a str,
+    input: &'a str,
+    group: &'a str,
+    admin: &'a str,
+}
+
+impl PointsWriter<'_> {
+    /// The writer as a process, reading only `input`, with `config` if given and `env`.
+    fn start(&self, config: Option<&Path>, env: &[(&str, String)]) -> Process {
+        let mut args = Vec::new();
+        let config = config.map(|c| c.display().to_string());
+        if let Some(c) = &config {
+            args.extend(["--config", c.as_str()]);
+        }
+        args.extend([
+            "--brokers",
+            self.brokers,
+            "--contact-points",
+            self.contact,
+            "--keyspace",
+            self.keyspace,
+            "--metrics-topic",
+            self.input,
+            "--rollups-topic",
+            "",
+            "--anomalies-topic",
+            "",
+            "--group",
+            self.group,
+            "--admin-listen",
+            self.admin,
+        ]);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Process::spawn("tributary-writer", &app_binary("tributary-writer"), &args, &env)
+    }
+}
+
 #[test]
 fn the_rollup_app_and_the_writer_work_over_sasl_ssl() {
     let kafka = SecureTansu::start();
@@ -89,63 +169,26 @@ fn the_rollup_app_and_the_writer_work_over_sasl_ssl() {
     // The writer, through the same section, writes the points to the ring.
     let ring = CqlRing::start(3);
     let keyspace = unique("ks").replace('-', "_");
-    let schema = std::process::Command::new(app_binary("tributary-writer"))
-        .args(["schema", "apply", "--contact-points", &ring.contact_point()])
-        .args([
-            "--keyspace",
-            &keyspace,
-            "--replication-factor",
-            "1",
-            "--log",
-            "warn",
-        ])
-        .output()
-        .expect("schema apply");
+    let contact = ring.contact_point();
+    let schema = apply_schema(&contact, &keyspace, &[]);
     assert!(
         schema.status.success(),
         "{}",
         String::from_utf8_lossy(&schema.stderr)
     );
-    let points: Vec<Outgoing> = (0..300)
-        .map(|i| Outgoing {
-            key: Some("host-1/cpu".into()),
-            value: Some(harness::point_json(
-                "host-1/cpu",
-                1_732_320_000_000 + i * 10_000,
-                i as f64,
-            )),
-            partition: Some(0),
-        })
-        .collect();
-    let writer_input = unique("points");
-    create_topics(&kafka.brokers, &[(&writer_input, 1)]);
-    py_produce(&kafka.brokers, &writer_input, &points);
+    let (writer_input, points) = produce_points(&kafka.brokers, 300, 1);
     let writer_config = config_file(&kafka, &security_section(&kafka, &kafka.password, &kafka.ca_file));
-    let mut writer = Process::spawn(
-        "tributary-writer",
-        &app_binary("tributary-writer"),
-        &[
-            "--config",
-            &writer_config.display().to_string(),
-            "--brokers",
-            &kafka.brokers,
-            "--contact-points",
-            &ring.contact_point(),
-            "--keyspace",
-            &keyspace,
-            "--metrics-topic",
-            &writer_input,
-            "--rollups-topic",
-            "",
-            "--anomalies-topic",
-            "",
-            "--group",
-            &unique("writer"),
-            "--admin-listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ],
-        &[],
-    );
+    let admin = format!("127.0.0.1:{}", free_port());
+    let group = unique("writer");
+    let target = PointsWriter {
+        brokers: &kafka.brokers,
+        contact: &contact,
+        keyspace: &keyspace,
+        input: &writer_input,
+        group: &group,
+        admin: &admin,
+    };
+    let mut writer = target.start(Some(&writer_config), &[]);
     let all = eventually(Duration::from_secs(120), || {
         (ring.count(&keyspace, "points") == points.len() as u64).then_some(())
     });
@@ -168,26 +211,7 @@ fn a_wrong_password_and_an_untrusted_certificate_are_reported_and_retried() {
     let input = unique("metrics");
     create_topics(&kafka.brokers, &[(&input, 1)]);
     // A certificate that signed nothing the broker presents.
-    let stranger = kafka.dir.join("stranger.pem");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=stranger",
-        ])
-        .arg("-keyout")
-        .arg(kafka.dir.join("stranger-key.pem"))
-        .arg("-out")
-        .arg(&stranger)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success());
+    let (stranger, _) = harness::self_signed(&kafka.dir, "stranger", &[]);
     let wrong_password = format!("wrong-{}", unique("pw"));
     // The broker's certificate names 127.0.0.1 only.
     let by_name = kafka.brokers.replace("127.0.0.1", "localhost");
@@ -250,22 +274,8 @@ fn the_writer_logs_into_cassandra_with_a_password_file_and_keeps_retrying_a_refu
         ]
     };
     let keyspace = unique("ks").replace('-', "_");
-    let schema = |env: &[(&str, String)]| {
-        let mut cmd = std::process::Command::new(app_binary("tributary-writer"));
-        cmd.args(["schema", "apply", "--contact-points", &ring.contact_point()])
-            .args([
-                "--keyspace",
-                &keyspace,
-                "--replication-factor",
-                "1",
-                "--log",
-                "warn",
-            ]);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("schema apply")
-    };
+    let contact = ring.contact_point();
+    let schema = |env: &[(&str, String)]| apply_schema(&contact, &keyspace, env);
     // The ring really asks: without a login nothing passes.
     let refused = schema(&[]);
     assert!(
@@ -279,50 +289,22 @@ fn the_writer_logs_into_cassandra_with_a_password_file_and_keeps_retrying_a_refu
         String::from_utf8_lossy(&applied.stderr)
     );
 
-    let input = unique("points");
-    create_topics(&kafka.brokers, &[(&input, 1)]);
-    let points: Vec<Outgoing> = (0..200)
-        .map(|i| Outgoing {
-            key: Some("host-1/cpu".into()),
-            value: Some(harness::point_json(
-                "host-1/cpu",
-                1_732_320_000_000 + i * 10_000,
-                i as f64,
-            )),
-            partition: Some(0),
-        })
-        .collect();
-    py_produce(&kafka.brokers, &input, &points);
+    let (input, points) = produce_points(&kafka.brokers, 200, 1);
     let group = unique("writer");
     let writer_admin = format!("127.0.0.1:{}", free_port());
+    let target = PointsWriter {
+        brokers: &kafka.brokers,
+        contact: &contact,
+        keyspace: &keyspace,
+        input: &input,
+        group: &group,
+        admin: &writer_admin,
+    };
     let start = |file: &Path| {
-        let env = login(file);
-        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut env = login(file).to_vec();
         // Every log line on: the password must not be in any of them.
-        env.push(("RUST_LOG", "trace"));
-        Process::spawn(
-            "tributary-writer",
-            &app_binary("tributary-writer"),
-            &[
-                "--brokers",
-                &kafka.brokers,
-                "--contact-points",
-                &ring.contact_point(),
-                "--keyspace",
-                &keyspace,
-                "--metrics-topic",
-                &input,
-                "--rollups-topic",
-                "",
-                "--anomalies-topic",
-                "",
-                "--group",
-                &group,
-                "--admin-listen",
-                &writer_admin,
-            ],
-            &env,
-        )
+        env.push(("RUST_LOG", "trace".to_owned()));
+        target.start(None, &env)
     };
     let mut refused = start(&wrong);
     let reported = eventually(Duration::from_secs(60), || {
@@ -554,93 +536,32 @@ fn the_writer_speaks_tls_to_the_cluster_and_refuses_an_unverified_one() {
     let keyspace = unique("ks").replace('-', "_");
     let dir = std::env::temp_dir().join(unique("cql-tls"));
     std::fs::create_dir_all(&dir).expect("dir");
-    let stranger = dir.join("stranger.pem");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=stranger",
-        ])
-        .arg("-keyout")
-        .arg(dir.join("stranger-key.pem"))
-        .arg("-out")
-        .arg(&stranger)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success());
+    let (stranger, _) = harness::self_signed(&dir, "stranger", &[]);
     let tls = |ca: &Path| {
         [
             ("TRIBUTARY_CASSANDRA_TLS", "true".to_owned()),
             ("TRIBUTARY_CASSANDRA_CA_FILE", ca.display().to_string()),
         ]
     };
-    let schema = std::process::Command::new(app_binary("tributary-writer"))
-        .args(["schema", "apply", "--contact-points", &contact])
-        .args([
-            "--keyspace",
-            &keyspace,
-            "--replication-factor",
-            "1",
-            "--log",
-            "warn",
-        ])
-        .envs(tls(&ca_file))
-        .output()
-        .expect("schema apply");
+    let schema = apply_schema(&contact, &keyspace, &tls(&ca_file));
     assert!(
         schema.status.success(),
         "{}",
         String::from_utf8_lossy(&schema.stderr)
     );
 
-    let input = unique("points");
-    create_topics(&kafka.brokers, &[(&input, 1)]);
-    let points: Vec<Outgoing> = (0..200)
-        .map(|i| Outgoing {
-            key: Some(format!("host-{}/cpu", i % 7)),
-            value: Some(harness::point_json(
-                &format!("host-{}/cpu", i % 7),
-                1_732_320_000_000 + i * 10_000,
-                i as f64,
-            )),
-            partition: Some(0),
-        })
-        .collect();
-    py_produce(&kafka.brokers, &input, &points);
+    let (input, points) = produce_points(&kafka.brokers, 200, 7);
     let group = unique("writer");
-    let start = |ca: &Path| {
-        let env = tls(ca);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Process::spawn(
-            "tributary-writer",
-            &app_binary("tributary-writer"),
-            &[
-                "--brokers",
-                &kafka.brokers,
-                "--contact-points",
-                &contact,
-                "--keyspace",
-                &keyspace,
-                "--metrics-topic",
-                &input,
-                "--rollups-topic",
-                "",
-                "--anomalies-topic",
-                "",
-                "--group",
-                &group,
-                "--admin-listen",
-                &format!("127.0.0.1:{}", free_port()),
-            ],
-            &env,
-        )
+    let admin = format!("127.0.0.1:{}", free_port());
+    let target = PointsWriter {
+        brokers: &kafka.brokers,
+        contact: &contact,
+        keyspace: &keyspace,
+        input: &input,
+        group: &group,
+        admin: &admin,
     };
+    let start = |ca: &Path| target.start(None, &tls(ca));
     let mut refused = start(&stranger);
     let reported = eventually(Duration::from_secs(60), || {
         let log = refused.log_text();
@@ -695,47 +616,19 @@ fn the_writer_presents_its_client_certificate_to_a_cluster_that_requires_one() {
     let ring = CqlRing::start(3);
     let dir = std::env::temp_dir().join(unique("cql-mtls"));
     std::fs::create_dir_all(&dir).expect("dir");
-    let (cert, key) = (dir.join("client.pem"), dir.join("client-key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=writer",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success());
+    let (cert, key) = harness::self_signed(&dir, "writer", &[]);
     let (tls_port, ca_file, _terminators) = ring.with_tls_for(3, Some(&cert));
     let contact = format!("127.0.0.1:{tls_port}");
     let schema = |client: bool| {
-        let keyspace = unique("ks").replace('-', "_");
-        let mut cmd = std::process::Command::new(app_binary("tributary-writer"));
-        cmd.args(["schema", "apply", "--contact-points", &contact])
-            .args([
-                "--keyspace",
-                &keyspace,
-                "--replication-factor",
-                "1",
-                "--log",
-                "warn",
-            ])
-            .env("TRIBUTARY_CASSANDRA_TLS", "true")
-            .env("TRIBUTARY_CASSANDRA_CA_FILE", &ca_file);
+        let mut env = vec![
+            ("TRIBUTARY_CASSANDRA_TLS", "true".to_owned()),
+            ("TRIBUTARY_CASSANDRA_CA_FILE", ca_file.display().to_string()),
+        ];
         if client {
-            cmd.env("TRIBUTARY_CASSANDRA_CERT_FILE", &cert)
-                .env("TRIBUTARY_CASSANDRA_KEY_FILE", &key);
+            env.push(("TRIBUTARY_CASSANDRA_CERT_FILE", cert.display().to_string()));
+            env.push(("TRIBUTARY_CASSANDRA_KEY_FILE", key.display().to_string()));
         }
-        cmd.output().expect("schema apply")
+        apply_schema(&contact, &unique("ks").replace('-', "_"), &env)
     };
     let without = schema(false);
     assert!(

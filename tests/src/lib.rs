@@ -235,15 +235,21 @@ pub struct SecureTansu {
 
 static SECURE_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A self-signed certificate for 127.0.0.1 and its key, in `dir`.
-fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+/// A self-signed certificate `dir/NAME.pem` and its key `dir/NAME-key.pem`, naming the
+/// addresses in `sans` (e.g. `IP:127.0.0.1`; none for a certificate that names no host).
+pub fn self_signed(dir: &Path, name: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
     let (cert, key) = (
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}-key.pem")),
     );
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+    let mut cmd = Command::new("openssl");
+    cmd.args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={name}")]);
+    if !sans.is_empty() {
+        cmd.arg("-addext")
+            .arg(format!("subjectAltName={}", sans.join(",")));
+    }
+    let made = cmd
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -256,6 +262,18 @@ fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         String::from_utf8_lossy(&made.stderr)
     );
     (cert, key)
+}
+
+/// One PEM file holding `cert` then `key`, as socat wants it.
+fn cert_and_key(dir: &Path, cert: &Path, key: &Path) -> PathBuf {
+    let both = dir.join(format!("{}-both.pem", unique("tls")));
+    let pem = [
+        std::fs::read(cert).expect("cert"),
+        std::fs::read(key).expect("key"),
+    ]
+    .concat();
+    std::fs::write(&both, pem).expect("pem");
+    both
 }
 
 fn wait_listening(addr: &str, what: &Process) {
@@ -281,15 +299,9 @@ impl SecureTansu {
         let turn = SECURE_TURN.lock().unwrap_or_else(|p| p.into_inner());
         let dir = std::env::temp_dir().join(unique("secure-tansu"));
         std::fs::create_dir_all(&dir).expect("dir");
-        let (cert, key) = self_signed(&dir, "broker");
-        let client_cert = mutual.then(|| self_signed(&dir, "client"));
-        let both = dir.join("cert-and-key.pem");
-        let pem = [
-            std::fs::read(&cert).expect("cert"),
-            std::fs::read(&key).expect("key"),
-        ]
-        .concat();
-        std::fs::write(&both, pem).expect("pem");
+        let (cert, key) = self_signed(&dir, "broker", &["IP:127.0.0.1"]);
+        let client_cert = mutual.then(|| self_signed(&dir, "client", &[]));
+        let both = cert_and_key(&dir, &cert, &key);
         let (plain, tls) = (free_port(), free_port());
         let plain_url = format!("tcp://127.0.0.1:{plain}");
         let plain_addr = format!("127.0.0.1:{plain}");
@@ -779,30 +791,10 @@ impl CqlRing {
     pub fn with_tls_for(&self, nodes: usize, client: Option<&Path>) -> (u16, PathBuf, Vec<Process>) {
         let dir = std::env::temp_dir().join(unique("ring-tls"));
         std::fs::create_dir_all(&dir).expect("dir");
-        let (cert, key) = (dir.join("ring.pem"), dir.join("ring-key.pem"));
         let names: Vec<String> = (1..=nodes).map(|i| format!("IP:127.0.0.{i}")).collect();
-        let made = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-            .args(["-subj", "/CN=ring", "-addext"])
-            .arg(format!("subjectAltName={}", names.join(",")))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl");
-        assert!(
-            made.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        let both = dir.join("ring-both.pem");
-        let pem = [
-            std::fs::read(&cert).expect("cert"),
-            std::fs::read(&key).expect("key"),
-        ]
-        .concat();
-        std::fs::write(&both, pem).expect("pem");
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (cert, key) = self_signed(&dir, "ring", &names);
+        let both = cert_and_key(&dir, &cert, &key);
         let tls = free_port();
         let terminators = (1..=nodes)
             .map(|i| {
