@@ -53,8 +53,7 @@ impl AdminConfig {
         let token = if self.token_file.is_empty() {
             self.token.clone()
         } else {
-            let text = std::fs::read_to_string(&self.token_file)?;
-            text.lines().next().unwrap_or_default().trim().to_owned()
+            crate::secret::read(&self.token_file)?.trim().to_owned()
         };
         Ok((!token.is_empty()).then_some(token))
     }

@@ -37,6 +37,7 @@ pub mod record;
 pub mod reference;
 pub mod replay;
 pub mod runtime;
+pub mod secret;
 pub mod stage;
 pub mod state;
 pub mod window;

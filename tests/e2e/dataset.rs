@@ -150,6 +150,26 @@ pub fn build(series: usize, hours: i64, partitions: i32, seed: u64) -> DataSet {
     }
 }
 
+/// Reads `rollups` until the oracle's windows are there, checks them with `app` still
+/// running, then stops `app` gracefully (it must exit 0).
+pub fn expect_rollups_then_stop(
+    brokers: &str,
+    rollups: &str,
+    data: &DataSet,
+    duplicates: Duplicates,
+    app: &mut harness::Process,
+) {
+    let out = harness::py_consume(brokers, rollups, data.expected.len(), 180, 3.0);
+    assert!(app.is_running(), "app died:\n{}", app.log_text());
+    check_rollups(data, duplicates, &out);
+    assert_eq!(
+        app.terminate(std::time::Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        app.log_text()
+    );
+}
+
 /// Every rollup equals the oracle and every oracle window is there.
 pub fn check_rollups(data: &DataSet, duplicates: Duplicates, rollups: &[Incoming]) {
     let mut seen: BTreeMap<(String, String, i64), String> = BTreeMap::new();

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::{
-    CqlRing, Outgoing, Process, SecureTansu, app_binary, create_topics, eventually, free_port, py_consume,
-    py_produce, unique,
+    CqlRing, Outgoing, Process, SecureTansu, app_binary, create_topics, eventually, free_port, py_produce,
+    unique,
 };
 
 use crate::dataset::{self, Duplicates};
@@ -102,11 +102,23 @@ struct PointsWriter<'a> {
     contact: &'a str,
     keyspace: &'a str,
     input: &'a str,
-    group: &'a str,
-    admin: &'a str,
+    group: String,
+    admin: String,
 }
 
-impl PointsWriter<'_> {
+impl<'a> PointsWriter<'a> {
+    /// A group and an admin address of its own; every start joins the same group.
+    fn new(brokers: &'a str, contact: &'a str, keyspace: &'a str, input: &'a str) -> Self {
+        Self {
+            brokers,
+            contact,
+            keyspace,
+            input,
+            group: unique("writer"),
+            admin: format!("127.0.0.1:{}", free_port()),
+        }
+    }
+
     /// The writer as a process, reading only `input`, with `config` if given and `env`.
     fn start(&self, config: Option<&Path>, env: &[(&str, String)]) -> Process {
         let mut args = Vec::new();
@@ -128,9 +140,9 @@ impl PointsWriter<'_> {
             "--anomalies-topic",
             "",
             "--group",
-            self.group,
+            &self.group,
             "--admin-listen",
-            self.admin,
+            &self.admin,
         ]);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         Process::spawn("tributary-writer", &app_binary("tributary-writer"), &args, &env)
@@ -152,15 +164,7 @@ fn the_rollup_app_and_the_writer_work_over_sasl_ssl() {
         ),
     );
     let mut app = rollup(&kafka, &config, &input, &rollups);
-    let out = py_consume(&kafka.brokers, &rollups, data.expected.len(), 180, 3.0);
-    assert!(app.is_running(), "app died:\n{}", app.log_text());
-    dataset::check_rollups(&data, Duplicates::Refused, &out);
-    assert_eq!(
-        app.terminate(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        app.log_text()
-    );
+    dataset::expect_rollups_then_stop(&kafka.brokers, &rollups, &data, Duplicates::Refused, &mut app);
     assert!(
         !app.log_text().contains(&kafka.password),
         "the password was logged"
@@ -178,16 +182,7 @@ fn the_rollup_app_and_the_writer_work_over_sasl_ssl() {
     );
     let (writer_input, points) = produce_points(&kafka.brokers, 300, 1);
     let writer_config = config_file(&kafka, &security_section(&kafka, &kafka.password, &kafka.ca_file));
-    let admin = format!("127.0.0.1:{}", free_port());
-    let group = unique("writer");
-    let target = PointsWriter {
-        brokers: &kafka.brokers,
-        contact: &contact,
-        keyspace: &keyspace,
-        input: &writer_input,
-        group: &group,
-        admin: &admin,
-    };
+    let target = PointsWriter::new(&kafka.brokers, &contact, &keyspace, &writer_input);
     let mut writer = target.start(Some(&writer_config), &[]);
     let all = eventually(Duration::from_secs(120), || {
         (ring.count(&keyspace, "points") == points.len() as u64).then_some(())
@@ -290,16 +285,7 @@ fn the_writer_logs_into_cassandra_with_a_password_file_and_keeps_retrying_a_refu
     );
 
     let (input, points) = produce_points(&kafka.brokers, 200, 1);
-    let group = unique("writer");
-    let writer_admin = format!("127.0.0.1:{}", free_port());
-    let target = PointsWriter {
-        brokers: &kafka.brokers,
-        contact: &contact,
-        keyspace: &keyspace,
-        input: &input,
-        group: &group,
-        admin: &writer_admin,
-    };
+    let target = PointsWriter::new(&kafka.brokers, &contact, &keyspace, &input);
     let start = |file: &Path| {
         let mut env = login(file).to_vec();
         // Every log line on: the password must not be in any of them.
@@ -332,7 +318,7 @@ fn the_writer_logs_into_cassandra_with_a_password_file_and_keeps_retrying_a_refu
     assert!(all.is_some(), "points not written:\n{}", writer.log_text());
     let mut outputs = vec![writer.log_text()];
     for path in ["/status", "/metrics"] {
-        outputs.push(harness::admin_get(&writer_admin, path).expect("admin endpoint").1);
+        outputs.push(harness::admin_get(&target.admin, path).expect("admin endpoint").1);
     }
     assert!(outputs[0].len() > 10_000, "trace logging was not on");
     for text in outputs {
@@ -372,15 +358,7 @@ fn mutual_tls_takes_the_client_certificate_and_refuses_a_client_without_one() {
         ),
     );
     let mut app = rollup(&kafka, &with, &input, &rollups);
-    let out = py_consume(&kafka.brokers, &rollups, data.expected.len(), 180, 3.0);
-    assert!(app.is_running(), "app died:\n{}", app.log_text());
-    dataset::check_rollups(&data, Duplicates::Refused, &out);
-    assert_eq!(
-        app.terminate(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        app.log_text()
-    );
+    dataset::expect_rollups_then_stop(&kafka.brokers, &rollups, &data, Duplicates::Refused, &mut app);
 }
 
 #[test]
@@ -551,16 +529,7 @@ fn the_writer_speaks_tls_to_the_cluster_and_refuses_an_unverified_one() {
     );
 
     let (input, points) = produce_points(&kafka.brokers, 200, 7);
-    let group = unique("writer");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let target = PointsWriter {
-        brokers: &kafka.brokers,
-        contact: &contact,
-        keyspace: &keyspace,
-        input: &input,
-        group: &group,
-        admin: &admin,
-    };
+    let target = PointsWriter::new(&kafka.brokers, &contact, &keyspace, &input);
     let start = |ca: &Path| target.start(None, &tls(ca));
     let mut refused = start(&stranger);
     let reported = eventually(Duration::from_secs(60), || {

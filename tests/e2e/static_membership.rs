@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use harness::{
     Outgoing, Process, Tansu, app_binary, create_topics, eventually, free_port, metric, py_committed,
-    py_consume, py_produce, unique,
+    py_produce, unique,
 };
 
 use crate::dataset::{self, Duplicates};
@@ -164,14 +164,12 @@ fn a_rollup_instance_restarted_with_its_static_id_gets_its_partitions_back_at_on
         py_produce(&bed.kafka.brokers, &bed.input, chunk);
     }
     py_produce(&bed.kafka.brokers, &bed.input, sentinels);
-    let out = py_consume(&bed.kafka.brokers, &bed.rollups, data.expected.len(), 180, 3.0);
-    assert!(app.is_running(), "app died:\n{}", app.log_text());
-    dataset::check_rollups(&data, Duplicates::Identical, &out);
-    assert_eq!(
-        app.terminate(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        app.log_text()
+    dataset::expect_rollups_then_stop(
+        &bed.kafka.brokers,
+        &bed.rollups,
+        &data,
+        Duplicates::Identical,
+        &mut app,
     );
 }
 

@@ -71,8 +71,7 @@ impl CassandraConfig {
         if self.password_file.is_empty() {
             return Ok(self.password.clone());
         }
-        let text = std::fs::read_to_string(&self.password_file)?;
-        Ok(text.lines().next().unwrap_or_default().to_owned())
+        tributary::secret::read(&self.password_file)
     }
 }
 

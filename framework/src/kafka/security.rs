@@ -153,8 +153,8 @@ impl SecurityConfig {
         if self.password_file.is_empty() {
             return Some(self.password.clone());
         }
-        match std::fs::read_to_string(&self.password_file) {
-            Ok(text) => Some(text.lines().next().unwrap_or_default().to_owned()),
+        match crate::secret::read(&self.password_file) {
+            Ok(password) => Some(password),
             Err(e) => {
                 tracing::error!(file = %self.password_file, error = %e, "cannot read kafka.security.password_file");
                 None
