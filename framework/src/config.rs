@@ -160,6 +160,7 @@ impl Config {
                 write_buffer_mb: 32,
                 plan_store: "auto".into(),
                 plan_topic: String::new(),
+                plan_history_retention: HumanDuration(Duration::from_secs(7 * 86_400)),
             },
             input: InputConfig::default(),
             admin: AdminConfig {
@@ -356,6 +357,11 @@ impl Config {
         } else {
             self.state.plan_topic.clone()
         }
+    }
+
+    /// The topic that keeps earlier replay plans (see `state.plan_history_retention`).
+    pub fn plan_history_topic(&self) -> String {
+        format!("{}.replay-plan-history", self.kafka.group)
     }
 
     /// The effective configuration as TOML, for `--print-config`.

@@ -38,6 +38,7 @@ pub mod reference;
 pub mod replay;
 pub mod runtime;
 pub mod secret;
+mod snapshot;
 pub mod stage;
 pub mod state;
 pub mod window;

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub replays_finished: Counter,
     pub checkpoints_written: Counter,
     pub checkpoint_errors: Counter,
+    pub state_read_retries: Counter,
+    pub idle_flushes_unrecorded: Counter,
     pub assigned_partitions: Gauge,
     /// RocksDB block cache usage (memtables are charged to it).
     pub state_memory_bytes: Gauge,
@@ -94,6 +96,8 @@ impl Metrics {
             replays_finished: Counter::default(),
             checkpoints_written: Counter::default(),
             checkpoint_errors: Counter::default(),
+            state_read_retries: Counter::default(),
+            idle_flushes_unrecorded: Counter::default(),
             assigned_partitions: Gauge::default(),
             state_memory_bytes: Gauge::default(),
             partitions: PartitionMap::default(),
@@ -184,6 +188,16 @@ impl Metrics {
             "tributary_checkpoint_errors",
             "Local checkpoints that could not be written or read",
             m.checkpoint_errors.clone(),
+        );
+        registry.register(
+            "tributary_state_read_retries",
+            "Failed reads of committed offsets or replay plans at assignment; retried with backoff while the partitions wait",
+            m.state_read_retries.clone(),
+        );
+        registry.register(
+            "tributary_idle_flushes_unrecorded",
+            "Idle flushes a replay plan could not keep (more than 16 within the oldest open window): a rebuild may accept records the first run found late",
+            m.idle_flushes_unrecorded.clone(),
         );
         registry.register(
             "tributary_assigned_partitions",

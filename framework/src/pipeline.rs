@@ -9,7 +9,8 @@ use crate::intern::Interner;
 use crate::limits::InputLimits;
 use crate::record::Agg;
 use crate::record::{Anomaly, Point, RollupRow};
-use crate::replay::{CoarsePlan, Plan};
+use crate::replay::{CoarsePlan, IdleLog, Plan};
+use crate::snapshot::PipelineSnapshot;
 use crate::stage::{
     CoarseSources, Collector, Context, Input, Output, ReplayPoint, RestoreError, Stage, Subscription,
 };
@@ -49,6 +50,8 @@ pub struct PipelineStats {
     pub anomalies: u64,
     /// Records processed again to rebuild state, their outputs suppressed.
     pub replayed: u64,
+    /// Idle flushes the plan could not keep (its log was full).
+    pub idle_unrecorded: u64,
 }
 
 /// A plan's coarse part before the runtime has located the rows in the rollups topic: it
@@ -87,20 +90,6 @@ pub struct ReadRollup {
     pub agg: Agg,
 }
 
-/// What a local checkpoint keeps of a pipeline.
-#[derive(bincode::Encode, bincode::Decode)]
-struct PipelineSnapshot {
-    /// Fingerprint of the stages and levels, so a checkpoint of another setup is refused.
-    shape: String,
-    /// Interned names in id order, so ids in stage state stay valid.
-    names: Vec<String>,
-    watermark: i64,
-    max_ts: i64,
-    /// An operator replay's cut, if any (see [`Cut`]).
-    cut: Option<i64>,
-    stages: Vec<Vec<u8>>,
-}
-
 /// Where a replay requested by an operator starts re-emitting: windows that begin before
 /// this event time were cut by the replay point and would be partial, so they are not
 /// re-emitted.
@@ -129,6 +118,8 @@ pub struct Pipeline {
     /// Whether the stages were last told outputs are suppressed.
     stages_replaying: bool,
     cut: Cut,
+    /// Idle flushes since the oldest open window began, for plans and rebuilds.
+    idle: IdleLog,
     shape: String,
 }
 
@@ -177,6 +168,7 @@ impl Pipeline {
             replay_until: i64::MIN,
             stages_replaying: false,
             cut: Cut::None,
+            idle: IdleLog::default(),
             shape,
         }
     }
@@ -229,7 +221,14 @@ impl Pipeline {
             requested: false,
             cut: self.cut_at(),
             coarse: None,
+            idle: self.idle.after(replay_start),
         }
+    }
+
+    /// Restores the idle flushes a plan recorded: each is applied again before the record
+    /// it preceded the first time.
+    pub fn restore_idle(&mut self, idle: IdleLog) {
+        self.idle = idle;
     }
 
     /// The coarse part of the plan at `next_offset`, if coarse state can be rebuilt from
@@ -307,9 +306,10 @@ impl Pipeline {
         }
     }
 
-    /// Serialises everything needed to continue exactly where this pipeline is.
+    /// Serialises everything needed to continue exactly where this pipeline is (in the
+    /// checkpoint format [`crate::state::CHECKPOINT_FORMAT`]).
     pub fn snapshot(&self) -> Vec<u8> {
-        let snapshot = PipelineSnapshot {
+        PipelineSnapshot {
             shape: self.shape.clone(),
             names: (0..self.interner.len() as u32)
                 .map(|id| self.interner.name(id).to_owned())
@@ -322,16 +322,22 @@ impl Pipeline {
                 .iter()
                 .map(|s| s.snapshot().unwrap_or_default())
                 .collect(),
-        };
-        bincode::encode_to_vec(&snapshot, bincode::config::standard()).unwrap_or_default()
+            idle: self.idle.iter().collect(),
+        }
+        .encode()
     }
 
-    /// Restores a [`Pipeline::snapshot`] into this (fresh) pipeline. A snapshot of another
-    /// configuration or a corrupt one is an error and leaves the pipeline to be rebuilt.
+    /// Restores a [`Pipeline::snapshot`] of this build into this (fresh) pipeline. A
+    /// snapshot of another configuration or a corrupt one is an error and leaves the
+    /// pipeline to be rebuilt.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
-        let (snapshot, _): (PipelineSnapshot, usize) =
-            bincode::decode_from_slice(bytes, bincode::config::standard())
-                .map_err(|e| RestoreError::Corrupt(e.to_string()))?;
+        self.restore_format(bytes, crate::state::CHECKPOINT_FORMAT)
+    }
+
+    /// Restores a snapshot written in checkpoint format `format` (this build's or the
+    /// one before).
+    pub fn restore_format(&mut self, bytes: &[u8], format: u32) -> Result<(), RestoreError> {
+        let snapshot = PipelineSnapshot::decode(bytes, format)?;
         if snapshot.shape != self.shape {
             return Err(RestoreError::OtherSetup {
                 found: snapshot.shape,
@@ -348,6 +354,7 @@ impl Pipeline {
         }
         self.watermark = snapshot.watermark;
         self.max_ts = snapshot.max_ts;
+        self.idle = snapshot.idle_log();
         self.restore_cut(snapshot.cut);
         Ok(())
     }
@@ -389,6 +396,22 @@ impl Pipeline {
             self.stages_replaying = replaying;
             for stage in &mut self.stages {
                 stage.set_replaying(replaying);
+            }
+        }
+        if !self.idle.is_empty()
+            && let Some(watermark) = self.idle.at(offset)
+            && watermark > self.watermark
+        {
+            // A rebuild passing the point where the first run was flushed idle.
+            let ctx = Context {
+                offset,
+                watermark: self.watermark,
+            };
+            self.advance_to(watermark, ctx);
+            if replaying {
+                self.collector.clear();
+            } else {
+                self.deliver(None, None, sink);
             }
         }
         let limits = self.limits;
@@ -455,9 +478,16 @@ impl Pipeline {
         self.deliver(None, None, sink);
     }
 
-    /// Moves the watermark forward without a record (idle-partition flush).
+    /// Moves the watermark forward without a record (idle-partition flush) before the
+    /// record at `offset`; recorded, so that a rebuild does the same.
     pub fn advance_watermark(&mut self, watermark: i64, offset: i64, sink: &mut impl OutputSink) {
         if watermark > self.watermark {
+            // Flushes before the oldest open window are no longer needed by any plan.
+            let oldest = self.replay_start().map_or(offset - 1, |r| r.offset);
+            self.idle = self.idle.after(oldest);
+            let before = self.idle.dropped();
+            self.idle.record(offset, watermark);
+            self.stats.idle_unrecorded += u64::from(self.idle.dropped() - before);
             let ctx = Context {
                 offset,
                 watermark: self.watermark,

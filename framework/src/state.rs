@@ -30,12 +30,19 @@ pub struct StateConfig {
     /// Compacted topic for replay plans when commit metadata is not kept; empty means
     /// "<group>.replay-plans".
     pub plan_topic: String,
+    /// How long earlier plans are kept (topic "<group>.replay-plan-history"): an
+    /// operator's replay can reach back this far.
+    pub plan_history_retention: HumanDuration,
 }
 
-const FORMAT_VERSION: u32 = 2;
+/// The checkpoint format this build writes. Format 3 added idle flushes to the pipeline
+/// snapshot; format 2, the one before, is still read (see [`Checkpoint::format`]).
+pub const CHECKPOINT_FORMAT: u32 = 3;
+/// The oldest checkpoint format this build reads.
+const OLDEST_READ: u32 = 2;
 
 /// One partition's checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
     /// The snapshot is the state after processing every record before this offset.
     pub next_offset: i64,
@@ -45,12 +52,24 @@ pub struct Checkpoint {
     /// and where that topic ended, if known (see [`crate::replay::CoarsePlan`]).
     pub rollups_from: Option<i64>,
     pub rollups_end: Option<i64>,
+    /// The format it was written in ([`CHECKPOINT_FORMAT`] when saved by this build),
+    /// which says how to read `pipeline`.
+    pub format: u32,
+}
+
+/// A checkpoint as stored, after its format number (unchanged since format 2).
+#[derive(bincode::Encode, bincode::Decode)]
+struct StoredCheckpoint {
+    next_offset: i64,
+    pipeline: Vec<u8>,
+    rollups_from: Option<i64>,
+    rollups_end: Option<i64>,
 }
 
 #[derive(bincode::Encode, bincode::Decode)]
 struct Stored {
     version: u32,
-    checkpoint: Checkpoint,
+    checkpoint: StoredCheckpoint,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +82,10 @@ pub enum StateError {
     Read(rocksdb::Error),
     #[error("corrupt checkpoint: {0}")]
     Corrupt(String),
-    #[error("checkpoint format {found} is not {FORMAT_VERSION}")]
+    #[error(
+        "checkpoint format {found} is {} than this build reads ({OLDEST_READ} to {CHECKPOINT_FORMAT}); the partition rebuilds from its replay plan instead",
+        if *found > CHECKPOINT_FORMAT { "newer" } else { "older" }
+    )]
     Format { found: u32 },
 }
 
@@ -124,19 +146,32 @@ impl StateStore {
         };
         let (stored, _): (Stored, usize) = bincode::decode_from_slice(&bytes, bincode::config::standard())
             .map_err(|e| StateError::Corrupt(e.to_string()))?;
-        if stored.version != FORMAT_VERSION {
+        if !(OLDEST_READ..=CHECKPOINT_FORMAT).contains(&stored.version) {
             return Err(StateError::Format {
                 found: stored.version,
             });
         }
-        Ok(Some(stored.checkpoint))
+        let c = stored.checkpoint;
+        Ok(Some(Checkpoint {
+            next_offset: c.next_offset,
+            pipeline: c.pipeline,
+            rollups_from: c.rollups_from,
+            rollups_end: c.rollups_end,
+            format: stored.version,
+        }))
     }
 
     /// Replaces the partition's checkpoint in one write.
     pub fn save(&self, topic: &str, partition: i32, checkpoint: Checkpoint) -> Result<(), StateError> {
+        // Written as the format this build writes, whatever `checkpoint.format` says.
         let stored = Stored {
-            version: FORMAT_VERSION,
-            checkpoint,
+            version: CHECKPOINT_FORMAT,
+            checkpoint: StoredCheckpoint {
+                next_offset: checkpoint.next_offset,
+                pipeline: checkpoint.pipeline,
+                rollups_from: checkpoint.rollups_from,
+                rollups_end: checkpoint.rollups_end,
+            },
         };
         let bytes = bincode::encode_to_vec(&stored, bincode::config::standard()).unwrap_or_default();
         self.db.put(key(topic, partition), bytes)?;
@@ -175,6 +210,7 @@ mod tests {
                 pipeline: vec![1, 2, 3],
                 rollups_from: Some(5),
                 rollups_end: Some(9),
+                format: CHECKPOINT_FORMAT,
             };
             store.save("metrics", 3, c).expect("save");
             assert_eq!(store.load("metrics", 4).expect("load"), None);
@@ -197,6 +233,30 @@ mod tests {
             .put(key("metrics", 0), b"\xff\xff\xff garbage")
             .expect("put");
         assert!(store.load("metrics", 0).is_err());
+        // The previous format is read (and says so); newer and older ones are refused.
+        for (version, readable) in [
+            (2, true),
+            (CHECKPOINT_FORMAT, true),
+            (CHECKPOINT_FORMAT + 1, false),
+            (1, false),
+        ] {
+            let stored = Stored {
+                version,
+                checkpoint: StoredCheckpoint {
+                    next_offset: 7,
+                    pipeline: vec![9],
+                    rollups_from: None,
+                    rollups_end: None,
+                },
+            };
+            let bytes = bincode::encode_to_vec(&stored, bincode::config::standard()).expect("encode");
+            store.db.put(key("metrics", 1), bytes).expect("put");
+            match store.load("metrics", 1) {
+                Ok(Some(c)) => assert!(readable && c.format == version && c.next_offset == 7, "{version}"),
+                Err(StateError::Format { found }) => assert!(!readable && found == version, "{version}"),
+                other => panic!("{version}: {other:?}"),
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -461,3 +461,144 @@ fn plans_survive_on_a_broker_that_drops_commit_metadata() {
     bed.finish(&data, &mut app);
     assert!(app.log_text().contains("source=Plan"), "{}", app.log_text());
 }
+
+#[test]
+fn a_replay_from_mid_stream_re_emits_the_windows_open_there_complete() {
+    mid_stream_replay(dev_bed(), 23);
+}
+
+#[test]
+fn a_replay_from_mid_stream_on_tansu() {
+    mid_stream_replay(tansu_bed(), 29);
+}
+
+/// An app processes the first half of the records, stops, and is started again for the
+/// rest (a replay reaches back to the plans kept since then). An operator then replays
+/// partition 1 from a point in the second half, online, and from a later one offline:
+/// the day window open at each replay point is emitted again complete (equal to the
+/// oracle), and windows that closed well before it are not emitted again. The records
+/// arrive up to 40 s out of order, and some 11 minutes late.
+fn mid_stream_replay(bed: Bed, seed: u64) {
+    let series = 8;
+    let data = dataset::build(series, 26, PARTITIONS, seed);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (first, rest) = data.records.split_at(data.records.len() / 2);
+    py_produce(&bed.brokers, &bed.input, first);
+    let mut app = bed.start(&admin, &bed.state_dir);
+    bed.wait_caught_up(first, &app);
+    stop(&mut app);
+    py_produce(&bed.brokers, &bed.input, rest);
+    let mut app = bed.start(&admin, &bed.state_dir);
+    bed.wait_caught_up(&data.records, &app);
+    let before = bed.rollups_out(data.expected.len());
+    dataset::check_rollups(&data, Duplicates::Refused, &before);
+
+    // Partition 1's records in offset order, and the event time of each.
+    let on_1: Vec<i64> = data
+        .records
+        .iter()
+        .filter(|r| r.partition == Some(1))
+        .map(|r| {
+            let v: serde_json::Value =
+                serde_json::from_str(r.value.as_deref().unwrap_or("null")).unwrap_or_default();
+            v["ts"].as_i64().unwrap_or(i64::MIN)
+        })
+        .collect();
+    let count = |rows: &[Incoming], pick: &dyn Fn(&serde_json::Value) -> bool| {
+        rows.iter()
+            .filter(|r| r.partition == 1 && pick(&r.json()))
+            .count()
+    };
+    let day = 86_400_000;
+    let mut seen = before;
+    for (offset, offline) in [(on_1.len() * 5 / 8, false), (on_1.len() * 7 / 8, true)] {
+        // The replay point's event time (a bad record there has none: the next one's).
+        let ts = on_1[offset..]
+            .iter()
+            .copied()
+            .find(|&t| t > 0)
+            .expect("a point after the replay point");
+        let day_start = ts - ts.rem_euclid(day);
+        let open_day = |v: &serde_json::Value| v["resolution"] == "1d" && v["window_start"] == day_start;
+        // 5m windows that ended an hour before the replay point's record.
+        let long_closed = |v: &serde_json::Value| {
+            v["resolution"] == "5m" && v["window_end"].as_i64().is_some_and(|end| end < ts - 3_600_000)
+        };
+        let (days, closed) = (count(&seen, &open_day), count(&seen, &long_closed));
+        let series_with_day: std::collections::BTreeSet<String> = seen
+            .iter()
+            .filter(|r| r.partition == 1 && open_day(&r.json()))
+            .map(|r| r.json()["series"].to_string())
+            .collect();
+        assert!(days > 0 && closed > 0, "the day at offset {offset} has rows");
+        let from = offset.to_string();
+        let mut args = vec!["--from-offset", &from, "--partitions", "1"];
+        if offline {
+            stop(&mut app);
+            args.insert(0, "--offline");
+        }
+        let (code, text) = replay_cli(&bed, &admin, &args);
+        assert_eq!(code, Some(0), "{text}");
+        if offline {
+            app = bed.start(&admin, &bed.state_dir);
+        }
+        let out = eventually(Duration::from_secs(90), || {
+            let out = bed.rollups_out(seen.len());
+            (count(&out, &open_day) >= days + series_with_day.len()).then_some(out)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the day window open at offset {offset} was not emitted again; log:\n{}",
+                app.log_text()
+            )
+        });
+        dataset::check_rollups(&data, Duplicates::Identical, &out);
+        assert_eq!(
+            count(&out, &long_closed),
+            closed,
+            "windows closed long before offset {offset} were emitted again"
+        );
+        seen = out;
+    }
+    stop(&mut app);
+}
+
+/// A plan a newer build committed is refused with a clear error, never resumed from with
+/// empty state: the partition waits (nothing emitted, nothing committed) and says why,
+/// and the app still stops cleanly.
+#[test]
+fn a_plan_from_a_newer_build_is_refused_not_resumed_with_empty_state() {
+    let bed = dev_bed();
+    let series = 8;
+    let data = dataset::build(series, 2, PARTITIONS, 31);
+    py_produce(&bed.brokers, &bed.input, &data.records);
+    harness::py_commit(
+        &bed.brokers,
+        &bed.group,
+        &bed.input,
+        2,
+        10,
+        "tributary-plan/3 r=0 n=10 w=0 q=1",
+    );
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut app = bed.start(&admin, &bed.state_dir);
+    let refused = eventually(Duration::from_secs(60), || {
+        app.log_text()
+            .contains("is in format 3, newer than this build reads (2)")
+            .then_some(())
+    });
+    assert!(refused.is_some(), "{}", app.log_text());
+    std::thread::sleep(Duration::from_secs(3));
+    let (committed, _) = py_committed(&bed.brokers, &bed.group, &bed.input);
+    assert_eq!(
+        committed.get(&2),
+        Some(&10),
+        "nothing committed past the refused plan"
+    );
+    assert!(
+        !app.log_text().contains("resuming partition"),
+        "{}",
+        app.log_text()
+    );
+    stop(&mut app);
+}

@@ -3,7 +3,8 @@
 bundles its own librdkafka 2.x, so it shares no code with the apps under test).
 
   kafka_client.py produce BROKERS TOPIC < records.jsonl
-      each line: {"key": str|null, "value": str|null, "partition": int (optional)};
+      each line: {"key": str|null, "value": str|null, "partition": int (optional),
+                  "timestamp": ms (optional, the record's CreateTime)};
       a key or value "b64:..." is sent as the base64-decoded bytes (e.g. invalid UTF-8)
   kafka_client.py consume BROKERS TOPIC MIN_COUNT TIMEOUT_S [IDLE_S]
       prints one JSON line per record: key, value, partition, offset, headers
@@ -47,6 +48,8 @@ def produce(brokers, topic):
         kwargs = {}
         if r.get("partition") is not None:
             kwargs["partition"] = r["partition"]
+        if r.get("timestamp") is not None:
+            kwargs["timestamp"] = r["timestamp"]
         key = as_bytes(r.get("key"))
         value = as_bytes(r.get("value"))
         while True:
@@ -91,6 +94,15 @@ def consume(brokers, topic, min_count, timeout, idle):
     c.close()
 
 
+def commit(brokers, group, topic, partition, offset, metadata):
+    """Commits one offset with commit metadata for `group`, as another build of the app
+    would (the group must have no active members)."""
+    c = Consumer(settings(brokers, **{"group.id": group, "enable.auto.commit": False}))
+    tp = TopicPartition(topic, int(partition), int(offset), metadata=metadata)
+    c.commit(offsets=[tp], asynchronous=False)
+    c.close()
+
+
 def committed(brokers, group, topic):
     c = Consumer(settings(brokers, **{"group.id": group, "enable.auto.commit": False}))
     md = c.list_topics(topic, timeout=10)
@@ -112,6 +124,8 @@ if __name__ == "__main__":
     elif cmd == "consume":
         idle = float(sys.argv[6]) if len(sys.argv) > 6 else 3.0
         consume(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), idle)
+    elif cmd == "commit":
+        commit(*sys.argv[2:8])
     elif cmd == "committed":
         committed(sys.argv[2], sys.argv[3], sys.argv[4])
     else:

@@ -478,6 +478,27 @@ pub struct Outgoing {
 
 /// Produces through Python's confluent-kafka.
 pub fn py_produce(brokers: &str, topic: &str, records: &[Outgoing]) {
+    produce_lines(
+        brokers,
+        topic,
+        records
+            .iter()
+            .map(|r| serde_json::json!({"key": r.key, "value": r.value, "partition": r.partition})),
+    );
+}
+
+/// Produces records with the Kafka timestamps (CreateTime, milliseconds) given.
+pub fn py_produce_stamped(brokers: &str, topic: &str, records: &[(Outgoing, i64)]) {
+    produce_lines(
+        brokers,
+        topic,
+        records.iter().map(|(r, ts)| {
+            serde_json::json!({"key": r.key, "value": r.value, "partition": r.partition, "timestamp": ts})
+        }),
+    );
+}
+
+fn produce_lines(brokers: &str, topic: &str, lines: impl Iterator<Item = Value>) {
     let mut child = python(brokers)
         .args(["produce", brokers, topic])
         .stdin(Stdio::piped())
@@ -487,8 +508,7 @@ pub fn py_produce(brokers: &str, topic: &str, records: &[Outgoing]) {
         .expect("python3");
     {
         let mut stdin = child.stdin.take().expect("stdin");
-        for r in records {
-            let line = serde_json::json!({"key": r.key, "value": r.value, "partition": r.partition});
+        for line in lines {
             writeln!(stdin, "{line}").expect("write to producer");
         }
     }
@@ -561,6 +581,27 @@ pub fn py_consume(
             }
         })
         .collect()
+}
+
+/// Commits `offset` for `group` with commit metadata, through Python's confluent-kafka.
+pub fn py_commit(brokers: &str, group: &str, topic: &str, partition: i32, offset: i64, metadata: &str) {
+    let out = python(brokers)
+        .args([
+            "commit",
+            brokers,
+            group,
+            topic,
+            &partition.to_string(),
+            &offset.to_string(),
+            metadata,
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python commit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Committed offsets of `group` and end offsets of `topic`, per partition.
@@ -858,6 +899,24 @@ impl CqlRing {
             tributary::admin::request(addr, "POST", &format!("/topology?node={node}"), body.as_bytes())
                 .expect("topology");
         assert_eq!(status, 200, "{text}");
+    }
+
+    /// The rows a query returns, each as a JSON list, through Python's cassandra-driver.
+    pub fn select(&self, query: &str) -> Vec<Value> {
+        let out = Command::new("python3")
+            .arg(workspace_root().join("tests/py/cql_client.py"))
+            .args(["select", "127.0.0.1", &self.port.to_string(), query])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "select failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON row"))
+            .collect()
     }
 
     /// Row count of a table, through Python's cassandra-driver.

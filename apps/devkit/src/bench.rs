@@ -258,11 +258,7 @@ fn replay(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         if let Some(mut el) = tpl.find_partition("metrics", p as i32) {
             let plan = Plan {
                 replay_start: *lo,
-                next_offset: *hi,
-                watermark: i64::MIN,
-                requested: false,
-                cut: None,
-                coarse: None,
+                ..Plan::fresh(*hi)
             };
             el.set_metadata(plan.encode());
         }

@@ -10,10 +10,15 @@
 //! the plan topic, the rollups topic) is [`crate::runtime::plans`]; how a request becomes
 //! offsets is [`crate::runtime::operator`].
 
+pub mod idle;
 mod plan;
 pub mod request;
 
-pub use plan::{CheckpointPosition, CoarsePlan, Plan, StartPoint, StateSource, decide, first_read};
+pub use idle::IdleLog;
+pub use plan::{
+    CheckpointPosition, CoarsePlan, PLAN_FORMAT, Plan, StartPoint, StateSource, decide, first_read,
+    replay_from,
+};
 pub use request::{ReplayFrom, ReplayRequest};
 
 #[cfg(test)]

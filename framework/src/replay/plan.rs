@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use super::idle::IdleLog;
+
 /// What a restart needs besides the committed offset: where to start reading so that the
 /// state held at `next_offset` can be rebuilt, and the watermark that state had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,9 @@ pub struct Plan {
     /// A shorter way back: coarse windows from the rollups topic, raw records only for the
     /// finest level. Absent when the rows cannot be located; then `replay_start` serves.
     pub coarse: Option<CoarsePlan>,
+    /// Idle flushes after `replay_start` (and up to `next_offset`), which a rebuild
+    /// applies where the first run did.
+    pub idle: IdleLog,
 }
 
 /// Rebuilding coarse levels (1h, 1d) from the co-partitioned rollups topic instead of a
@@ -43,8 +48,16 @@ pub struct CoarsePlan {
     pub rollups_end: i64,
 }
 
-/// Prefix of every encoded plan; the version lets a later format coexist.
+/// The newest plan format this build reads and writes. A later format gets a new number;
+/// this build then refuses such plans (see [`Plan::newer_format`]). Format 2 added idle
+/// flushes (`i=`); a plan without any is still written as format 1, which builds before
+/// format 2 read.
+pub const PLAN_FORMAT: u32 = 2;
+
+/// Prefix of every encoded plan: the format's name and number.
 const TAG: &str = "tributary-plan/1";
+const TAG_2: &str = "tributary-plan/2";
+const TAG_NAME: &str = "tributary-plan/";
 
 impl Plan {
     /// A plan with no state to rebuild: start at `offset`, nothing emitted yet.
@@ -56,10 +69,13 @@ impl Plan {
             requested: false,
             cut: None,
             coarse: None,
+            idle: IdleLog::default(),
         }
     }
 
-    /// An operator's replay from `offset`.
+    /// The plan an older build committed for an operator's replay from `offset` (it
+    /// re-emitted from the next record, leaving out windows the replay point cut).
+    #[cfg(test)]
     pub fn requested(offset: i64) -> Self {
         Self {
             requested: true,
@@ -70,9 +86,10 @@ impl Plan {
     /// A short text that fits Kafka's commit metadata (4 KiB by default) many times over.
     pub fn encode(&self) -> String {
         let mut s = String::with_capacity(96);
+        let tag = if self.idle.is_empty() { TAG } else { TAG_2 };
         let _ = write!(
             s,
-            "{TAG} r={} n={} w={}",
+            "{tag} r={} n={} w={}",
             self.replay_start, self.next_offset, self.watermark
         );
         if let Some(cut) = self.cut {
@@ -85,19 +102,36 @@ impl Plan {
                 c.fine_start, c.fine_watermark, c.now_watermark, c.rollups_from, c.rollups_end
             );
         }
+        if !self.idle.is_empty() {
+            let _ = write!(s, " i={}", self.idle.encode());
+        }
         if self.requested {
             s.push_str(" requested");
         }
         s
     }
 
+    /// The format number of a plan written by a newer build than this one, which this
+    /// build must not resume from: it cannot know what the plan's state needs.
+    pub fn newer_format(text: &str) -> Option<u32> {
+        let version = text
+            .strip_prefix(TAG_NAME)?
+            .split(' ')
+            .next()?
+            .parse::<u32>()
+            .ok()?;
+        (version > PLAN_FORMAT).then_some(version)
+    }
+
     /// Parses [`Plan::encode`]'s output; anything else (empty metadata from a broker that
     /// drops it, another tool's metadata, a future version) is `None`.
     pub fn decode(text: &str) -> Option<Self> {
         let mut parts = text.split(' ');
-        if parts.next()? != TAG {
-            return None;
-        }
+        let version_2 = match parts.next()? {
+            TAG => false,
+            TAG_2 => true,
+            _ => return None,
+        };
         let mut field = |name: &str| -> Option<i64> {
             let (k, v) = parts.next()?.split_once('=')?;
             if k != name {
@@ -112,12 +146,14 @@ impl Plan {
             requested: false,
             cut: None,
             coarse: None,
+            idle: IdleLog::default(),
         };
         let mut coarse: [Option<i64>; 5] = [None; 5];
         for extra in parts {
             match extra.split_once('=') {
                 None if extra == "requested" => plan.requested = true,
                 Some(("c", v)) => plan.cut = Some(v.parse().ok()?),
+                Some(("i", v)) if version_2 => plan.idle = IdleLog::decode(v)?,
                 Some((k, v)) if ["f", "g", "t", "u", "v"].contains(&k) => {
                     let i = ["f", "g", "t", "u", "v"].iter().position(|n| *n == k)?;
                     coarse[i] = Some(v.parse().ok()?);
@@ -147,6 +183,44 @@ impl Plan {
     }
 }
 
+/// The plan an operator's replay from offset `n` commits: the state held at `n` is
+/// rebuilt exactly as a restart rebuilds it, from the newest known plan at or before `n`
+/// (its replay start and watermark; processing from there reproduces every state after
+/// it), outputs are suppressed up to `n`, and from `n` on every window that closes is
+/// emitted again, complete. A plan past `n` will not do: windows that were open at `n`
+/// and closed before its offset may hold records before its replay start. Past the newest
+/// known plan outputs may not have been emitted yet, so `n` is capped there (more is
+/// re-emitted, never less). Offset 0 needs no plan (no state precedes it). `None` when
+/// no known plan is at or before `n`: a replay from there could not tell which windows
+/// were open, so it is refused rather than emitting partial ones.
+pub fn replay_from(n: i64, known: impl IntoIterator<Item = Plan>) -> Option<Plan> {
+    if n <= 0 {
+        return Some(Plan::fresh(0));
+    }
+    let known: Vec<Plan> = known.into_iter().filter(|p| !p.requested).collect();
+    let n = n.min(known.iter().map(|p| p.next_offset).max()?);
+    let p = known
+        .iter()
+        .filter(|p| p.next_offset <= n)
+        .max_by_key(|p| p.next_offset)?;
+    // The rebuild passes idle flushes other plans know of too (later ones, up to their own
+    // offsets): every one after its start.
+    let idle = known
+        .iter()
+        .fold(IdleLog::default(), |all, k| all.merged(&k.idle))
+        .after(p.replay_start);
+    Some(Plan {
+        replay_start: p.replay_start,
+        next_offset: n,
+        watermark: p.watermark,
+        requested: false,
+        cut: p.cut,
+        // Located for the plan's own offset, not for `n`.
+        coarse: None,
+        idle,
+    })
+}
+
 /// Where a local checkpoint stands, as far as the start decision is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointPosition {
@@ -156,6 +230,10 @@ pub struct CheckpointPosition {
 
 /// How a partition's state comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per assigned partition at assignment; boxing buys nothing"
+)]
 pub enum StateSource {
     /// Nothing committed: start where `auto.offset.reset` says, with empty state.
     Empty,
@@ -176,6 +254,17 @@ pub struct StartPoint {
     /// Outputs of records before this offset were emitted before: suppress them.
     pub replay_until: i64,
     pub source: StateSource,
+}
+
+impl StartPoint {
+    /// The offset whose arrival proves the broker served the partition from where it was
+    /// sought: every resume at a known offset is watched, a checkpoint or commit with
+    /// nothing to replay included, since a broker that answers a fetch inside a record
+    /// batch with the next batch (tansu) would otherwise skip the rest of that batch
+    /// silently. Offset 0 starts a batch; `None` when `auto.offset.reset` decides.
+    pub fn guarded_from(&self) -> Option<i64> {
+        self.seek.filter(|&s| s > 0)
+    }
 }
 
 /// Where a rebuild that replays from `replay_start` up to `acked` starts reading. With
@@ -252,6 +341,7 @@ mod tests {
             requested: false,
             cut: None,
             coarse: None,
+            idle: IdleLog::default(),
         }
     }
 
@@ -264,6 +354,7 @@ mod tests {
             requested: false,
             cut: None,
             coarse: None,
+            idle: IdleLog::default(),
         };
         assert_eq!(Plan::decode(&p.encode()), Some(p));
         let cut = Plan {
@@ -291,7 +382,8 @@ mod tests {
         for bad in [
             "",
             "hello",
-            "tributary-plan/2 r=1 n=2 w=3",
+            "tributary-plan/3 r=1 n=2 w=3",
+            "tributary-plan/1 r=1 n=2 w=3 i=5:5",
             "tributary-plan/1 r=1 n=x w=3",
             "tributary-plan/1 r=1 n=2 w=3 x",
             "tributary-plan/1 r=1 n=2 w=3 f=1 g=1",
@@ -303,6 +395,106 @@ mod tests {
             None,
             "start after offset"
         );
+        // Plans of a newer build are recognised as such (and refused by the runtime);
+        // foreign metadata and this build's own plans are not.
+        assert_eq!(Plan::newer_format("tributary-plan/3 r=1 n=2 w=3 z=9"), Some(3));
+        assert_eq!(Plan::newer_format("tributary-plan/17"), Some(17));
+        for not_newer in [
+            "tributary-plan/1 r=1 n=2 w=3",
+            "tributary-plan/2 r=1 n=2 w=3 i=2:5",
+            "",
+            "hello",
+            "tributary-plan/x",
+        ] {
+            assert_eq!(Plan::newer_format(not_newer), None, "{not_newer:?}");
+        }
+        assert_eq!(TAG_2, format!("{TAG_NAME}{PLAN_FORMAT}"));
+        let idle = Plan {
+            idle: IdleLog::decode("3:9,4:12").expect("idle"),
+            ..p
+        };
+        assert!(
+            idle.encode().starts_with("tributary-plan/2 "),
+            "{}",
+            idle.encode()
+        );
+        assert_eq!(Plan::decode(&idle.encode()), Some(idle));
+        assert!(
+            p.encode().starts_with("tributary-plan/1 "),
+            "no idle flush, format 1"
+        );
+    }
+
+    #[test]
+    fn an_operator_replay_rebuilds_from_the_newest_plan_at_or_before_its_point() {
+        let older = plan(10, 60);
+        let newer = Plan {
+            cut: Some(7),
+            ..plan(40, 100)
+        };
+        // From 120 (capped at 100, the newest known offset): the newer plan, at 100.
+        let p = replay_from(120, [older, newer]).expect("known");
+        assert_eq!(
+            (p.replay_start, p.next_offset, p.watermark, p.cut),
+            (40, 100, 1_000, Some(7))
+        );
+        assert!(!p.requested && p.coarse.is_none());
+        // From 70: the older plan (the newer one's rebuild starts at 40, but windows open
+        // at 70 may have closed before 100 and hold records before 40).
+        let p = replay_from(70, [older, newer]).expect("known");
+        assert_eq!((p.replay_start, p.next_offset), (10, 70));
+        // Before every known plan: refused.
+        assert_eq!(replay_from(50, [older, newer]), None);
+        assert_eq!(replay_from(5, []), None);
+        assert_eq!(replay_from(0, []), Some(Plan::fresh(0)));
+        // The replayed plan resumes like a restart: suppressed up to 70, read from 10.
+        let s = decide(Some(70), Some(p), None);
+        assert_eq!((s.seek, s.replay_until), (Some(10), 70));
+        // Idle flushes any known plan recorded after the rebuild's start come along.
+        let flushed = |text: &str| IdleLog::decode(text).expect("idle log");
+        let with_idle = [
+            Plan {
+                idle: flushed("45:900,60:950"),
+                ..newer
+            },
+            Plan {
+                idle: flushed("5:700,30:800"),
+                ..older
+            },
+        ];
+        let p = replay_from(70, with_idle).expect("known");
+        assert_eq!(p.idle.encode(), "30:800,45:900,60:950");
+        // A plan an older build committed for its own replay cannot be rebuilt from.
+        assert_eq!(replay_from(20, [Plan::requested(10)]), None);
+    }
+
+    /// Plans as earlier builds committed them, kept verbatim: every later build must read
+    /// them (an upgrade resumes from what the old build committed).
+    #[test]
+    fn plans_of_the_previous_builds_are_read() {
+        let kept = [
+            (
+                "tributary-plan/1 r=17 n=42 w=-9223372036854775808",
+                (17, 42, i64::MIN),
+            ),
+            (
+                "tributary-plan/1 r=100 n=250 w=1732380000000 c=1732379000000",
+                (100, 250, 1_732_380_000_000),
+            ),
+            (
+                "tributary-plan/1 r=5 n=90 w=1732379000000 f=60 g=1732379500000 t=1732380000000 u=3 v=12",
+                (5, 90, 1_732_379_000_000),
+            ),
+            (
+                "tributary-plan/1 r=9 n=9 w=-9223372036854775808 requested",
+                (9, 9, i64::MIN),
+            ),
+        ];
+        for (text, (r, n, w)) in kept {
+            let p = Plan::decode(text).unwrap_or_else(|| panic!("unread: {text}"));
+            assert_eq!((p.replay_start, p.next_offset, p.watermark), (r, n, w), "{text}");
+            assert_eq!(Plan::decode(&p.encode()), Some(p), "{text}");
+        }
     }
 
     #[test]
@@ -369,6 +561,29 @@ mod tests {
     fn a_plan_with_nothing_open_still_reads_one_known_record() {
         let s = decide(Some(100), Some(plan(100, 100)), None);
         assert_eq!((s.seek, s.replay_until), (Some(99), 100));
+    }
+
+    #[test]
+    fn every_resume_at_a_known_offset_is_guarded_even_with_nothing_to_replay() {
+        // A checkpoint exactly at the commit: nothing to replay, but the fetch at 100 may
+        // still start inside a batch.
+        let at_commit = decide(
+            Some(100),
+            Some(plan(40, 100)),
+            Some(CheckpointPosition { next_offset: 100 }),
+        );
+        assert_eq!(at_commit.source, StateSource::Checkpoint);
+        assert_eq!(at_commit.guarded_from(), Some(100));
+        let replaying = decide(Some(100), Some(plan(40, 100)), None);
+        assert_eq!(replaying.guarded_from(), Some(40));
+        let committed_only = decide(Some(100), None, None);
+        assert_eq!(committed_only.guarded_from(), Some(100));
+        assert_eq!(decide(None, None, None).guarded_from(), None);
+        assert_eq!(
+            decide(Some(0), None, None).guarded_from(),
+            None,
+            "offset 0 starts a batch"
+        );
     }
 
     #[test]

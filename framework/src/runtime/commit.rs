@@ -35,6 +35,7 @@ impl Coordinator {
             if let PlanStore::Topic(store) = &self.plans {
                 store.write(&tp.topic, tp.partition, plan);
             }
+            self.history.offer(&tp.topic, tp.partition, plan);
         }
         match mode {
             CommitMode::Sync => {

@@ -1,6 +1,7 @@
 //! Operator requests to a running runtime (replay from an offset or a time), handed from
 //! the admin endpoint to the poll loop, which owns the consumer.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, SyncSender};
 use std::time::Duration;
@@ -12,13 +13,12 @@ use super::context::ConsumerCtx;
 use super::coordinator::{Coordinator, seek};
 use super::operator::ReplayError;
 use super::worker::Resume;
-use crate::pipeline::Pipeline;
 use crate::replay::{self, Plan};
 
 impl Coordinator {
-    /// An operator's replay of partitions this instance owns: commits the requested plan
-    /// (so a crash mid-replay resumes it), drops the local checkpoint, restarts the
-    /// partition's pipeline in re-emit mode and seeks the consumer.
+    /// An operator's replay of partitions this instance owns: commits the replay's plan
+    /// (see [`replay::replay_from`]; a crash mid-replay resumes it), drops the local
+    /// checkpoint, rebuilds the partition's pipeline from the plan and seeks the consumer.
     pub(super) fn replay(
         &self,
         consumer: &BaseConsumer<ConsumerCtx>,
@@ -32,17 +32,37 @@ impl Coordinator {
             .map(|tp| tp.partition)
             .collect();
         owned.sort_unstable();
-        let offsets = super::operator::resolve(consumer, input, request, Some(&owned))?;
-        let plans: Vec<(Tp, Plan)> = offsets
+        let processed: HashMap<i32, i64> = self
+            .assignments()
             .iter()
-            .map(|&(partition, offset)| {
-                let tp = Tp {
-                    topic: input.into(),
-                    partition,
-                };
-                (tp, Plan::requested(offset))
-            })
+            .filter(|(tp, _)| &*tp.topic == input)
+            .filter_map(|(tp, a)| Some((tp.partition, a.ledger.safe_offset()?)))
             .collect();
+        let offsets = super::operator::resolve(consumer, input, request, Some(&owned), &|p| {
+            processed.get(&p).copied()
+        })?;
+        // The plans to rebuild from: earlier ones kept in the history, and the newest
+        // acknowledged one of each partition.
+        let mut known = self.history.read(input, Duration::from_secs(30))?;
+        for (tp, a) in self.assignments().iter() {
+            if &*tp.topic == input
+                && let Some(plan) = a.ledger.safe_plan()
+            {
+                known.entry(tp.partition).or_default().push(plan);
+            }
+        }
+        let plans: Vec<(Tp, Plan)> =
+            super::operator::plan_replays(&offsets, |p| known.get(&p).cloned().unwrap_or_default())?
+                .into_iter()
+                .map(|(partition, plan)| {
+                    let tp = Tp {
+                        topic: input.into(),
+                        partition,
+                    };
+                    (tp, plan)
+                })
+                .collect();
+        // Committed first, so a crash mid-replay resumes the same rebuild.
         self.commit(consumer, &plans, CommitMode::Sync);
         let mut map = self.assignments();
         for (tp, plan) in plans {
@@ -54,18 +74,21 @@ impl Coordinator {
             {
                 tracing::warn!(error = %e, "cannot drop the local checkpoint of a replayed partition");
             }
-            let offset = plan.next_offset;
-            let mut pipeline = Box::new(Pipeline::new(&self.spec));
-            pipeline.reemit_from_next_record();
+            let (start, pipeline, rollups_end) = self.restore(&tp, Some(plan.next_offset), Some(plan));
             let resume = Resume {
-                from: Some(offset),
-                replay_until: offset,
-                rollups_end: None,
+                from: start.seek,
+                replay_until: start.replay_until,
+                rollups_end,
             };
-            seek(consumer, &tp, offset);
-            tracing::info!(topic = %tp.topic, partition = tp.partition, offset, "operator replay started; outputs are re-emitted");
-            self.watch_for_stall(&tp, offset);
-            self.start_run(&mut map, tp, worker, pipeline, resume, Some(offset));
+            if let Some(from) = start.seek {
+                seek(consumer, &tp, from);
+            }
+            if let Some(target) = start.guarded_from() {
+                self.watch_for_stall(&tp, target);
+            }
+            tracing::info!(topic = %tp.topic, partition = tp.partition, offset = plan.next_offset, rebuild_from = plan.replay_start,
+                "operator replay started: state at the replay point is rebuilt, then every window closing after it is emitted again");
+            self.start_run(&mut map, tp, worker, pipeline, resume, Some(plan.next_offset));
         }
         drop(map);
         self.epoch.fetch_add(1, Ordering::Release);

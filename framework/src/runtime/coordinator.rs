@@ -15,7 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::Tp;
 use super::context::ConsumerCtx;
 use super::ledger::Ledger;
-use super::plans::PlanStore;
+use super::plans::{PlanHistory, PlanStore, PlanStoreError};
 use super::producer::OutputContext;
 use super::worker::{Resume, WorkerMsg};
 use crate::config::Config;
@@ -43,6 +43,8 @@ pub(super) struct Coordinator {
     pub(super) drain_timeout: Duration,
     pub(super) spec: PipelineSpec,
     pub(super) plans: PlanStore,
+    /// Earlier plans, for operator replays that reach back past the current plan.
+    pub(super) history: PlanHistory,
     pub(super) state: Option<Arc<StateStore>>,
     /// Partitions whose replay has not yet returned a record, though records are known
     /// to exist from the seek offset on.
@@ -52,6 +54,8 @@ pub(super) struct Coordinator {
     pub(super) config: Config,
     /// The committer thread's queue, while it runs (see [`super::poll`]).
     pub(super) committer: Mutex<Option<SyncSender<TopicPartitionList>>>,
+    /// Set when the app stops: ends retries that would otherwise wait for the broker.
+    pub(super) stop: Arc<AtomicBool>,
 }
 
 /// Locks a mutex whose data stays valid if a holder panicked.
@@ -80,16 +84,38 @@ impl Coordinator {
                 .collect()
         };
         let started = std::time::Instant::now();
-        let committed = self.committed(consumer, &new);
+        let Some(committed) = self.committed(consumer, &new) else {
+            return;
+        };
         let committed_read = started.elapsed();
         let topic_plans = match &self.plans {
-            PlanStore::Topic(store) if !new.is_empty() => match store.read_all(Duration::from_secs(30)) {
-                Ok(plans) => plans,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read replay plans; partitions resume from commits only");
-                    Default::default()
+            PlanStore::Topic(store) if !new.is_empty() => {
+                let read = || -> Result<_, PlanStoreError> {
+                    let plans = store.read_all(Duration::from_secs(30))?;
+                    let mut usable = HashMap::new();
+                    for ((topic, partition), plan) in plans {
+                        match plan {
+                            Ok(plan) => {
+                                usable.insert((topic, partition), plan);
+                            }
+                            Err(version)
+                                if new
+                                    .iter()
+                                    .any(|tp| *tp.topic == topic && tp.partition == partition) =>
+                            {
+                                let key = format!("{topic}/{partition}");
+                                return Err(PlanStoreError::NewerFormat { key, version });
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    Ok(usable)
+                };
+                match self.retrying("replay plans", read) {
+                    Some(plans) => plans,
+                    None => return,
                 }
-            },
+            }
             _ => Default::default(),
         };
         let plans_read = started.elapsed() - committed_read;
@@ -102,6 +128,9 @@ impl Coordinator {
                 .into_iter()
                 .chain(topic_plan)
                 .max_by_key(|p| p.next_offset);
+            if let Some(plan) = &plan {
+                self.history.add_resume_point(&tp.topic, tp.partition, plan);
+            }
             let (start, pipeline, rollups_end) = self.restore(&tp, offset, plan);
             if let Some(seek) = start.seek
                 && let Some(mut el) = tpl.find_partition(&tp.topic, tp.partition)
@@ -128,7 +157,7 @@ impl Coordinator {
             let worker = (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0);
             load[worker] += 1;
             tracing::info!(topic = %tp.topic, partition = tp.partition, worker, "partition assigned");
-            if let Some(target) = start.seek.filter(|&s| s < start.replay_until) {
+            if let Some(target) = start.guarded_from() {
                 self.watch_for_stall(&tp, target);
             }
             let resume = Resume {

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::kafka::client::client_config;
 use crate::kafka::logging::Logged;
 use crate::replay::request::RequestError;
-use crate::replay::{Plan, ReplayFrom, ReplayRequest};
+use crate::replay::{self, Plan, ReplayFrom, ReplayRequest};
 
 /// Why a replay cannot start, in words an operator can act on.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,17 @@ pub enum ReplayError {
         "group {group} did not hand this tool partitions {partitions:?} within 90 s: is the app still running? Then replay through its admin endpoint"
     )]
     GroupBusy { group: String, partitions: Vec<i32> },
+    #[error(
+        "partition {partition}: offset {offset} is before every replay plan kept ({}); windows open there cannot be known, so a replay from it would re-emit partial windows. Replay from that offset or later, or from 0",
+        reach.map_or("none is committed yet".to_owned(), |r| format!("the earliest is at offset {r}"))
+    )]
+    BeyondPlans {
+        partition: i32,
+        offset: i64,
+        reach: Option<i64>,
+    },
+    #[error("cannot read the replay plans: {0}")]
+    Plans(#[from] super::plans::PlanStoreError),
     #[error("the runtime is busy or stopping; try again")]
     Busy,
     #[error("the runtime did not answer within 60 s")]
@@ -64,6 +75,7 @@ impl ReplayError {
         matches!(
             self,
             ReplayError::Kafka { .. }
+                | ReplayError::Plans(_)
                 | ReplayError::GroupBusy { .. }
                 | ReplayError::Busy
                 | ReplayError::NoAnswer
@@ -79,11 +91,15 @@ fn kafka(action: impl Into<String>) -> impl FnOnce(KafkaError) -> ReplayError {
 
 /// Checks the partitions and turns the request into an offset per partition, with errors
 /// an operator can act on. `owned` limits an online replay to this instance's partitions.
+/// `processed` is how far the app is known to have read each partition (its commits):
+/// those offsets exist whatever the broker reports as its end (tansu 0.6 reports a wrong
+/// high watermark).
 pub fn resolve<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     request: &ReplayRequest,
     owned: Option<&[i32]>,
+    processed: &dyn Fn(i32) -> Option<i64>,
 ) -> Result<Vec<(i32, i64)>, ReplayError> {
     let timeout = Duration::from_secs(10);
     let metadata = consumer
@@ -125,6 +141,7 @@ pub fn resolve<C: ConsumerContext>(
         let (low, high) = consumer
             .fetch_watermarks(topic, p, timeout)
             .map_err(kafka(format!("read the offsets of {topic}/{p}")))?;
+        let high = high.max(processed(p).unwrap_or(high));
         let offset = match request.from {
             ReplayFrom::Offset(o) => {
                 if o < low || o > high {
@@ -155,6 +172,28 @@ pub fn resolve<C: ConsumerContext>(
         out.push((p, offset));
     }
     Ok(out)
+}
+
+/// The plan each partition's replay commits (see [`replay::replay_from`]), from the plans
+/// `known` holds for it; refused for any partition no known plan reaches back for.
+pub fn plan_replays(
+    offsets: &[(i32, i64)],
+    known: impl Fn(i32) -> Vec<Plan>,
+) -> Result<Vec<(i32, Plan)>, ReplayError> {
+    offsets
+        .iter()
+        .map(|&(partition, offset)| {
+            let plans = known(partition);
+            let reach = plans.iter().filter(|p| !p.requested).map(|p| p.next_offset).min();
+            replay::replay_from(offset, plans)
+                .map(|plan| (partition, plan))
+                .ok_or(ReplayError::BeyondPlans {
+                    partition,
+                    offset,
+                    reach,
+                })
+        })
+        .collect()
 }
 
 /// The end offset of each partition of the input topic (for progress); partitions whose
@@ -194,7 +233,8 @@ pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64
     let consumer: BaseConsumer<Logged> = c
         .create_with_context(Logged("replay"))
         .map_err(kafka("create a consumer"))?;
-    let offsets = resolve(&consumer, topic, request, None)?;
+    let processed = committed_offsets(&consumer, topic);
+    let offsets = resolve(&consumer, topic, request, None, &|p| processed.get(&p).copied())?;
     consumer
         .subscribe(&[topic])
         .map_err(kafka(format!("subscribe to {topic}")))?;
@@ -217,15 +257,17 @@ pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64
             });
         }
     }
+    let known = known_plans(config, &consumer, topic, &offsets)?;
+    let plans = plan_replays(&offsets, |p| known.get(&p).cloned().unwrap_or_default())?;
     let mut tpl = TopicPartitionList::new();
-    for &(p, o) in &offsets {
-        tpl.add_partition_offset(topic, p, Offset::Offset(o))
+    for (p, plan) in &plans {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(plan.next_offset))
             .map_err(kafka("list the replay offsets"))?;
-        if let Some(mut el) = tpl.find_partition(topic, p) {
-            el.set_metadata(Plan::requested(o).encode());
+        if let Some(mut el) = tpl.find_partition(topic, *p) {
+            el.set_metadata(plan.encode());
         }
     }
-    write_plan_topic(config, &c, topic, &offsets)?;
+    write_plan_topic(config, &c, topic, &plans)?;
     consumer.commit(&tpl, CommitMode::Sync).map_err(kafka(format!(
         "commit the replay offsets for group {}",
         config.kafka.group
@@ -234,35 +276,108 @@ pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64
     Ok(offsets)
 }
 
-/// Where plans are kept in a topic, the requested plans must be the newest there too.
+/// The group's committed offset of each partition of `topic` that has one (none if they
+/// cannot be read: the broker's end offsets then bound a replay alone).
+fn committed_offsets(consumer: &BaseConsumer<Logged>, topic: &str) -> std::collections::HashMap<i32, i64> {
+    let timeout = Duration::from_secs(10);
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), timeout) else {
+        return Default::default();
+    };
+    let mut query = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            query.add_partition(topic, p.id());
+        }
+    }
+    consumer
+        .committed_offsets(query, timeout)
+        .map(|c| {
+            c.elements()
+                .iter()
+                .filter_map(|el| match el.offset() {
+                    Offset::Offset(o) if o >= 0 => Some((el.partition(), o)),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The plans the group committed for the chosen partitions: in the commit metadata and,
+/// where the app keeps them there too, in the plan topic.
+fn known_plans(
+    config: &Config,
+    consumer: &BaseConsumer<Logged>,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<std::collections::HashMap<i32, Vec<Plan>>, ReplayError> {
+    let mut known: std::collections::HashMap<i32, Vec<Plan>> = Default::default();
+    let mut query = TopicPartitionList::new();
+    for &(p, _) in offsets {
+        query.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(query, Duration::from_secs(10))
+        .map_err(kafka(format!(
+            "read the committed offsets of group {}",
+            config.kafka.group
+        )))?;
+    for el in committed.elements() {
+        if let Some(plan) = Plan::decode(el.metadata()) {
+            known.entry(el.partition()).or_default().push(plan);
+        }
+    }
+    if topic_exists(consumer, &config.plan_history_topic()) {
+        let history = super::plans::PlanHistory::new(config, config.plan_history_topic())?;
+        for (p, plans) in history.read(topic, Duration::from_secs(30))? {
+            known.entry(p).or_default().extend(plans);
+        }
+    }
+    if topic_exists(consumer, &config.plan_topic()) {
+        let store = super::plans::PlanTopic::new(config, config.plan_topic())?;
+        for ((t, p), plan) in store.read_all(Duration::from_secs(30))? {
+            if t == topic
+                && let Ok(plan) = plan
+            {
+                known.entry(p).or_default().push(plan);
+            }
+        }
+    }
+    Ok(known)
+}
+
+fn topic_exists(consumer: &BaseConsumer<Logged>, topic: &str) -> bool {
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map(|m| {
+            m.topics()
+                .iter()
+                .any(|t| t.name() == topic && !t.partitions().is_empty() && t.error().is_none())
+        })
+        .unwrap_or(false)
+}
+
+/// Where plans are kept in a topic, the replay's plans must be the newest there too.
 fn write_plan_topic(
     config: &Config,
     client: &ClientConfig,
     topic: &str,
-    offsets: &[(i32, i64)],
+    plans: &[(i32, Plan)],
 ) -> Result<(), ReplayError> {
     let plan_topic = config.plan_topic();
     let consumer: BaseConsumer<Logged> = client
         .create_with_context(Logged("replay"))
         .map_err(kafka("create a consumer"))?;
-    let exists = consumer
-        .fetch_metadata(Some(&plan_topic), Duration::from_secs(10))
-        .map(|m| {
-            m.topics()
-                .iter()
-                .any(|t| t.name() == plan_topic && !t.partitions().is_empty() && t.error().is_none())
-        })
-        .unwrap_or(false);
-    if !exists {
+    if !topic_exists(&consumer, &plan_topic) {
         return Ok(());
     }
     let producer: BaseProducer<Logged> =
         client_config(&config.kafka, &[("allow.auto.create.topics", "false")])
             .create_with_context(Logged("replay"))
             .map_err(kafka("create a producer"))?;
-    for &(p, o) in offsets {
+    for (p, plan) in plans {
         let key = format!("{topic}/{p}");
-        let value = Plan::requested(o).encode();
+        let value = plan.encode();
         producer
             .send(
                 BaseRecord::<str, str>::to(&plan_topic)

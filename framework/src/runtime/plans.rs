@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::kafka::client::client_config;
 use crate::kafka::fetch_start::{Arrival, FetchStart};
 use crate::kafka::logging::Logged;
-use crate::replay::Plan;
+use crate::replay::{IdleLog, Plan};
 
 /// Why plans or rollup rows could not be written or read back.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,11 @@ pub enum PlanStoreError {
         end: i64,
         timeout: Duration,
     },
+    #[error(
+        "the replay plan of {key} is in format {version}, newer than this build reads ({}): it was written by a newer Tributary. Run that version (or newer), or replay the partition with this one",
+        crate::replay::PLAN_FORMAT
+    )]
+    NewerFormat { key: String, version: u32 },
     #[error("{topic}/{partition} offset {offset} is not a rollup: {source}")]
     NotARollup {
         topic: String,
@@ -46,6 +51,12 @@ pub enum PlanStoreError {
         source: crate::codec::DecodeError,
     },
 }
+
+/// A plan read back, or the format number of one a newer build wrote.
+pub type ReadPlan = Result<Plan, u32>;
+
+/// Per partition: the replay start and idle flushes last added to the history, and when.
+type HistoryMarks = HashMap<(String, i32), (i64, IdleLog, Instant)>;
 
 /// Wraps a broker error with what was being done.
 fn kafka(action: impl Into<String>) -> impl FnOnce(KafkaError) -> PlanStoreError {
@@ -167,8 +178,19 @@ impl PlanTopic {
         let _ = self.producer.flush(timeout);
     }
 
-    /// The newest plan of every partition written so far.
-    pub fn read_all(&self, timeout: Duration) -> Result<HashMap<(String, i32), Plan>, PlanStoreError> {
+    /// The newest plan of every partition written so far; for a partition whose newest
+    /// plan a newer build wrote, the number of its format.
+    pub fn read_all(&self, timeout: Duration) -> Result<HashMap<(String, i32), ReadPlan>, PlanStoreError> {
+        let mut plans = HashMap::new();
+        for (topic, partition, plan) in self.read_log(timeout)? {
+            plans.insert((topic, partition), plan);
+        }
+        Ok(plans)
+    }
+
+    /// Every plan in the topic, oldest first, read up to a fence record written first
+    /// (`Err` with the format number for a plan a newer build wrote).
+    pub fn read_log(&self, timeout: Duration) -> Result<Vec<(String, i32, ReadPlan)>, PlanStoreError> {
         let fence_value = format!(
             "{}-{}",
             std::process::id(),
@@ -193,7 +215,7 @@ impl PlanTopic {
         // Stop fetching once read, whichever way the read ends.
         let _unassign = Unassign(consumer);
         let deadline = Instant::now() + timeout;
-        let mut plans = HashMap::new();
+        let mut plans = Vec::new();
         while Instant::now() < deadline {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(msg)) => {
@@ -202,11 +224,15 @@ impl PlanTopic {
                     }
                     let key = msg.key().and_then(|k| std::str::from_utf8(k).ok());
                     let value = msg.payload().and_then(|v| std::str::from_utf8(v).ok());
+                    let plan = value.and_then(|v| match Plan::newer_format(v) {
+                        Some(version) => Some(Err(version)),
+                        None => Plan::decode(v).map(Ok),
+                    });
                     if let (Some((topic, partition)), Some(plan)) =
-                        (key.and_then(|k| k.rsplit_once('/')), value.and_then(Plan::decode))
+                        (key.and_then(|k| k.rsplit_once('/')), plan)
                         && let Ok(partition) = partition.parse()
                     {
-                        plans.insert((topic.to_owned(), partition), plan);
+                        plans.push((topic.to_owned(), partition, plan));
                     }
                 }
                 Some(Err(e)) => tracing::warn!(topic = %self.topic, error = %e, "reading replay plans"),
@@ -218,6 +244,81 @@ impl PlanTopic {
             end: fence_offset,
             timeout,
         })
+    }
+}
+
+/// Earlier plans of every partition, in a topic that keeps them for
+/// `state.plan_history_retention`: an operator's replay from an offset before the current
+/// plan's reach rebuilds from the newest of them that reaches back to it. A plan is
+/// added when a partition's replay start moves or it was flushed idle, at most once a
+/// minute per partition.
+pub struct PlanHistory {
+    log: PlanTopic,
+    added: std::sync::Mutex<HistoryMarks>,
+}
+
+impl std::fmt::Debug for PlanHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanHistory")
+            .field("topic", &self.log.topic)
+            .finish()
+    }
+}
+
+/// How often a partition's history may grow.
+const HISTORY_INTERVAL: Duration = Duration::from_secs(60);
+
+impl PlanHistory {
+    pub fn new(config: &Config, topic: String) -> Result<Self, PlanStoreError> {
+        Ok(Self {
+            log: PlanTopic::new(config, topic)?,
+            added: Default::default(),
+        })
+    }
+
+    /// Adds the plan a partition resumes from at assignment, whatever was added before:
+    /// replays can then reach back to any offset this run processed.
+    pub fn add_resume_point(&self, topic: &str, partition: i32, plan: &Plan) {
+        if !plan.requested {
+            self.log.write(topic, partition, plan);
+            let mut added = self.added.lock().unwrap_or_else(|p| p.into_inner());
+            added.insert(
+                (topic.to_owned(), partition),
+                (plan.replay_start, plan.idle, Instant::now()),
+            );
+        }
+    }
+
+    /// Adds `plan` if the partition's replay start moved or it was flushed idle since the
+    /// last one added, and none was added in the last minute.
+    pub fn offer(&self, topic: &str, partition: i32, plan: &Plan) {
+        let mut added = self.added.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (topic.to_owned(), partition);
+        let due = added.get(&key).is_none_or(|(start, idle, at)| {
+            (*start != plan.replay_start || *idle != plan.idle) && at.elapsed() >= HISTORY_INTERVAL
+        });
+        if due && !plan.requested {
+            self.log.write(topic, partition, plan);
+            added.insert(key, (plan.replay_start, plan.idle, Instant::now()));
+        }
+    }
+
+    /// Every kept plan of `topic`'s partitions.
+    pub fn read(&self, topic: &str, timeout: Duration) -> Result<HashMap<i32, Vec<Plan>>, PlanStoreError> {
+        let mut out: HashMap<i32, Vec<Plan>> = HashMap::new();
+        // Plans of a newer build are left out: a replay cannot rebuild from them.
+        for (t, partition, plan) in self.log.read_log(timeout)? {
+            if t == topic
+                && let Ok(plan) = plan
+            {
+                out.entry(partition).or_default().push(plan);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn flush(&self, timeout: Duration) {
+        self.log.flush(timeout);
     }
 }
 

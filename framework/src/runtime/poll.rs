@@ -18,7 +18,7 @@ use super::context::ConsumerCtx;
 use super::control::ControlRequest;
 use super::coordinator::{Coordinator, lock};
 use super::producer::OutputContext;
-use super::recovery::{open_state, plan_store};
+use super::recovery::{open_state, plan_history, plan_store};
 use super::worker::{self, Outputs, WorkerMsg, WorkerShared};
 use super::{RunSummary, RuntimeError, Tp, topics};
 use crate::config::Config;
@@ -60,6 +60,7 @@ pub(super) fn poll_thread(
     let layout = topics::prepare_topics(&config, &topics.input, &wanted, &stop)?;
     tracing::info!(input = %topics.input, partitions = layout.input_partitions, outputs = ?layout.outputs, "topics ready");
     let plans = plan_store(&config, &stop)?;
+    let history = plan_history(&config, &stop)?;
     let state = open_state(&config)?;
 
     let producer: Arc<ThreadedProducer<OutputContext>> = Arc::new(
@@ -122,11 +123,13 @@ pub(super) fn poll_thread(
         drain_timeout: config.runtime.drain_timeout.0,
         spec: shared.spec.clone(),
         plans,
+        history,
         state,
         stalls: Mutex::new(HashMap::new()),
         watching_stalls: AtomicBool::new(false),
         config: config.clone(),
         committer: Mutex::new(None),
+        stop: stop.clone(),
     });
     let consumer: BaseConsumer<ConsumerCtx> = crate::kafka::client::consumer_config(&config.kafka)
         .create_with_context(ConsumerCtx {

@@ -23,6 +23,9 @@ use crate::replay::{self, CheckpointPosition, CoarsePlan, Plan, StartPoint, Stat
 use crate::stage::ReplayPoint;
 use crate::state::StateStore;
 
+/// Per partition: the committed offset and the plan in its metadata, if any.
+pub(super) type Committed = HashMap<Tp, (Option<i64>, Option<Plan>)>;
+
 impl Coordinator {
     pub(super) fn watch_for_stall(&self, tp: &Tp, target: i64) {
         self.stalls
@@ -81,50 +84,90 @@ impl Coordinator {
         }
     }
 
-    /// Committed offsets and the plans in their metadata, retried while the coordinator
-    /// is unreachable. After the retries the partitions resume from what librdkafka
-    /// fetches itself, with empty state (logged).
-    pub(super) fn committed(
-        &self,
-        consumer: &BaseConsumer<ConsumerCtx>,
-        tps: &[Tp],
-    ) -> HashMap<Tp, (Option<i64>, Option<Plan>)> {
+    /// Committed offsets and the plans in their metadata, retried with backoff for as long
+    /// as the coordinator cannot answer: resuming without them would start from the wrong
+    /// offset with empty state. `None` when the app stops first.
+    pub(super) fn committed(&self, consumer: &BaseConsumer<ConsumerCtx>, tps: &[Tp]) -> Option<Committed> {
         let mut out = HashMap::new();
         if tps.is_empty() {
-            return out;
+            return Some(out);
         }
         let mut query = TopicPartitionList::new();
         for tp in tps {
             query.add_partition(&tp.topic, tp.partition);
         }
+        let result = self.retrying("committed offsets", || {
+            let result = consumer
+                .committed_offsets(query.clone(), Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            // A plan a newer build committed: wait (and say why) rather than resume
+            // without the state it describes.
+            for el in result.elements() {
+                if let Some(version) = Plan::newer_format(el.metadata()) {
+                    let key = format!("{}/{}", el.topic(), el.partition());
+                    return Err(plans::PlanStoreError::NewerFormat { key, version }.to_string());
+                }
+            }
+            Ok(result)
+        })?;
+        for el in result.elements() {
+            let offset = match el.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o),
+                _ => None,
+            };
+            let plan = Plan::decode(el.metadata());
+            let tp = Tp {
+                topic: el.topic().into(),
+                partition: el.partition(),
+            };
+            out.insert(tp, (offset, plan));
+        }
+        Some(out)
+    }
+
+    /// Runs `read` until it succeeds, with backoff, logging and counting each failure, or
+    /// until the app stops (`None`). State the partitions resume from is read this way:
+    /// while it cannot be read they wait (and the app is not ready), since a resume
+    /// without it would emit partial windows.
+    pub(super) fn retrying<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        mut read: impl FnMut() -> Result<T, E>,
+    ) -> Option<T> {
         let mut backoff = Backoff::new();
-        for attempt in 1..=5 {
-            match consumer.committed_offsets(query.clone(), Duration::from_secs(10)) {
-                Ok(result) => {
-                    for el in result.elements() {
-                        let offset = match el.offset() {
-                            Offset::Offset(o) if o >= 0 => Some(o),
-                            _ => None,
-                        };
-                        let plan = Plan::decode(el.metadata());
-                        let tp = Tp {
-                            topic: el.topic().into(),
-                            partition: el.partition(),
-                        };
-                        out.insert(tp, (offset, plan));
+        for attempt in 1u64.. {
+            if self.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            match read() {
+                Ok(v) => {
+                    if attempt > 1 {
+                        tracing::info!(what, attempt, "read after retries; partitions resume");
                     }
-                    return out;
+                    return Some(v);
                 }
                 Err(e) => {
-                    tracing::warn!(attempt, error = %e, "cannot read committed offsets; retrying");
-                    std::thread::sleep(backoff.next_delay());
+                    self.metrics.state_read_retries.inc_by(1);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(what, attempt, error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "cannot read the state assigned partitions resume from; they wait and the read is retried");
+                    self.sleep_unless_stopped(delay);
                 }
             }
         }
-        tracing::error!(
-            "committed offsets unreadable; partitions resume from the broker's committed offsets with empty state"
-        );
-        out
+        None
+    }
+
+    /// Sleeps `delay`, waking early when the app stops.
+    fn sleep_unless_stopped(&self, delay: Duration) {
+        let until = Instant::now() + delay;
+        while !self.stop.load(Ordering::Relaxed) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
     }
 
     /// Builds the pipeline a partition resumes with and where it starts reading, and
@@ -150,7 +193,7 @@ impl Coordinator {
         let mut start = replay::decide(committed, plan, position);
         if start.source == StateSource::Checkpoint
             && let Some(c) = &checkpoint
-            && let Err(e) = pipeline.restore(&c.pipeline)
+            && let Err(e) = pipeline.restore_format(&c.pipeline, c.format)
         {
             self.metrics.checkpoint_errors.inc_by(1);
             tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "local checkpoint unusable; replaying from the plan");
@@ -162,6 +205,7 @@ impl Coordinator {
             StateSource::Plan(p) if p.requested => pipeline.reemit_from_next_record(),
             StateSource::Plan(p) => {
                 pipeline.restore_cut(p.cut);
+                pipeline.restore_idle(p.idle);
                 match p.coarse.filter(|c| self.seed_coarse(tp, &mut pipeline, &p, c)) {
                     Some(c) => {
                         pipeline.restore_watermark(c.fine_watermark);
@@ -225,6 +269,14 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// The topic of earlier plans that an operator's replay reaches back to (see
+/// [`plans::PlanHistory`]), created if missing.
+pub(super) fn plan_history(config: &Config, stop: &AtomicBool) -> Result<plans::PlanHistory, RuntimeError> {
+    let topic = config.plan_history_topic();
+    super::topics::ensure_plan_history_topic(config, &topic, stop)?;
+    Ok(plans::PlanHistory::new(config, topic)?)
 }
 
 /// Chooses where replay plans go: commit metadata when the broker keeps it, otherwise

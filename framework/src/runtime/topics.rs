@@ -66,7 +66,7 @@ pub fn prepare_topics(
                 Ok(Some(n)) => break n,
                 Ok(None) if !created => {
                     created = true;
-                    create_topic(&admin, &producer, config, &out.name, input_partitions, false);
+                    create_topic(&admin, &producer, config, &out.name, input_partitions, &[]);
                     continue;
                 }
                 Ok(None) => tracing::warn!(topic = %out.name, "output topic does not exist yet; retrying"),
@@ -112,6 +112,27 @@ fn admin_clients(config: &Config) -> Result<(AdminClient<Logged>, BaseProducer<L
 
 /// Makes sure the single-partition, compacted replay-plan topic exists.
 pub fn ensure_plan_topic(config: &Config, name: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
+    ensure_single(config, name, &[("cleanup.policy", "compact")], stop)
+}
+
+/// Makes sure the single-partition plan-history topic exists, deleting plans older than
+/// `state.plan_history_retention`.
+pub fn ensure_plan_history_topic(config: &Config, name: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
+    let retention = config.state.plan_history_retention.0.as_millis().to_string();
+    ensure_single(
+        config,
+        name,
+        &[("cleanup.policy", "delete"), ("retention.ms", &retention)],
+        stop,
+    )
+}
+
+fn ensure_single(
+    config: &Config,
+    name: &str,
+    settings: &[(&str, &str)],
+    stop: &AtomicBool,
+) -> Result<(), RuntimeError> {
     let (admin, producer) = admin_clients(config)?;
     let mut backoff = Backoff::new();
     let mut created = false;
@@ -120,7 +141,7 @@ pub fn ensure_plan_topic(config: &Config, name: &str, stop: &AtomicBool) -> Resu
             Ok(Some(_)) => return Ok(()),
             Ok(None) if !created => {
                 created = true;
-                create_topic(&admin, &producer, config, name, 1, true);
+                create_topic(&admin, &producer, config, name, 1, settings);
                 continue;
             }
             Ok(None) => tracing::warn!(topic = name, "plan topic does not exist yet; retrying"),
@@ -136,12 +157,12 @@ fn create_topic(
     config: &Config,
     name: &str,
     partitions: i32,
-    compact: bool,
+    settings: &[(&str, &str)],
 ) {
     let replication = TopicReplication::Fixed(config.kafka.replication_factor);
     let mut topic = NewTopic::new(name, partitions, replication);
-    if compact {
-        topic = topic.set("cleanup.policy", "compact");
+    for (k, v) in settings {
+        topic = topic.set(k, v);
     }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();

@@ -297,6 +297,7 @@ fn checkpoint(shared: &WorkerShared, run: &mut PartitionRun) {
                 pipeline: run.pipeline.snapshot(),
                 rollups_from: None,
                 rollups_end: None,
+                format: crate::state::CHECKPOINT_FORMAT,
             },
             run.pipeline.coarse_draft(next),
         ));
@@ -341,6 +342,12 @@ fn report(shared: &WorkerShared, run: &mut PartitionRun) {
     m.records_dead_lettered
         .inc_by(now.dead_lettered - before.dead_lettered);
     m.records_late.inc_by(now.late - before.late);
+    if now.idle_unrecorded > before.idle_unrecorded {
+        m.idle_flushes_unrecorded
+            .inc_by(now.idle_unrecorded - before.idle_unrecorded);
+        tracing::warn!(topic = %run.tp.topic, partition = run.tp.partition,
+            "more idle flushes within the oldest open window than a replay plan keeps (16): a rebuild may accept records this run found late");
+    }
     m.rollups_emitted.inc_by(now.rollups - before.rollups);
     m.anomalies_emitted.inc_by(now.anomalies - before.anomalies);
     m.records_replayed.inc_by(now.replayed - before.replayed);
