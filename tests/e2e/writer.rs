@@ -734,3 +734,57 @@ fn writer_follows_a_node_joining_and_one_leaving() {
     let (committed, end) = committed_and_end(s.kafka.brokers(), &s.group, &s.metrics, data.len());
     assert_eq!(committed, end);
 }
+
+/// Newer data wins in Cassandra: rows carry `USING TIMESTAMP` from their record's Kafka
+/// timestamp (when the rollup app emitted it), so a window emitted again later (after a
+/// replay) is never overwritten by an older write of it that reaches the cluster after it,
+/// e.g. one still being retried against a slow node. Here every older version arrives
+/// last on purpose, at slow nodes.
+#[test]
+fn an_older_version_of_a_row_arriving_last_does_not_overwrite_the_newer() {
+    let s = setup(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let window = |start: i64, count: u32, at: i64| {
+        let sum = 10 * count;
+        (
+            Outgoing {
+                key: Some("host-7/cpu".into()),
+                value: Some(format!(
+                    r#"{{"series":"host-7/cpu","resolution":"5m","window_start":{start},"window_end":{},"count":{count},"min":1,"max":10,"sum":{sum},"avg":10}}"#,
+                    start + 300_000
+                )),
+                partition: Some(1),
+            },
+            at,
+        )
+    };
+    let windows = 30;
+    let mut records = Vec::new();
+    for w in 0..windows {
+        let start = 1_732_320_000_000 + w * 300_000;
+        // The re-emitted (newer) version first, the original (older) one after it.
+        records.push(window(start, 2, now - 1_000));
+        records.push(window(start, 1, now - 61_000));
+    }
+    harness::py_produce_stamped(s.kafka.brokers(), &s.rollups, &records);
+    // Every write waits on slow nodes.
+    s.ring.faults(None, r#"{"latency_ms": 100}"#);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut writer = start_writer(&s, &admin, &[]);
+    wait_written(&admin, records.len() as u64, &mut writer);
+    let rows = s.ring.select(&format!(
+        "SELECT window_start, count, sum FROM {}.rollups_5m",
+        s.keyspace
+    ));
+    assert_eq!(rows.len(), windows as usize, "{rows:?}");
+    for r in &rows {
+        assert_eq!(
+            (&r[1], &r[2]),
+            (&serde_json::json!(2), &serde_json::json!(20.0)),
+            "the newer version stays: {r:?}"
+        );
+    }
+    assert_eq!(writer.terminate(Duration::from_secs(60)), Some(0));
+}

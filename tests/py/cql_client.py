@@ -4,6 +4,7 @@
   cql_client.py HOST PORT KEYSPACE              creates a table, writes rows, reads
                                                  them back; prints a JSON summary.
   cql_client.py count HOST PORT KEYSPACE TABLE   prints the table's row count.
+  cql_client.py select HOST PORT QUERY           prints the rows as JSON lists.
 """
 import json
 import os
@@ -59,8 +60,19 @@ def count(host, port, keyspace, table):
     cluster.shutdown()
 
 
+def select(host, port, query):
+    cluster = Cluster([host], port=int(port), protocol_version=4,
+                      load_balancing_policy=RoundRobinPolicy(), connect_timeout=10)
+    s = cluster.connect()
+    for row in s.execute(query):
+        print(json.dumps([v if isinstance(v, (int, float, str)) or v is None else str(v) for v in row]))
+    cluster.shutdown()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "count":
         count(*sys.argv[2:6])
+    elif sys.argv[1] == "select":
+        select(*sys.argv[2:5])
     else:
         main(*sys.argv[1:4])

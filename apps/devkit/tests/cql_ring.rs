@@ -671,3 +671,55 @@ async fn the_driver_follows_nodes_joining_and_leaving() {
     let count = count(&s, "tb.kv").await;
     assert_eq!(count, 200, "the data stayed readable through both changes");
 }
+
+/// Cassandra's last-write-wins by write timestamp: an older write that arrives later
+/// (a retry) does not overwrite a newer one, prepared or not; without USING TIMESTAMP
+/// the node's clock stamps the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_write_timestamp_wins_whatever_the_arrival_order() {
+    let ring = ring(1).await;
+    let s = session(&ring).await;
+    key_value_table(&s).await;
+    let insert = s
+        .prepare("INSERT INTO tb.kv (k, v) VALUES (?, ?) USING TTL ? AND TIMESTAMP ?")
+        .await
+        .expect("prepare");
+    let read = |k: &'static str| {
+        let s = &s;
+        async move {
+            let (v,): (i32,) = s
+                .query_unpaged("SELECT v FROM tb.kv WHERE k = ?", (k,))
+                .await
+                .expect("read")
+                .into_rows_result()
+                .expect("rows")
+                .single_row()
+                .expect("one row");
+            v
+        }
+    };
+    s.execute_unpaged(&insert, ("a", 2, 0, 2_000i64))
+        .await
+        .expect("newer");
+    s.execute_unpaged(&insert, ("a", 1, 0, 1_000i64))
+        .await
+        .expect("older, later");
+    assert_eq!(read("a").await, 2, "the older write arrived last but lost");
+    s.execute_unpaged(&insert, ("a", 3, 0, 3_000i64))
+        .await
+        .expect("newest");
+    assert_eq!(read("a").await, 3);
+    // Unprepared, literal timestamp.
+    s.query_unpaged("INSERT INTO tb.kv (k, v) VALUES ('b', 5) USING TIMESTAMP 50", &[])
+        .await
+        .expect("literal");
+    s.query_unpaged("INSERT INTO tb.kv (k, v) VALUES ('b', 4) USING TIMESTAMP 40", &[])
+        .await
+        .expect("literal, older");
+    assert_eq!(read("b").await, 5);
+    // Unstamped writes take the node's clock (microseconds now), newer than 50.
+    s.query_unpaged("INSERT INTO tb.kv (k, v) VALUES ('b', 6)", &[])
+        .await
+        .expect("unstamped");
+    assert_eq!(read("b").await, 6);
+}

@@ -18,7 +18,7 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub table: TableKind,
-    /// Bound values in INSERT order, TTL last.
+    /// Bound values in INSERT order, then the TTL and the write timestamp.
     pub values: Vec<CqlValue>,
     /// Approximate serialised size of the values (for the batch byte limit).
     pub bytes: usize,
@@ -52,12 +52,29 @@ fn size(values: &[CqlValue]) -> usize {
         .sum()
 }
 
-/// Maps a record of `source` to its row.
+/// The write timestamp (microseconds, `USING TIMESTAMP`) of a record's row: the record's
+/// Kafka timestamp, i.e. when the rollup app emitted it. A row computed later (a window
+/// emitted again by a replay) then always wins over an older write of the same row still
+/// being retried, whatever order the two reach the cluster in. A record without a
+/// timestamp, or claiming one more than an hour ahead of `now_ms` (it would shadow every
+/// later write of its row), is stamped with `now_ms`.
+pub fn write_timestamp(record_ms: Option<i64>, now_ms: i64) -> i64 {
+    const AHEAD_MS: i64 = 3_600_000;
+    let ms = match record_ms {
+        Some(ms) if ms >= 0 && ms <= now_ms.saturating_add(AHEAD_MS) => ms,
+        _ => now_ms,
+    };
+    ms.saturating_mul(1_000)
+}
+
+/// Maps a record of `source` to its row, written at `written_us` (see
+/// [`write_timestamp`]).
 pub fn to_row(
     config: &WriterConfig,
     source: Source,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
+    written_us: i64,
 ) -> Result<Row, RowError> {
     let format: Format = config.topics.format;
     let (table, values) = match source {
@@ -137,6 +154,8 @@ pub fn to_row(
             (TableKind::Anomalies, values)
         }
     };
+    let mut values = values;
+    values.push(CqlValue::BigInt(written_us));
     let bytes = size(&values);
     Ok(Row { table, values, bytes })
 }
@@ -149,23 +168,37 @@ mod tests {
     fn maps_each_topic_to_its_table() {
         let c = WriterConfig::default();
         let p = br#"{"series":"s","ts":172800000,"value":1.5}"#;
-        let r = to_row(&c, Source::Metrics, Some(b"s"), Some(p)).expect("point");
+        let r = to_row(&c, Source::Metrics, Some(b"s"), Some(p), 7).expect("point");
         assert_eq!(r.table, TableKind::Points);
         assert_eq!(r.values[1], CqlValue::BigInt(2), "day bucket");
         assert_eq!(r.values[4], CqlValue::Int(7 * 86_400));
+        assert_eq!(r.values[5], CqlValue::BigInt(7), "write timestamp last");
         let roll = br#"{"series":"s","resolution":"1h","window_start":3600000,"window_end":7200000,"count":2,"min":1,"max":2,"sum":3,"avg":1.5}"#;
-        let r = to_row(&c, Source::Rollups, Some(b"s"), Some(roll)).expect("rollup");
+        let r = to_row(&c, Source::Rollups, Some(b"s"), Some(roll), 7).expect("rollup");
         assert_eq!(r.table, TableKind::Rollups("1h".into()));
         assert_eq!(r.values[1], CqlValue::BigInt(0));
         let odd = br#"{"series":"s","resolution":"7m","window_start":0,"window_end":420000,"count":1,"min":1,"max":1,"sum":1,"avg":1}"#;
         assert!(matches!(
-            to_row(&c, Source::Rollups, None, Some(odd)),
+            to_row(&c, Source::Rollups, None, Some(odd), 7),
             Err(RowError::UnknownResolution(_))
         ));
         assert!(matches!(
-            to_row(&c, Source::Metrics, Some(b"s"), Some(b"{")),
+            to_row(&c, Source::Metrics, Some(b"s"), Some(b"{"), 7),
             Err(RowError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn rows_are_stamped_with_their_record_time_within_reason() {
+        let now = 1_800_000_000_000;
+        assert_eq!(write_timestamp(Some(now - 5_000), now), (now - 5_000) * 1_000);
+        assert_eq!(
+            write_timestamp(Some(now + 3_600_000), now),
+            (now + 3_600_000) * 1_000
+        );
+        for odd in [None, Some(-1), Some(now + 3_600_001), Some(i64::MAX)] {
+            assert_eq!(write_timestamp(odd, now), now * 1_000, "{odd:?}");
+        }
     }
 
     #[test]
@@ -184,7 +217,13 @@ mod tests {
             (i64::MIN, i64::MAX),
             (-1, i64::MAX),
         ] {
-            let r = to_row(&c, Source::Rollups, Some(b"s"), Some(roll(start, end).as_bytes()));
+            let r = to_row(
+                &c,
+                Source::Rollups,
+                Some(b"s"),
+                Some(roll(start, end).as_bytes()),
+                7,
+            );
             assert_eq!(r, Err(RowError::BadWindow { start, end }), "[{start}, {end})");
         }
         let wide = to_row(
@@ -192,6 +231,7 @@ mod tests {
             Source::Rollups,
             Some(b"s"),
             Some(roll(i64::MIN, i64::MIN + 1).as_bytes()),
+            7,
         );
         assert!(wide.is_ok(), "a narrow window at the i64 limit maps: {wide:?}");
     }

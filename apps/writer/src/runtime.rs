@@ -25,9 +25,15 @@ use crate::dead_letter::DeadLetters;
 use crate::limiter::Limiter;
 use crate::metrics::WriterMetrics;
 use crate::partitions::{Partitions, TopicPartition};
-use crate::rows::{Source, to_row};
+use crate::rows::{Source, to_row, write_timestamp};
 use crate::sink::Sink;
 use crate::write::{QueuedRow, Writers};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -241,7 +247,8 @@ pub async fn run(
                         continue;
                     };
                     metrics.records_consumed.inc();
-                    match to_row(&config, source, msg.key(), msg.payload()) {
+                    let written = write_timestamp(msg.timestamp().to_millis(), now_ms());
+                    match to_row(&config, source, msg.key(), msg.payload(), written) {
                         Ok(row) => {
                             // Without a token (no metadata yet, or values the driver
                             // cannot hash) rows still go out, grouped together and routed

@@ -20,20 +20,21 @@ impl TableKind {
         }
     }
 
-    /// The prepared INSERT (the last bind is the TTL in seconds; 0 = none).
+    /// The prepared INSERT (the last binds are the TTL in seconds, 0 = none, and the
+    /// write timestamp in microseconds).
     pub fn insert(&self, keyspace: &str) -> String {
         let table = self.table_name();
         match self {
             TableKind::Points => format!(
-                "INSERT INTO {keyspace}.{table} (series, day, ts, value) VALUES (?, ?, ?, ?) USING TTL ?"
+                "INSERT INTO {keyspace}.{table} (series, day, ts, value) VALUES (?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
             ),
             TableKind::Rollups(_) => format!(
                 "INSERT INTO {keyspace}.{table} (series, bucket, window_start, window_end, count, min, max, sum, avg) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
             ),
             TableKind::Anomalies => format!(
                 "INSERT INTO {keyspace}.{table} (series, day, ts, value, direction, cusum, threshold, mean, stddev) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
             ),
         }
     }

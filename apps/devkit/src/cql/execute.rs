@@ -168,6 +168,7 @@ impl Store {
                 columns,
                 values: terms,
                 ttl,
+                timestamp,
             } => {
                 let (ks, name) = resolve(table, current)?;
                 if SYSTEM_KEYSPACES.contains(&ks.as_str()) {
@@ -198,6 +199,15 @@ impl Store {
                         .map(|b| i32::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 4])))
                         .filter(|s| *s > 0),
                     None => None,
+                };
+                // Without USING TIMESTAMP the coordinator's clock stamps the write.
+                let written = match timestamp {
+                    Some(term) => term_value(term, values, &CqlType::BigInt)?
+                        .and_then(|b| b.as_slice().try_into().ok().map(i64::from_be_bytes))
+                        .ok_or_else(|| ExecError::invalid("Invalid null value for USING TIMESTAMP"))?,
+                    None => std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as i64),
                 };
                 let mut key = Vec::new();
                 for &pk in &schema.partition_key {
@@ -240,18 +250,31 @@ impl Store {
                         let row = &mut rows[i];
                         if row.expires.is_some_and(|e| e <= Instant::now()) {
                             row.cells = vec![None; schema.columns.len()];
+                            row.written = vec![i64::MIN; schema.columns.len()];
                         }
-                        for (slot, v) in row.cells.iter_mut().zip(cells) {
-                            if let Some(v) = v {
+                        let mut newer = false;
+                        for ((slot, at), v) in row.cells.iter_mut().zip(row.written.iter_mut()).zip(cells) {
+                            // The newer write wins; at equal timestamps the greater value.
+                            if let Some(v) = v
+                                && (written > *at || (written == *at && v >= *slot))
+                            {
                                 *slot = v;
+                                *at = written;
+                                newer = true;
                             }
                         }
-                        row.expires = expires;
+                        if newer {
+                            row.expires = expires;
+                        }
                     }
                     Err(i) => rows.insert(
                         i,
                         StoredRow {
                             clustering,
+                            written: cells
+                                .iter()
+                                .map(|c| if c.is_some() { written } else { i64::MIN })
+                                .collect(),
                             cells: cells.into_iter().map(Option::flatten).collect(),
                             expires,
                         },

@@ -207,6 +207,8 @@ pub enum Statement {
         columns: Vec<String>,
         values: Vec<Term>,
         ttl: Option<Term>,
+        /// `USING TIMESTAMP`: the write's time in microseconds; the newest write wins.
+        timestamp: Option<Term>,
     },
     CreateKeyspace {
         name: String,
@@ -546,12 +548,13 @@ impl Parser {
         }
         self.if_not_exists()?;
         let mut ttl = None;
+        let mut timestamp = None;
         if self.eat_kw("using") {
             loop {
                 if self.eat_kw("ttl") {
                     ttl = Some(self.term()?);
                 } else if self.eat_kw("timestamp") {
-                    self.term()?;
+                    timestamp = Some(self.term()?);
                 } else {
                     return Err("expected TTL or TIMESTAMP after USING".into());
                 }
@@ -565,6 +568,7 @@ impl Parser {
             columns,
             values,
             ttl,
+            timestamp,
         })
     }
 
@@ -695,6 +699,18 @@ mod tests {
             s,
             Statement::Insert {
                 ttl: Some(Term::Bind(2)),
+                timestamp: None,
+                ..
+            }
+        ));
+        let (s, binds) =
+            parse("INSERT INTO ks.t (a) VALUES (?) USING TTL ? AND TIMESTAMP ?").expect("insert");
+        assert_eq!(binds, 3);
+        assert!(matches!(
+            s,
+            Statement::Insert {
+                ttl: Some(Term::Bind(1)),
+                timestamp: Some(Term::Bind(2)),
                 ..
             }
         ));

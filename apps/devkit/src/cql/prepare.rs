@@ -36,7 +36,11 @@ impl Store {
         let mut pk_indexes = Vec::new();
         match stmt {
             Statement::Insert {
-                columns, values, ttl, ..
+                columns,
+                values,
+                ttl,
+                timestamp,
+                ..
             } => {
                 for (c, v) in columns.iter().zip(values) {
                     if let Term::Bind(i) = v {
@@ -55,6 +59,15 @@ impl Store {
                         BindSpec {
                             name: "[ttl]".into(),
                             ty: CqlType::Int,
+                        },
+                    ));
+                }
+                if let Some(Term::Bind(i)) = timestamp {
+                    specs.push((
+                        *i,
+                        BindSpec {
+                            name: "[timestamp]".into(),
+                            ty: CqlType::BigInt,
                         },
                     ));
                 }

@@ -44,6 +44,9 @@ impl TableSchema {
 pub(super) struct StoredRow {
     pub(super) clustering: Vec<Vec<u8>>,
     pub(super) cells: Vec<Option<Vec<u8>>>,
+    /// Each cell's write timestamp (microseconds): a write older than a cell's loses, as
+    /// in Cassandra, whatever order the writes arrive in.
+    pub(super) written: Vec<i64>,
     pub(super) expires: Option<Instant>,
 }
 
