@@ -147,7 +147,11 @@ fn follow_replay(addr: std::net::SocketAddr, config: &Config, started: &str) {
                 && let (Some(f), Some(e)) = (from.get(&partition), ends.get(&partition))
             {
                 // A broker may report an end before the replay point (tansu 0.6).
-                done += g["processed_offset"].as_i64().unwrap_or(*f).clamp(*f, (*e).max(*f)) - f;
+                done += g["processed_offset"]
+                    .as_i64()
+                    .unwrap_or(*f)
+                    .clamp(*f, (*e).max(*f))
+                    - f;
             }
         }
         let secs = started_at.elapsed().as_secs_f64().max(1e-3);

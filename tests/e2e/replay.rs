@@ -464,21 +464,24 @@ fn plans_survive_on_a_broker_that_drops_commit_metadata() {
 
 #[test]
 fn a_replay_from_mid_stream_re_emits_the_windows_open_there_complete() {
-    mid_stream_replay(dev_bed(), 23);
+    // The mock cluster does not look offsets up by time: both replays by offset.
+    mid_stream_replay(dev_bed(), 23, false);
 }
 
 #[test]
 fn a_replay_from_mid_stream_on_tansu() {
-    mid_stream_replay(tansu_bed(), 29);
+    mid_stream_replay(tansu_bed(), 29, true);
 }
 
 /// An app processes the first half of the records, stops, and is started again for the
 /// rest (a replay reaches back to the plans kept since then). An operator then replays
-/// partition 1 from a point in the second half, online, and from a later one offline:
+/// partition 1 from a point in the second half by offset, online, and offline from the
+/// start of the second half, by time (when it was produced: the broker's timestamps) or
+/// by offset:
 /// the day window open at each replay point is emitted again complete (equal to the
 /// oracle), and windows that closed well before it are not emitted again. The records
 /// arrive up to 40 s out of order, and some 11 minutes late.
-fn mid_stream_replay(bed: Bed, seed: u64) {
+fn mid_stream_replay(bed: Bed, seed: u64, offline_by_time: bool) {
     let series = 8;
     let data = dataset::build(series, 26, PARTITIONS, seed);
     let admin = format!("127.0.0.1:{}", free_port());
@@ -487,7 +490,14 @@ fn mid_stream_replay(bed: Bed, seed: u64) {
     let mut app = bed.start(&admin, &bed.state_dir);
     bed.wait_caught_up(first, &app);
     stop(&mut app);
+    // Broker timestamps are produce times: the second half is stamped after this.
+    std::thread::sleep(Duration::from_millis(20));
+    let rest_produced = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    std::thread::sleep(Duration::from_millis(20));
     py_produce(&bed.brokers, &bed.input, rest);
+    let first_on_1 = first.iter().filter(|r| r.partition == Some(1)).count();
     let mut app = bed.start(&admin, &bed.state_dir);
     bed.wait_caught_up(&data.records, &app);
     let before = bed.rollups_out(data.expected.len());
@@ -511,7 +521,7 @@ fn mid_stream_replay(bed: Bed, seed: u64) {
     };
     let day = 86_400_000;
     let mut seen = before;
-    for (offset, offline) in [(on_1.len() * 5 / 8, false), (on_1.len() * 7 / 8, true)] {
+    for (offset, offline) in [(on_1.len() * 5 / 8, false), (first_on_1, true)] {
         // The replay point's event time (a bad record there has none: the next one's).
         let ts = on_1[offset..]
             .iter()
@@ -531,11 +541,15 @@ fn mid_stream_replay(bed: Bed, seed: u64) {
             .map(|r| r.json()["series"].to_string())
             .collect();
         assert!(days > 0 && closed > 0, "the day at offset {offset} has rows");
-        let from = offset.to_string();
-        let mut args = vec!["--from-offset", &from, "--partitions", "1"];
+        let (from_offset, from_time) = (offset.to_string(), rest_produced.to_string());
+        let mut args = vec!["--from-offset", &from_offset, "--partitions", "1"];
         if offline {
             stop(&mut app);
             args.insert(0, "--offline");
+            if offline_by_time {
+                // The first record of the second half, `first_on_1`.
+                args = vec!["--offline", "--from-time", &from_time, "--partitions", "1"];
+            }
         }
         let (code, text) = replay_cli(&bed, &admin, &args);
         assert_eq!(code, Some(0), "{text}");
