@@ -401,7 +401,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                     .local_addr()
                     .map(|a| a.to_string())
                     .unwrap_or(listen.clone());
-                tracing::info!(addr, "admin endpoint listening (/metrics, /health, /status)");
+                tracing::info!(
+                    addr,
+                    "admin endpoint listening (/metrics, /health/live, /health/ready, /status)"
+                );
                 tokio::spawn(admin::serve(
                     listener,
                     admin_config.protect(routes(metrics, control)),
@@ -455,7 +458,12 @@ fn routes(metrics: Arc<Metrics>, control: ControlHandle) -> Arc<dyn admin::Handl
             content_type: crate::metrics::CONTENT_TYPE,
             body: metrics.render().into_bytes(),
         },
-        ("GET", "/health") => Response::text(200, "ok\n"),
+        // Liveness: the process answers. Readiness: see Metrics::readiness.
+        ("GET", "/health" | "/health/live") => Response::text(200, "ok\n"),
+        ("GET", "/health/ready") => match metrics.readiness() {
+            Ok(()) => Response::text(200, "ready\n"),
+            Err(reasons) => Response::json(503, &serde_json::json!({ "ready": false, "reasons": reasons })),
+        },
         ("GET", "/status") => {
             let partitions: Vec<_> = metrics
                 .partitions()
@@ -465,12 +473,14 @@ fn routes(metrics: Arc<Metrics>, control: ControlHandle) -> Arc<dyn admin::Handl
                         "topic": topic, "partition": partition,
                         "watermark_ms": g.watermark_ms, "processed_offset": g.processed_offset,
                         "committed_offset": g.committed_offset, "series": g.series,
+                        "replaying": g.replaying,
                     })
                 })
                 .collect();
             Response::json(
                 200,
                 &serde_json::json!({
+                    "ready": metrics.readiness().is_ok(),
                     "assigned_partitions": metrics.assigned_partitions.get(),
                     "records_consumed": metrics.records_consumed.get(),
                     "partitions": partitions,

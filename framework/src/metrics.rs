@@ -4,6 +4,7 @@
 //! record.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
@@ -34,6 +35,8 @@ pub struct PartitionGauges {
     pub committed_offset: i64,
     pub series: i64,
     pub open_windows: i64,
+    /// Its state is being rebuilt (outputs suppressed).
+    pub replaying: bool,
 }
 
 type PartitionMap = Arc<Mutex<BTreeMap<(String, i32), PartitionGauges>>>;
@@ -65,6 +68,10 @@ pub struct Metrics {
     /// RocksDB block cache usage (memtables are charged to it).
     pub state_memory_bytes: Gauge,
     partitions: PartitionMap,
+    /// What readiness is made of (see [`Metrics::readiness`]).
+    pub joined: AtomicBool,
+    pub restoring: AtomicBool,
+    pub stopping: AtomicBool,
     registry: Registry,
 }
 
@@ -101,6 +108,9 @@ impl Metrics {
             assigned_partitions: Gauge::default(),
             state_memory_bytes: Gauge::default(),
             partitions: PartitionMap::default(),
+            joined: AtomicBool::new(false),
+            restoring: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             registry: Registry::default(),
         };
         registry.register(
@@ -234,6 +244,27 @@ impl Metrics {
         self.map().clone()
     }
 
+    /// Whether the app should get traffic and be counted as up by a rolling update:
+    /// `Err` with the reasons while it has not joined its group, waits for the state its
+    /// partitions resume from, rebuilds a partition's state, or stops.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        if !self.joined.load(Ordering::Relaxed) {
+            reasons.push("not yet assigned partitions by its group".to_owned());
+        }
+        if self.restoring.load(Ordering::Relaxed) {
+            reasons
+                .push("reading the committed offsets and replay plans its partitions resume from".to_owned());
+        }
+        for ((topic, partition), _) in self.map().iter().filter(|(_, g)| g.replaying) {
+            reasons.push(format!("rebuilding the state of {topic}/{partition}"));
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            reasons.push("stopping".to_owned());
+        }
+        if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+    }
+
     /// Renders everything in the Prometheus text format.
     pub fn render(&self) -> String {
         render(&self.registry)
@@ -314,5 +345,25 @@ mod tests {
         );
         m.remove_partition("metrics", 3);
         assert!(!m.render().contains("partition=\"3\""));
+    }
+
+    #[test]
+    fn ready_only_once_joined_with_every_partition_rebuilt_and_not_stopping() {
+        let m = Metrics::new();
+        assert!(m.readiness().is_err(), "not joined yet");
+        m.joined.store(true, Ordering::Relaxed);
+        assert_eq!(m.readiness(), Ok(()));
+        m.update_partition("metrics", 3, |g| g.replaying = true);
+        assert_eq!(
+            m.readiness(),
+            Err(vec!["rebuilding the state of metrics/3".to_owned()])
+        );
+        m.update_partition("metrics", 3, |g| g.replaying = false);
+        m.restoring.store(true, Ordering::Relaxed);
+        assert!(m.readiness().is_err());
+        m.restoring.store(false, Ordering::Relaxed);
+        assert_eq!(m.readiness(), Ok(()));
+        m.stopping.store(true, Ordering::Relaxed);
+        assert_eq!(m.readiness(), Err(vec!["stopping".to_owned()]));
     }
 }

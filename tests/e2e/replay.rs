@@ -385,6 +385,14 @@ fn an_operator_replay_re_emits_identical_rollups_online_and_offline() {
     py_produce(&bed.brokers, &bed.input, &data.records);
     let mut app = bed.start(&admin, &bed.state_dir);
     bed.wait_caught_up(&data.records, &app);
+    let ready = eventually(Duration::from_secs(30), || {
+        (harness::admin_get(&admin, "/health/ready") == Some((200, "ready\n".to_owned()))).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "{:?}",
+        harness::admin_get(&admin, "/health/ready")
+    );
     let before = bed.rollups_out(data.expected.len());
     dataset::check_rollups(&data, Duplicates::Refused, &before);
     let on_partition_1 = |rs: &[Incoming]| rs.iter().filter(|r| r.partition == 1).count();
@@ -602,6 +610,11 @@ fn a_plan_from_a_newer_build_is_refused_not_resumed_with_empty_state() {
             .then_some(())
     });
     assert!(refused.is_some(), "{}", app.log_text());
+    // Not ready while it waits, and it says why.
+    let (status, body) = harness::admin_get(&admin, "/health/ready").expect("admin answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("reading the committed offsets"), "{body}");
+    assert_eq!(harness::admin_get(&admin, "/health/live").map(|r| r.0), Some(200));
     std::thread::sleep(Duration::from_secs(3));
     let (committed, _) = py_committed(&bed.brokers, &bed.group, &bed.input);
     assert_eq!(

@@ -58,6 +58,15 @@ pub(super) struct Coordinator {
     pub(super) stop: Arc<AtomicBool>,
 }
 
+/// Clears a flag when dropped, however the scope ends.
+struct Flag<'a>(&'a AtomicBool);
+
+impl Drop for Flag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Locks a mutex whose data stays valid if a holder panicked.
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -84,6 +93,9 @@ impl Coordinator {
                 .collect()
         };
         let started = std::time::Instant::now();
+        // Not ready while the state the partitions resume from is read (it may take retries).
+        self.metrics.restoring.store(true, Ordering::Relaxed);
+        let _restored = Flag(&self.metrics.restoring);
         let Some(committed) = self.committed(consumer, &new) else {
             return;
         };
@@ -169,6 +181,7 @@ impl Coordinator {
         }
         self.metrics.assigned_partitions.set(map.len() as i64);
         self.metrics.rebalances.inc_by(1);
+        self.metrics.joined.store(true, Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::Release);
     }
 

@@ -354,9 +354,11 @@ fn report(shared: &WorkerShared, run: &mut PartitionRun) {
     let watermark = run.pipeline.watermark();
     let series = run.pipeline.series() as i64;
     let processed = run.next_offset.unwrap_or(-1);
+    let replaying = run.replay.is_some();
     m.update_partition(&run.tp.topic, run.tp.partition, |g: &mut PartitionGauges| {
         g.watermark_ms = watermark;
         g.series = series;
         g.processed_offset = processed;
+        g.replaying = replaying;
     });
 }
