@@ -294,7 +294,7 @@ impl Stage for CusumStage {
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
         let (snapshot, _): (CusumSnapshot, usize) =
-            bincode::decode_from_slice(bytes, bincode::config::standard())
+            bincode::decode_from_slice(bytes, crate::stage::SNAPSHOT_DECODE)
                 .map_err(|e| RestoreError::Corrupt(e.to_string()))?;
         self.states.clear();
         for (series, state) in snapshot.states {

@@ -2,7 +2,7 @@
 //! reads (see [`crate::state::CHECKPOINT_FORMAT`]).
 
 use crate::replay::IdleLog;
-use crate::stage::RestoreError;
+use crate::stage::{RestoreError, SNAPSHOT_DECODE};
 
 /// Format 3: format 2 and the idle flushes since the oldest open window.
 #[derive(bincode::Encode, bincode::Decode)]
@@ -41,7 +41,7 @@ impl PipelineSnapshot {
         let corrupt = |e: bincode::error::DecodeError| RestoreError::Corrupt(e.to_string());
         if format == 2 {
             let (v2, _): (SnapshotV2, usize) =
-                bincode::decode_from_slice(bytes, bincode::config::standard()).map_err(corrupt)?;
+                bincode::decode_from_slice(bytes, SNAPSHOT_DECODE).map_err(corrupt)?;
             return Ok(Self {
                 shape: v2.shape,
                 names: v2.names,
@@ -53,7 +53,7 @@ impl PipelineSnapshot {
             });
         }
         let (snapshot, _): (Self, usize) =
-            bincode::decode_from_slice(bytes, bincode::config::standard()).map_err(corrupt)?;
+            bincode::decode_from_slice(bytes, SNAPSHOT_DECODE).map_err(corrupt)?;
         Ok(snapshot)
     }
 

@@ -52,6 +52,15 @@ pub struct CoarseSources {
     pub topic: Option<i64>,
 }
 
+/// How checkpoint bytes are decoded (the wire format of `bincode::config::standard()`):
+/// with a limit, so a corrupt checkpoint claiming a huge length is an error rather than
+/// an allocation that aborts the process. Far above any real partition's state.
+pub const SNAPSHOT_DECODE: bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<{ 1 << 30 }>,
+> = bincode::config::standard().with_limit::<{ 1 << 30 }>();
+
 /// Why a snapshot cannot be restored (the partition then rebuilds from its plan).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {

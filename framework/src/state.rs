@@ -144,7 +144,7 @@ impl StateStore {
         let Some(bytes) = self.db.get(key(topic, partition)).map_err(StateError::Read)? else {
             return Ok(None);
         };
-        let (stored, _): (Stored, usize) = bincode::decode_from_slice(&bytes, bincode::config::standard())
+        let (stored, _): (Stored, usize) = bincode::decode_from_slice(&bytes, crate::stage::SNAPSHOT_DECODE)
             .map_err(|e| StateError::Corrupt(e.to_string()))?;
         if !(OLDEST_READ..=CHECKPOINT_FORMAT).contains(&stored.version) {
             return Err(StateError::Format {

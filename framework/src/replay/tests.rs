@@ -191,6 +191,13 @@ fn a_checkpoint_of_another_setup_is_refused() {
         Pipeline::new(&spec(true)).restore(&snapshot[..snapshot.len() / 2]),
         Err(RestoreError::Corrupt(_))
     ));
+    // A length far beyond the bytes (a corrupt disk): an error, not an allocation that
+    // aborts the process (found by tests/hostile_input.rs).
+    let huge = [0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+    assert!(matches!(
+        Pipeline::new(&spec(true)).restore(&huge),
+        Err(RestoreError::Corrupt(_))
+    ));
 }
 
 #[test]

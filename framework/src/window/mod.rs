@@ -314,7 +314,7 @@ impl Stage for RollupStage {
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
         let (snapshot, _): (RollupSnapshot, usize) =
-            bincode::decode_from_slice(bytes, bincode::config::standard())
+            bincode::decode_from_slice(bytes, crate::stage::SNAPSHOT_DECODE)
                 .map_err(|e| RestoreError::Corrupt(e.to_string()))?;
         if snapshot.levels.len() != self.levels.len() {
             return Err(RestoreError::OtherSetup {
