@@ -206,7 +206,7 @@ impl Metrics {
         );
         registry.register(
             "tributary_idle_flushes_unrecorded",
-            "Idle flushes a replay plan could not keep (more than 16 within the oldest open window): a rebuild may accept records the first run found late",
+            "Idle flushes a replay plan could not keep (more than 64 within the oldest open window): a rebuild may accept records the first run found late",
             m.idle_flushes_unrecorded.clone(),
         );
         registry.register(

@@ -221,7 +221,8 @@ impl Pipeline {
             requested: false,
             cut: self.cut_at(),
             coarse: None,
-            idle: self.idle.after(replay_start),
+            // From the replay start on: a rebuild from an earlier plan passes them too.
+            idle: self.idle.after(replay_start - 1),
         }
     }
 
@@ -483,8 +484,8 @@ impl Pipeline {
     pub fn advance_watermark(&mut self, watermark: i64, offset: i64, sink: &mut impl OutputSink) {
         if watermark > self.watermark {
             // Flushes before the oldest open window are no longer needed by any plan.
-            let oldest = self.replay_start().map_or(offset - 1, |r| r.offset);
-            self.idle = self.idle.after(oldest);
+            let oldest = self.replay_start().map_or(offset, |r| r.offset);
+            self.idle = self.idle.after(oldest - 1);
             let before = self.idle.dropped();
             self.idle.record(offset, watermark);
             self.stats.idle_unrecorded += u64::from(self.idle.dropped() - before);

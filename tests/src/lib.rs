@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
+pub use tributary::record::exact_sum;
 
 /// A name no other test (or earlier run against the same broker) uses.
 pub fn unique(prefix: &str) -> String {
@@ -691,51 +692,6 @@ pub fn oracle(points: &[Pt<'_>], levels: &[(&str, i64)]) -> BTreeMap<(String, St
             (k, e)
         })
         .collect()
-}
-
-/// Correctly rounded sum (Shewchuk's algorithm, as Python's math.fsum).
-pub fn exact_sum(values: &[f64]) -> f64 {
-    let mut partials: Vec<f64> = Vec::new();
-    for &x in values {
-        let mut x = x;
-        let mut i = 0;
-        for j in 0..partials.len() {
-            let mut y = partials[j];
-            if x.abs() < y.abs() {
-                std::mem::swap(&mut x, &mut y);
-            }
-            let hi = x + y;
-            let lo = y - (hi - x);
-            if lo != 0.0 {
-                partials[i] = lo;
-                i += 1;
-            }
-            x = hi;
-        }
-        partials.truncate(i);
-        partials.push(x);
-    }
-    // Round the partials once, as CPython's math.fsum does.
-    let Some(mut hi) = partials.pop() else { return 0.0 };
-    let mut lo = 0.0;
-    while let Some(y) = partials.pop() {
-        let x = hi;
-        hi = x + y;
-        lo = y - (hi - x);
-        if lo != 0.0 {
-            break;
-        }
-    }
-    if let Some(&next) = partials.last()
-        && ((lo < 0.0 && next < 0.0) || (lo > 0.0 && next > 0.0))
-    {
-        let y = lo * 2.0;
-        let x = hi + y;
-        if y == x - hi {
-            hi = x;
-        }
-    }
-    hi
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.

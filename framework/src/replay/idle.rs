@@ -8,14 +8,24 @@
 /// How many flushes a plan carries: the ones since the oldest open window began. A
 /// partition quiet more often than this within its longest window keeps the newest
 /// ones (and counts the rest, see [`IdleLog::dropped`]).
-pub const IDLE_CAPACITY: usize = 16;
+pub const IDLE_CAPACITY: usize = 64;
 
 /// Idle flushes in offset order, at most one per offset (the last one there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdleLog {
     len: u8,
     entries: [(i64, i64); IDLE_CAPACITY],
     dropped: u32,
+}
+
+impl Default for IdleLog {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            entries: [(0, 0); IDLE_CAPACITY],
+            dropped: 0,
+        }
+    }
 }
 
 impl IdleLog {

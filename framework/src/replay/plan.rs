@@ -194,21 +194,26 @@ impl Plan {
 /// no known plan is at or before `n`: a replay from there could not tell which windows
 /// were open, so it is refused rather than emitting partial ones.
 pub fn replay_from(n: i64, known: impl IntoIterator<Item = Plan>) -> Option<Plan> {
-    if n <= 0 {
-        return Some(Plan::fresh(0));
-    }
     let known: Vec<Plan> = known.into_iter().filter(|p| !p.requested).collect();
+    // The rebuild passes idle flushes every known plan recorded (later ones too, up to
+    // their own offsets): each one after its start is applied again.
+    let flushes = known
+        .iter()
+        .fold(IdleLog::default(), |all, k| all.merged(&k.idle));
+    if n <= 0 {
+        return Some(Plan {
+            idle: flushes.after(-1),
+            ..Plan::fresh(0)
+        });
+    }
     let n = n.min(known.iter().map(|p| p.next_offset).max()?);
+    // A plan flushed idle at its own offset holds the state after that flush: it cannot
+    // re-emit the windows the flush closed, which close at the replay point.
     let p = known
         .iter()
-        .filter(|p| p.next_offset <= n)
+        .filter(|p| p.next_offset < n || (p.next_offset == n && p.idle.at(n).is_none()))
         .max_by_key(|p| p.next_offset)?;
-    // The rebuild passes idle flushes other plans know of too (later ones, up to their own
-    // offsets): every one after its start.
-    let idle = known
-        .iter()
-        .fold(IdleLog::default(), |all, k| all.merged(&k.idle))
-        .after(p.replay_start);
+    let idle = flushes.after(p.replay_start - 1);
     Some(Plan {
         replay_start: p.replay_start,
         next_offset: n,

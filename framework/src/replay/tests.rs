@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use crate::codec::Format;
 use crate::cusum::CusumParams;
 use crate::pipeline::{CoarseDraft, Pipeline, PipelineSpec, ReadRollup, VecSink};
+use crate::replay::idle::IDLE_CAPACITY;
 use crate::replay::{CoarsePlan, Plan, StateSource, decide, first_read, replay_from};
 use crate::stage::{ReplayPoint, RestoreError, Subscription};
 use crate::window::Resolution;
@@ -300,7 +301,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
     /// An operator's replay from offset `at`, planned from the plans committed at
-    /// `known_at` and `later` (before or after the replay point): it emits exactly the
+    /// `known_at` and `later` (before or after the replay point) and those the history
+    /// keeps for idle flushes: it emits exactly the
     /// windows one uninterrupted run closed at or after the replay point, bit for bit
     /// (none partial, none missing, windows open at the replay point included), and late
     /// records stay late, also those an idle flush made late. Disorder reaches twice the
@@ -318,6 +320,7 @@ proptest! {
         let mut first = Pipeline::new(&spec(cusum));
         let mut whole = Vec::new();
         let mut known = Vec::new();
+        let mut history = Vec::new();
         for offset in 0..n {
             if offset == known_at || offset == later {
                 known.push(first.plan(offset as i64));
@@ -330,6 +333,9 @@ proptest! {
                 whole.extend(flushed.rollups.iter().map(|(name, res, r)| {
                     (offset as i64, format!("{name} {res} {} {} {:?}", r.window_start, r.window_end, r.agg))
                 }));
+                // The plan history keeps the plan that records each flush, taken when
+                // the next record arrives (the worker's process_batch).
+                history.push(first.plan(offset as i64));
             }
             whole.extend(run_triggers(&mut first, &recs, offset, offset + 1));
         }
@@ -337,8 +343,17 @@ proptest! {
             known.push(first.plan(n as i64));
         }
 
+        known.extend(history);
+        // Within what a plan keeps (IDLE_CAPACITY flushes; more are counted as unrecorded).
+        prop_assume!(first.stats().idle_unrecorded == 0 && idle.len() <= IDLE_CAPACITY);
         let Some(plan) = replay_from(at, known.clone()) else {
-            prop_assert!(at > 0 && known.iter().all(|k| k.next_offset > at), "refused only when no plan is at or before the point");
+            // Refused only when no plan holds a state at or before the point from which
+            // the windows closing there can be rebuilt (one flushed idle at the point
+            // itself holds the state after that flush).
+            prop_assert!(
+                at > 0 && known.iter().all(|k| k.next_offset > at || k.idle.at(at).is_some()),
+                "refused although a plan is at or before the point"
+            );
             return Ok(());
         };
         // Through Kafka's commit metadata, then resumed as a restart would be.

@@ -44,7 +44,7 @@ pub(super) struct Coordinator {
     pub(super) spec: PipelineSpec,
     pub(super) plans: PlanStore,
     /// Earlier plans, for operator replays that reach back past the current plan.
-    pub(super) history: PlanHistory,
+    pub(super) history: Arc<PlanHistory>,
     pub(super) state: Option<Arc<StateStore>>,
     /// Partitions whose replay has not yet returned a record, though records are known
     /// to exist from the seek offset on.
@@ -141,7 +141,7 @@ impl Coordinator {
                 .chain(topic_plan)
                 .max_by_key(|p| p.next_offset);
             if let Some(plan) = &plan {
-                self.history.add_resume_point(&tp.topic, tp.partition, plan);
+                self.history.add(&tp.topic, tp.partition, plan);
             }
             let (start, pipeline, rollups_end) = self.restore(&tp, offset, plan);
             if let Some(seek) = start.seek

@@ -249,9 +249,9 @@ impl PlanTopic {
 
 /// Earlier plans of every partition, in a topic that keeps them for
 /// `state.plan_history_retention`: an operator's replay from an offset before the current
-/// plan's reach rebuilds from the newest of them that reaches back to it. A plan is
-/// added when a partition's replay start moves or it was flushed idle, at most once a
-/// minute per partition.
+/// plan's reach rebuilds from the newest of them at or before it. A plan is added at each
+/// assignment, after each idle flush (so every flush is in some kept plan), and when a
+/// partition's replay start moves, at most once a minute.
 pub struct PlanHistory {
     log: PlanTopic,
     added: std::sync::Mutex<HistoryMarks>,
@@ -276,9 +276,10 @@ impl PlanHistory {
         })
     }
 
-    /// Adds the plan a partition resumes from at assignment, whatever was added before:
-    /// replays can then reach back to any offset this run processed.
-    pub fn add_resume_point(&self, topic: &str, partition: i32, plan: &Plan) {
+    /// Adds `plan` whatever was added before: the plan a partition resumes from at
+    /// assignment (replays can then reach back to any offset this run processed), and the
+    /// plan that records an idle flush (so every flush is in some kept plan).
+    pub fn add(&self, topic: &str, partition: i32, plan: &Plan) {
         if !plan.requested {
             self.log.write(topic, partition, plan);
             let mut added = self.added.lock().unwrap_or_else(|p| p.into_inner());
@@ -289,14 +290,14 @@ impl PlanHistory {
         }
     }
 
-    /// Adds `plan` if the partition's replay start moved or it was flushed idle since the
-    /// last one added, and none was added in the last minute.
+    /// Adds `plan` if the partition's replay start moved and none was added in the last
+    /// minute.
     pub fn offer(&self, topic: &str, partition: i32, plan: &Plan) {
         let mut added = self.added.lock().unwrap_or_else(|p| p.into_inner());
         let key = (topic.to_owned(), partition);
-        let due = added.get(&key).is_none_or(|(start, idle, at)| {
-            (*start != plan.replay_start || *idle != plan.idle) && at.elapsed() >= HISTORY_INTERVAL
-        });
+        let due = added
+            .get(&key)
+            .is_none_or(|(start, _, at)| *start != plan.replay_start && at.elapsed() >= HISTORY_INTERVAL);
         if due && !plan.requested {
             self.log.write(topic, partition, plan);
             added.insert(key, (plan.replay_start, plan.idle, Instant::now()));

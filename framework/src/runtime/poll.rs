@@ -60,7 +60,7 @@ pub(super) fn poll_thread(
     let layout = topics::prepare_topics(&config, &topics.input, &wanted, &stop)?;
     tracing::info!(input = %topics.input, partitions = layout.input_partitions, outputs = ?layout.outputs, "topics ready");
     let plans = plan_store(&config, &stop)?;
-    let history = plan_history(&config, &stop)?;
+    let history = Arc::new(plan_history(&config, &stop)?);
     let state = open_state(&config)?;
 
     let producer: Arc<ThreadedProducer<OutputContext>> = Arc::new(
@@ -95,6 +95,7 @@ pub(super) fn poll_thread(
         idle_timeout: config.rollup.idle_timeout.0,
         recycle: recycle_tx,
         state: state.clone(),
+        history: history.clone(),
         checkpoint_interval: config.state.checkpoint_interval.0,
     });
     let worker_count = match config.runtime.workers {

@@ -10,6 +10,7 @@ use rdkafka::producer::ThreadedProducer;
 
 use super::batch::Batch;
 use super::output::KafkaSink;
+use super::plans::PlanHistory;
 use crate::codec::Format;
 use crate::metrics::{Metrics, PartitionGauges};
 use crate::pipeline::{Pipeline, PipelineSpec};
@@ -78,6 +79,8 @@ pub struct WorkerShared {
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
     pub recycle: Sender<Batch>,
+    /// Earlier plans, for operator replays (see [`PlanHistory`]).
+    pub history: Arc<PlanHistory>,
     /// Local checkpoints, if configured.
     pub state: Option<Arc<StateStore>>,
     pub checkpoint_interval: Duration,
@@ -106,6 +109,8 @@ struct PartitionRun {
     /// A snapshot waiting for its outputs to be acknowledged before it is written, and
     /// where its coarse windows' rows are (located once those outputs are delivered).
     pending_checkpoint: Option<(Checkpoint, Option<crate::pipeline::CoarseDraft>)>,
+    /// Flushed idle since the last record (see [`process_batch`]).
+    flushed_idle: bool,
 }
 
 impl PartitionRun {
@@ -173,6 +178,7 @@ pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
                     replay,
                     last_checkpoint: Instant::now(),
                     pending_checkpoint: None,
+                    flushed_idle: false,
                 };
                 let run = parts.entry(run.tp.partition).insert_entry(run).into_mut();
                 // /status shows where the partition resumes before its first record.
@@ -212,6 +218,16 @@ pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
 }
 
 fn process_batch(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, buf: &mut Vec<u8>) {
+    if run.flushed_idle
+        && let Some(next) = run.next_offset
+    {
+        // The quiet spell is over: keep the plan that records its last idle flush, so a
+        // replay rebuilding from an earlier plan applies that flush again.
+        run.flushed_idle = false;
+        shared
+            .history
+            .add(&run.tp.topic, run.tp.partition, &run.pipeline.plan(next));
+    }
     let mut next = run.next_offset.unwrap_or(i64::MIN);
     let (pipeline, mut sink) = run.split(shared, buf, next);
     for span in &batch.records {
@@ -328,6 +344,7 @@ fn idle_flush(shared: &WorkerShared, run: &mut PartitionRun, buf: &mut Vec<u8>) 
     }
     let (pipeline, mut sink) = run.split(shared, buf, next);
     pipeline.advance_watermark(target, next, &mut sink);
+    run.flushed_idle = true;
     run.progress(next);
     shared.metrics.idle_flushes.inc_by(1);
     tracing::debug!(topic = %run.tp.topic, partition = run.tp.partition, watermark = target, "idle partition flushed");
@@ -346,7 +363,7 @@ fn report(shared: &WorkerShared, run: &mut PartitionRun) {
         m.idle_flushes_unrecorded
             .inc_by(now.idle_unrecorded - before.idle_unrecorded);
         tracing::warn!(topic = %run.tp.topic, partition = run.tp.partition,
-            "more idle flushes within the oldest open window than a replay plan keeps (16): a rebuild may accept records this run found late");
+            "more idle flushes within the oldest open window than a replay plan keeps (64): a rebuild may accept records this run found late");
     }
     m.rollups_emitted.inc_by(now.rollups - before.rollups);
     m.anomalies_emitted.inc_by(now.anomalies - before.anomalies);

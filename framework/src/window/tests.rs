@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::record::Point;
+use crate::record::{Point, exact_sum};
 
 const MIN: i64 = 60_000;
 
@@ -90,60 +90,12 @@ impl Driver {
     }
 }
 
-/// The correctly rounded sum of `values`: Shewchuk's exact partials with the final
-/// rounding of Python's `math.fsum`. The reference the compensated sums are held to.
-fn fsum(values: &[f64]) -> f64 {
-    let mut partials: Vec<f64> = Vec::new();
-    for &value in values {
-        let mut x = value;
-        let mut kept = 0;
-        for j in 0..partials.len() {
-            let mut y = partials[j];
-            if x.abs() < y.abs() {
-                std::mem::swap(&mut x, &mut y);
-            }
-            let hi = x + y;
-            let lo = y - (hi - x);
-            if lo != 0.0 {
-                partials[kept] = lo;
-                kept += 1;
-            }
-            x = hi;
-        }
-        partials.truncate(kept);
-        partials.push(x);
-    }
-    let Some(mut n) = partials.len().checked_sub(1) else {
-        return 0.0;
-    };
-    let (mut hi, mut lo) = (partials[n], 0.0);
-    while n > 0 {
-        let x = hi;
-        n -= 1;
-        let y = partials[n];
-        hi = x + y;
-        lo = y - (hi - x);
-        if lo != 0.0 {
-            break;
-        }
-    }
-    // Half-way between two doubles: round by the sign of what is left below.
-    if n > 0 && ((lo < 0.0 && partials[n - 1] < 0.0) || (lo > 0.0 && partials[n - 1] > 0.0)) {
-        let y = lo * 2.0;
-        let x = hi + y;
-        if y == x - hi {
-            hi = x;
-        }
-    }
-    hi
-}
-
 #[test]
-fn fsum_is_exact_where_naive_summation_is_not() {
-    assert_eq!(fsum(&[0.1; 10]), 1.0);
+fn the_exact_sum_is_exact_where_naive_summation_is_not() {
+    assert_eq!(exact_sum(&[0.1; 10]), 1.0);
     assert_ne!([0.1f64; 10].iter().sum::<f64>(), 1.0);
-    assert_eq!(fsum(&[1e100, 1.0, -1e100, 1e-3]), 1.001);
-    assert_eq!(fsum(&[]), 0.0);
+    assert_eq!(exact_sum(&[1e100, 1.0, -1e100, 1e-3]), 1.001);
+    assert_eq!(exact_sum(&[]), 0.0);
 }
 
 /// Every window's raw values, per level.
@@ -305,7 +257,7 @@ proptest! {
         // within one unit in the last place of the exact sum (compensated summation's
         // bound; a plain running sum is off by up to n·u·Σ|x|, far more).
         for (k, values) in window_values(&records) {
-            let exact = fsum(&values);
+            let exact = exact_sum(&values);
             let n = values.len() as f64;
             let magnitude: f64 = values.iter().map(|v| v.abs()).sum();
             let tolerance = (exact.abs().next_up() - exact.abs()) + 2.0 * n * n * f64::EPSILON * f64::EPSILON * magnitude;
