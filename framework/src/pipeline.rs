@@ -399,7 +399,8 @@ impl Pipeline {
                 stage.set_replaying(replaying);
             }
         }
-        if !self.idle.is_empty()
+        // O(1) per record when live: every recorded flush is behind the current offset.
+        if self.idle.newest().is_some_and(|newest| newest >= offset)
             && let Some(watermark) = self.idle.at(offset)
             && watermark > self.watermark
         {
@@ -486,9 +487,9 @@ impl Pipeline {
             // Flushes before the oldest open window are no longer needed by any plan.
             let oldest = self.replay_start().map_or(offset, |r| r.offset);
             self.idle = self.idle.after(oldest - 1);
-            let before = self.idle.dropped();
-            self.idle.record(offset, watermark);
-            self.stats.idle_unrecorded += u64::from(self.idle.dropped() - before);
+            if self.idle.record(offset, watermark) {
+                self.stats.idle_unrecorded += 1;
+            }
             let ctx = Context {
                 offset,
                 watermark: self.watermark,

@@ -859,17 +859,7 @@ impl CqlRing {
 
     /// The rows a query returns, each as a JSON list, through Python's cassandra-driver.
     pub fn select(&self, query: &str) -> Vec<Value> {
-        let out = Command::new("python3")
-            .arg(workspace_root().join("tests/py/cql_client.py"))
-            .args(["select", "127.0.0.1", &self.port.to_string(), query])
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "select failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
+        self.cql_client("select", &[query])
             .lines()
             .map(|l| serde_json::from_str(l).expect("a JSON row"))
             .collect()
@@ -877,23 +867,30 @@ impl CqlRing {
 
     /// Row count of a table, through Python's cassandra-driver.
     pub fn count(&self, keyspace: &str, table: &str) -> u64 {
+        self.cql_client("count", &[keyspace, table])
+            .trim()
+            .parse()
+            .expect("a count")
+    }
+
+    /// What `tests/py/cql_client.py COMMAND 127.0.0.1 PORT ARGS…` prints (logged in as
+    /// the ring's user, if it has one).
+    fn cql_client(&self, command: &str, args: &[&str]) -> String {
         let (user, password) = self.login.clone().unwrap_or_default();
         let out = Command::new("python3")
             .arg(workspace_root().join("tests/py/cql_client.py"))
-            .args(["count", "127.0.0.1", &self.port.to_string(), keyspace, table])
+            .args([command, "127.0.0.1", &self.port.to_string()])
+            .args(args)
             .env("CQL_USERNAME", user)
             .env("CQL_PASSWORD", password)
             .output()
             .expect("python3");
         assert!(
             out.status.success(),
-            "count failed: {}",
+            "{command} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("a count")
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 

@@ -7,7 +7,7 @@
 
 /// How many flushes a plan carries: the ones since the oldest open window began. A
 /// partition quiet more often than this within its longest window keeps the newest
-/// ones (and counts the rest, see [`IdleLog::dropped`]).
+/// ones ([`IdleLog::record`] says when one goes).
 pub const IDLE_CAPACITY: usize = 64;
 
 /// Idle flushes in offset order, at most one per offset (the last one there).
@@ -15,7 +15,6 @@ pub const IDLE_CAPACITY: usize = 64;
 pub struct IdleLog {
     len: u8,
     entries: [(i64, i64); IDLE_CAPACITY],
-    dropped: u32,
 }
 
 impl Default for IdleLog {
@@ -23,7 +22,6 @@ impl Default for IdleLog {
         Self {
             len: 0,
             entries: [(0, 0); IDLE_CAPACITY],
-            dropped: 0,
         }
     }
 }
@@ -37,26 +35,28 @@ impl IdleLog {
         self.entries[..self.len as usize].iter().copied()
     }
 
-    /// Flushes lost to the capacity since this log began.
-    pub fn dropped(&self) -> u32 {
-        self.dropped
+    /// The offset of the newest flush, if any.
+    pub fn newest(&self) -> Option<i64> {
+        self.len.checked_sub(1).map(|i| self.entries[i as usize].0)
     }
 
-    /// Records a flush to `watermark` before the record at `offset`.
-    pub fn record(&mut self, offset: i64, watermark: i64) {
+    /// Records a flush to `watermark` before the record at `offset`; `true` when the
+    /// oldest flush had to go to make room.
+    pub fn record(&mut self, offset: i64, watermark: i64) -> bool {
         let n = self.len as usize;
         if n > 0 && self.entries[n - 1].0 >= offset {
             // Still quiet at the same offset: the newest watermark is the one that counts.
             self.entries[n - 1] = (offset, self.entries[n - 1].1.max(watermark));
-            return;
+            return false;
         }
         if n == IDLE_CAPACITY {
             self.entries.copy_within(1.., 0);
             self.entries[n - 1] = (offset, watermark);
-            self.dropped += 1;
+            true
         } else {
             self.entries[n] = (offset, watermark);
             self.len += 1;
+            false
         }
     }
 
@@ -78,7 +78,6 @@ impl IdleLog {
         for (offset, watermark) in all {
             out.record(offset, watermark);
         }
-        out.dropped += self.dropped.max(other.dropped);
         out
     }
 
@@ -125,12 +124,13 @@ mod tests {
         assert_eq!((log.at(10), log.at(11)), (Some(150), None));
         assert_eq!(log.after(10).iter().collect::<Vec<_>>(), vec![(12, 200)]);
         assert_eq!(IdleLog::decode(&log.encode()), Some(log));
-        for i in 0..IDLE_CAPACITY as i64 {
-            log.record(100 + i, 1_000 + i);
-        }
+        let dropped = (0..IDLE_CAPACITY as i64)
+            .filter(|i| log.record(100 + i, 1_000 + i))
+            .count();
         assert_eq!(log.iter().count(), IDLE_CAPACITY);
         assert_eq!(log.iter().next(), Some((100, 1_000)), "the two oldest went");
-        assert_eq!(log.dropped(), 2);
+        assert_eq!(dropped, 2);
+        assert_eq!(log.newest(), Some(100 + IDLE_CAPACITY as i64 - 1));
         let a = IdleLog::decode("5:50,9:90").expect("a");
         let b = IdleLog::decode("9:95,12:120").expect("b");
         assert_eq!(a.merged(&b).encode(), "5:50,9:95,12:120");

@@ -34,16 +34,21 @@ fn spec(cusum: bool) -> PipelineSpec {
     }
 }
 
-/// Records as (key, JSON value): a few series, event time moving forward with disorder
-/// up to `jitter` (some of it beyond the grace, so some records are late).
-fn records(seed: u64, n: usize, jitter: i64) -> Vec<(String, String)> {
+/// Repeatable pseudo-random numbers from `seed` (the test data needs no better).
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
     let mut x = seed | 1;
-    let mut next = move || {
+    move || {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         x
-    };
+    }
+}
+
+/// Records as (key, JSON value): a few series, event time moving forward with disorder
+/// up to `jitter` (some of it beyond the grace, so some records are late).
+fn records(seed: u64, n: usize, jitter: i64) -> Vec<(String, String)> {
+    let mut next = xorshift(seed);
     (0..n)
         .map(|i| {
             let series = format!("s{}", next() % 4);
@@ -59,17 +64,12 @@ fn records(seed: u64, n: usize, jitter: i64) -> Vec<(String, String)> {
 /// a hundred, by up to 90 s past its watermark (the wall clock running ahead of event
 /// time), so records up to that far behind are late afterwards.
 fn idle_flushes(seed: u64, n: usize) -> Vec<(usize, i64)> {
-    let mut x = seed.rotate_left(17) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = xorshift(seed.rotate_left(17));
     (1..n)
         .filter_map(|i| {
             let r = next();
-            (r % 100 == 0).then_some((i, 1 + ((r >> 20) % 90_000) as i64))
+            r.is_multiple_of(100)
+                .then_some((i, 1 + ((r >> 20) % 90_000) as i64))
         })
         .collect()
 }

@@ -32,24 +32,20 @@ impl Coordinator {
             .map(|tp| tp.partition)
             .collect();
         owned.sort_unstable();
-        let processed: HashMap<i32, i64> = self
+        // The newest acknowledged plan of each owned partition: how far it was read, and
+        // one of the plans to rebuild from (with the earlier ones the history keeps).
+        let acked: HashMap<i32, Plan> = self
             .assignments()
             .iter()
             .filter(|(tp, _)| &*tp.topic == input)
-            .filter_map(|(tp, a)| Some((tp.partition, a.ledger.safe_offset()?)))
+            .filter_map(|(tp, a)| Some((tp.partition, a.ledger.safe_plan()?)))
             .collect();
         let offsets = super::operator::resolve(consumer, input, request, Some(&owned), &|p| {
-            processed.get(&p).copied()
+            acked.get(&p).map(|plan| plan.next_offset)
         })?;
-        // The plans to rebuild from: earlier ones kept in the history, and the newest
-        // acknowledged one of each partition.
         let mut known = self.history.read(input, Duration::from_secs(30))?;
-        for (tp, a) in self.assignments().iter() {
-            if &*tp.topic == input
-                && let Some(plan) = a.ledger.safe_plan()
-            {
-                known.entry(tp.partition).or_default().push(plan);
-            }
+        for (partition, plan) in acked {
+            known.entry(partition).or_default().push(plan);
         }
         let plans: Vec<(Tp, Plan)> =
             super::operator::plan_replays(&offsets, |p| known.get(&p).cloned().unwrap_or_default())?

@@ -2,6 +2,7 @@
 //! partition (with errors an operator can act on), the end offsets that progress is shown
 //! against, and the offline replay of a stopped app.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -233,8 +234,10 @@ pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64
     let consumer: BaseConsumer<Logged> = c
         .create_with_context(Logged("replay"))
         .map_err(kafka("create a consumer"))?;
-    let processed = committed_offsets(&consumer, topic);
-    let offsets = resolve(&consumer, topic, request, None, &|p| processed.get(&p).copied())?;
+    let committed = committed(config, &consumer, topic)?;
+    let offsets = resolve(&consumer, topic, request, None, &|p| {
+        committed.get(&p).and_then(|c| c.0)
+    })?;
     consumer
         .subscribe(&[topic])
         .map_err(kafka(format!("subscribe to {topic}")))?;
@@ -257,7 +260,7 @@ pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64
             });
         }
     }
-    let known = known_plans(config, &consumer, topic, &offsets)?;
+    let known = known_plans(config, &consumer, topic, &committed)?;
     let plans = plan_replays(&offsets, |p| known.get(&p).cloned().unwrap_or_default())?;
     let mut tpl = TopicPartitionList::new();
     for (p, plan) in &plans {
@@ -276,55 +279,56 @@ pub fn offline(config: &Config, request: &ReplayRequest) -> Result<Vec<(i32, i64
     Ok(offsets)
 }
 
-/// The group's committed offset of each partition of `topic` that has one (none if they
-/// cannot be read: the broker's end offsets then bound a replay alone).
-fn committed_offsets(consumer: &BaseConsumer<Logged>, topic: &str) -> std::collections::HashMap<i32, i64> {
+/// Per partition: the group's committed offset and the plan in its metadata.
+type Committed = HashMap<i32, (Option<i64>, Option<Plan>)>;
+
+/// The group's committed offset and the plan in its metadata, per partition of `topic`,
+/// read once: the offsets bound the replay point (whatever end the broker reports), the
+/// plans are among those it rebuilds from.
+fn committed(
+    config: &Config,
+    consumer: &BaseConsumer<Logged>,
+    topic: &str,
+) -> Result<Committed, ReplayError> {
     let timeout = Duration::from_secs(10);
-    let Ok(metadata) = consumer.fetch_metadata(Some(topic), timeout) else {
-        return Default::default();
-    };
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(kafka(format!("read metadata of {topic}")))?;
     let mut query = TopicPartitionList::new();
     for t in metadata.topics().iter().filter(|t| t.name() == topic) {
         for p in t.partitions() {
             query.add_partition(topic, p.id());
         }
     }
-    consumer
-        .committed_offsets(query, timeout)
-        .map(|c| {
-            c.elements()
-                .iter()
-                .filter_map(|el| match el.offset() {
-                    Offset::Offset(o) if o >= 0 => Some((el.partition(), o)),
-                    _ => None,
-                })
-                .collect()
+    let committed = consumer.committed_offsets(query, timeout).map_err(kafka(format!(
+        "read the committed offsets of group {}",
+        config.kafka.group
+    )))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|el| {
+            let offset = match el.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o),
+                _ => None,
+            };
+            (el.partition(), (offset, Plan::decode(el.metadata())))
         })
-        .unwrap_or_default()
+        .collect())
 }
 
-/// The plans the group committed for the chosen partitions: in the commit metadata and,
-/// where the app keeps them there too, in the plan topic.
+/// The plans known for `topic`'s partitions: those committed (`committed`), and those in
+/// the plan history and, where the app keeps them there too, the plan topic.
 fn known_plans(
     config: &Config,
     consumer: &BaseConsumer<Logged>,
     topic: &str,
-    offsets: &[(i32, i64)],
-) -> Result<std::collections::HashMap<i32, Vec<Plan>>, ReplayError> {
-    let mut known: std::collections::HashMap<i32, Vec<Plan>> = Default::default();
-    let mut query = TopicPartitionList::new();
-    for &(p, _) in offsets {
-        query.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(query, Duration::from_secs(10))
-        .map_err(kafka(format!(
-            "read the committed offsets of group {}",
-            config.kafka.group
-        )))?;
-    for el in committed.elements() {
-        if let Some(plan) = Plan::decode(el.metadata()) {
-            known.entry(el.partition()).or_default().push(plan);
+    committed: &Committed,
+) -> Result<HashMap<i32, Vec<Plan>>, ReplayError> {
+    let mut known: HashMap<i32, Vec<Plan>> = HashMap::new();
+    for (&p, (_, plan)) in committed {
+        if let Some(plan) = plan {
+            known.entry(p).or_default().push(*plan);
         }
     }
     if topic_exists(consumer, &config.plan_history_topic()) {

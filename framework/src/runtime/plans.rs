@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::kafka::client::client_config;
 use crate::kafka::fetch_start::{Arrival, FetchStart};
 use crate::kafka::logging::Logged;
-use crate::replay::{IdleLog, Plan};
+use crate::replay::Plan;
 
 /// Why plans or rollup rows could not be written or read back.
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +55,8 @@ pub enum PlanStoreError {
 /// A plan read back, or the format number of one a newer build wrote.
 pub type ReadPlan = Result<Plan, u32>;
 
-/// Per partition: the replay start and idle flushes last added to the history, and when.
-type HistoryMarks = HashMap<(String, i32), (i64, IdleLog, Instant)>;
+/// Per partition: the replay start last added to the history, and when.
+type HistoryMarks = HashMap<(String, i32), (i64, Instant)>;
 
 /// Wraps a broker error with what was being done.
 fn kafka(action: impl Into<String>) -> impl FnOnce(KafkaError) -> PlanStoreError {
@@ -283,10 +283,7 @@ impl PlanHistory {
         if !plan.requested {
             self.log.write(topic, partition, plan);
             let mut added = self.added.lock().unwrap_or_else(|p| p.into_inner());
-            added.insert(
-                (topic.to_owned(), partition),
-                (plan.replay_start, plan.idle, Instant::now()),
-            );
+            added.insert((topic.to_owned(), partition), (plan.replay_start, Instant::now()));
         }
     }
 
@@ -297,10 +294,10 @@ impl PlanHistory {
         let key = (topic.to_owned(), partition);
         let due = added
             .get(&key)
-            .is_none_or(|(start, _, at)| *start != plan.replay_start && at.elapsed() >= HISTORY_INTERVAL);
+            .is_none_or(|(start, at)| *start != plan.replay_start && at.elapsed() >= HISTORY_INTERVAL);
         if due && !plan.requested {
             self.log.write(topic, partition, plan);
-            added.insert(key, (plan.replay_start, plan.idle, Instant::now()));
+            added.insert(key, (plan.replay_start, Instant::now()));
         }
     }
 

@@ -148,26 +148,13 @@ impl Coordinator {
                 }
                 Err(e) => {
                     self.metrics.state_read_retries.inc_by(1);
-                    let delay = backoff.next_delay();
-                    tracing::warn!(what, attempt, error = %e, retry_in_ms = delay.as_millis() as u64,
+                    tracing::warn!(what, attempt, error = %e,
                         "cannot read the state assigned partitions resume from; they wait and the read is retried");
-                    self.sleep_unless_stopped(delay);
+                    backoff.wait(&self.stop).ok()?;
                 }
             }
         }
         None
-    }
-
-    /// Sleeps `delay`, waking early when the app stops.
-    fn sleep_unless_stopped(&self, delay: Duration) {
-        let until = Instant::now() + delay;
-        while !self.stop.load(Ordering::Relaxed) {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(100)));
-        }
     }
 
     /// Builds the pipeline a partition resumes with and where it starts reading, and
