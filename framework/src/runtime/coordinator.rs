@@ -14,8 +14,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::Tp;
 use super::context::ConsumerCtx;
+use super::history::PlanHistory;
 use super::ledger::Ledger;
-use super::plans::{PlanHistory, PlanStore, PlanStoreError};
+use super::plans::{PlanStore, PlanStoreError};
 use super::producer::OutputContext;
 use super::worker::{Resume, WorkerMsg};
 use crate::config::Config;

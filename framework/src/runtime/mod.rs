@@ -15,6 +15,7 @@
 //! - [`output`]: a partition's outputs produced to Kafka;
 //! - [`ledger`], [`producer`]: output acknowledgements and delivery reports;
 //! - [`plans`]: where plans and coarse rows live on the broker;
+//! - [`history`]: earlier plans kept for operator replays;
 //! - [`operator`]: operator replays against the broker;
 //! - [`topics`]: topic preparation.
 
@@ -23,6 +24,7 @@ mod commit;
 mod context;
 mod control;
 mod coordinator;
+pub mod history;
 pub mod ledger;
 pub mod operator;
 mod output;

@@ -332,7 +332,7 @@ fn known_plans(
         }
     }
     if topic_exists(consumer, &config.plan_history_topic()) {
-        let history = super::plans::PlanHistory::new(config, config.plan_history_topic())?;
+        let history = super::history::PlanHistory::new(config, config.plan_history_topic())?;
         for (p, plans) in history.read(topic, Duration::from_secs(30))? {
             known.entry(p).or_default().extend(plans);
         }

@@ -259,11 +259,14 @@ impl Coordinator {
 }
 
 /// The topic of earlier plans that an operator's replay reaches back to (see
-/// [`plans::PlanHistory`]), created if missing.
-pub(super) fn plan_history(config: &Config, stop: &AtomicBool) -> Result<plans::PlanHistory, RuntimeError> {
+/// [`super::history::PlanHistory`]), created if missing.
+pub(super) fn plan_history(
+    config: &Config,
+    stop: &AtomicBool,
+) -> Result<super::history::PlanHistory, RuntimeError> {
     let topic = config.plan_history_topic();
     super::topics::ensure_plan_history_topic(config, &topic, stop)?;
-    Ok(plans::PlanHistory::new(config, topic)?)
+    Ok(super::history::PlanHistory::new(config, topic)?)
 }
 
 /// Chooses where replay plans go: commit metadata when the broker keeps it, otherwise

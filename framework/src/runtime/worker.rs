@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::ThreadedProducer;
 
 use super::batch::Batch;
+use super::history::PlanHistory;
 use super::output::KafkaSink;
-use super::plans::PlanHistory;
 use crate::codec::Format;
 use crate::metrics::{Metrics, PartitionGauges};
 use crate::pipeline::{Pipeline, PipelineSpec};

@@ -7,6 +7,7 @@ mod execute;
 mod faults;
 pub mod frame;
 mod handlers;
+mod lexer;
 pub mod parser;
 mod prepare;
 mod results;
