@@ -156,6 +156,15 @@ impl Response {
     pub fn not_found() -> Self {
         Self::text(404, "not found\n")
     }
+
+    /// `/health/ready`: 200 when ready, else 503 with the reasons as JSON (a Kubernetes
+    /// readinessProbe needs only the status; an operator reads the reasons).
+    pub fn readiness(ready: Result<(), Vec<String>>) -> Self {
+        match ready {
+            Ok(()) => Self::text(200, "ready\n"),
+            Err(reasons) => Self::json(503, &serde_json::json!({ "ready": false, "reasons": reasons })),
+        }
+    }
 }
 
 /// Application-specific routes.

@@ -100,7 +100,13 @@ fn dev_bed_failing_commits(fail_commits: usize) -> Bed {
 
 impl Bed {
     fn start(&self, admin: &str, state_dir: &Path) -> Process {
+        self.start_env(admin, state_dir, &[])
+    }
+
+    fn start_env(&self, admin: &str, state_dir: &Path, env: &[(&str, &str)]) -> Process {
         let state = state_dir.display().to_string();
+        let mut env = env.to_vec();
+        env.extend([("TRIBUTARY_STATE_DIR", state.as_str()), ("RUST_LOG", "info")]);
         Process::spawn(
             "tributary-rollup",
             &app_binary("tributary-rollup"),
@@ -118,16 +124,13 @@ impl Bed {
                 "--admin-listen",
                 admin,
             ],
-            &[("TRIBUTARY_STATE_DIR", &state), ("RUST_LOG", "info")],
+            &env,
         )
     }
 
     /// Waits until the group's commits reach the end of every partition that has records.
     fn wait_caught_up(&self, records: &[Outgoing], app: &Process) {
-        let mut end = std::collections::BTreeMap::new();
-        for r in records {
-            *end.entry(r.partition.unwrap_or(0)).or_insert(0i64) += 1;
-        }
+        let end = harness::end_offsets(records);
         let mut last = Default::default();
         let done = eventually(Duration::from_secs(120), || {
             let (committed, _) = py_committed(&self.brokers, &self.group, &self.input);
@@ -234,6 +237,44 @@ fn sigkills_including_during_replay(bed: Bed) {
     py_produce(&bed.brokers, &bed.input, sentinels);
     let mut app = bed.start(&admin, &bed.state_dir);
     bed.finish(&data, &mut app);
+}
+
+#[test]
+fn the_final_commit_is_sent_again_until_the_broker_confirms_it() {
+    // No commit before shutdown (a 1 h commit interval, plans in the commit metadata, so
+    // no metadata probe either), and the broker fails the first 2 offset commits: only an
+    // app that sends its final commit again ends committed at the end of every partition.
+    let bed = dev_bed_failing_commits(2);
+    let series = 8;
+    let data = dataset::build(series, 12, PARTITIONS, 5);
+    py_produce(&bed.brokers, &bed.input, &data.records);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("TRIBUTARY_KAFKA_COMMIT_INTERVAL", "1h"),
+        ("TRIBUTARY_STATE_PLAN_STORE", "metadata"),
+    ];
+    let mut app = bed.start_env(&admin, &bed.state_dir, &env);
+    let read = eventually(Duration::from_secs(120), || {
+        let n = metric(&admin, "tributary_records_consumed_total")?;
+        (n >= data.records.len() as f64).then_some(())
+    });
+    assert!(read.is_some(), "not every record was read:\n{}", app.log_text());
+    stop(&mut app);
+    let end = harness::end_offsets(&data.records);
+    let (committed, _) = py_committed(&bed.brokers, &bed.group, &bed.input);
+    let got: std::collections::BTreeMap<i32, i64> = end
+        .keys()
+        .map(|p| (*p, committed.get(p).copied().unwrap_or(-1)))
+        .collect();
+    assert_eq!(got, end, "{}", app.log_text());
+    assert_eq!(
+        app.log_text()
+            .matches("final offset commit failed; sending it again")
+            .count(),
+        2,
+        "{}",
+        app.log_text()
+    );
 }
 
 #[test]

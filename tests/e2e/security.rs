@@ -309,6 +309,17 @@ fn the_writer_logs_into_cassandra_with_a_password_file_and_keeps_retrying_a_refu
         "the password was logged"
     );
     assert_eq!(ring.count(&keyspace, "points"), 0);
+    // Alive but not ready, and it says why.
+    assert_eq!(
+        harness::admin_get(&target.admin, "/health/live").map(|r| r.0),
+        Some(200)
+    );
+    let (status, body) = harness::admin_get(&target.admin, "/health/ready").expect("admin answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("connecting to the Cassandra/ScyllaDB cluster"),
+        "{body}"
+    );
     drop(refused);
 
     let writer = start(&right);
@@ -316,6 +327,10 @@ fn the_writer_logs_into_cassandra_with_a_password_file_and_keeps_retrying_a_refu
         (ring.count(&keyspace, "points") == points.len() as u64).then_some(())
     });
     assert!(all.is_some(), "points not written:\n{}", writer.log_text());
+    assert_eq!(
+        harness::admin_get(&target.admin, "/health/ready"),
+        Some((200, "ready\n".to_owned()))
+    );
     let mut outputs = vec![writer.log_text()];
     for path in ["/status", "/metrics"] {
         outputs.push(harness::admin_get(&target.admin, path).expect("admin endpoint").1);

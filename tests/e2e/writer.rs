@@ -379,10 +379,7 @@ fn writer_sends_failed_commits_again_until_the_broker_confirms_them() {
     let s = setup_with(1, Some(3), 0);
     let data = points(12, 25);
     py_produce(s.kafka.brokers(), &s.metrics, &data);
-    let mut end = std::collections::BTreeMap::new();
-    for r in &data {
-        *end.entry(r.partition.unwrap_or(0)).or_insert(0i64) += 1;
-    }
+    let end = harness::end_offsets(&data);
     let admin = format!("127.0.0.1:{}", free_port());
     let mut writer = start_writer(&s, &admin, &[]);
     wait_written(&admin, data.len() as u64, &mut writer);
@@ -399,6 +396,38 @@ fn writer_sends_failed_commits_again_until_the_broker_confirms_them() {
     let failed = metric(&admin, "tributary_writer_commit_errors_total").unwrap_or(0.0);
     assert!(failed >= 3.0, "the injected failures were seen: {failed}");
     assert_eq!(writer.terminate(Duration::from_secs(60)), Some(0));
+}
+
+#[test]
+fn writer_sends_its_final_commit_again_until_the_broker_confirms_it() {
+    // No commit before shutdown (a 1 h commit interval) and the broker fails the first 2
+    // offset commits: only a writer that sends its final commit again ends committed at
+    // the end of every partition.
+    let s = setup_with(1, Some(2), 0);
+    let data = points(12, 25);
+    py_produce(s.kafka.brokers(), &s.metrics, &data);
+    let end = harness::end_offsets(&data);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let env = [("TRIBUTARY_KAFKA_COMMIT_INTERVAL", "1h")];
+    let mut writer = start_writer_env(&s, &admin, &[], &env);
+    wait_written(&admin, data.len() as u64, &mut writer);
+    assert_eq!(
+        writer.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        writer.log_text()
+    );
+    let (committed, _) = harness::py_committed(s.kafka.brokers(), &s.group, &s.metrics);
+    assert_eq!(committed, end, "{}", writer.log_text());
+    assert_eq!(
+        writer
+            .log_text()
+            .matches("final offset commit failed; sending it again")
+            .count(),
+        2,
+        "{}",
+        writer.log_text()
+    );
 }
 
 #[test]
@@ -509,7 +538,7 @@ fn writer_pauses_for_a_slow_cluster_and_reloads_limits_on_sighup() {
     s.ring.faults(None, r#"{"latency_ms": 200}"#);
     let file = config_path();
     let write_limits = |rows: u32| {
-        std::fs::write(&file, format!("[limits]\nrows_per_sec = {rows}\nburst = 200\n[runtime]\nmax_pending_per_partition = 40\n[batch]\nmax_rows = 8\n"))
+        std::fs::write(&file, format!("[limits]\nrows_per_sec = {rows}\nburst = 200\n[flow]\nmax_pending_per_partition = 40\n[batch]\nmax_rows = 8\n"))
             .expect("config");
     };
     write_limits(100_000);

@@ -605,6 +605,16 @@ pub fn py_commit(brokers: &str, group: &str, topic: &str, partition: i32, offset
     );
 }
 
+/// The offset after each partition's last record, for records produced in order with
+/// explicit partitions (what a group that consumed them all has committed).
+pub fn end_offsets(records: &[Outgoing]) -> BTreeMap<i32, i64> {
+    let mut end = BTreeMap::new();
+    for r in records {
+        *end.entry(r.partition.unwrap_or(0)).or_insert(0i64) += 1;
+    }
+    end
+}
+
 /// Committed offsets of `group` and end offsets of `topic`, per partition.
 pub fn py_committed(brokers: &str, group: &str, topic: &str) -> (BTreeMap<i32, i64>, BTreeMap<i32, i64>) {
     let out = python(brokers)

@@ -17,6 +17,7 @@ use crate::runtime::Control;
 #[derive(Debug, Parser)]
 #[command(
     name = "tributary-writer",
+    version,
     about = "Writes metrics, rollups and anomalies from Kafka into Cassandra/ScyllaDB: token-aware micro-batches, rate limits tunable at runtime, at-least-once."
 )]
 pub struct WriterCli {
@@ -229,7 +230,7 @@ async fn serve(config: WriterConfig, file: Option<PathBuf>) -> ExitCode {
     if !config.admin.listen.is_empty() {
         match admin::bind(&config.admin.listen).await {
             Ok(listener) => {
-                tracing::info!(addr = %config.admin.listen, "admin endpoint listening (/metrics, /status, /rate-limit)");
+                tracing::info!(addr = %config.admin.listen, "admin endpoint listening (/metrics, /health/live, /health/ready, /status, /rate-limit)");
                 tokio::spawn(admin::serve(
                     listener,
                     config
@@ -286,10 +287,13 @@ fn routes(control: Arc<Control>, max_rows: usize) -> Arc<dyn admin::Handler> {
             content_type: tributary::metrics::CONTENT_TYPE,
             body: control.metrics.render().into_bytes(),
         },
-        ("GET", "/health") => Response::text(200, "ok\n"),
+        // Liveness: the process answers. Readiness: see WriterMetrics::readiness.
+        ("GET", "/health" | "/health/live") => Response::text(200, "ok\n"),
+        ("GET", "/health/ready") => Response::readiness(control.metrics.readiness()),
         ("GET", "/rate-limit") | ("GET", "/status") => Response::json(
             200,
             &serde_json::json!({
+                "ready": control.metrics.readiness().is_ok(),
                 "rows_per_sec": control.limiter.current().rows_per_sec,
                 "burst": control.limiter.current().burst,
                 "effective_rows_per_sec": control.limiter.effective(),

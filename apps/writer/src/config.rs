@@ -139,7 +139,7 @@ pub struct WriterConfig {
     pub ttl: TtlConfig,
     pub batch: BatchConfig,
     pub limits: LimitsConfig,
-    pub runtime: FlowConfig,
+    pub flow: FlowConfig,
     pub admin: AdminConfig,
 }
 
@@ -199,7 +199,7 @@ impl Default for WriterConfig {
                 adaptive_interval: HumanDuration(Duration::from_secs(5)),
                 adaptive_floor_ratio: 0.05,
             },
-            runtime: FlowConfig {
+            flow: FlowConfig {
                 max_pending_per_partition: 20_000,
                 max_backoff: HumanDuration(Duration::from_secs(10)),
                 drain_timeout: HumanDuration(Duration::from_secs(30)),
@@ -345,8 +345,8 @@ impl WriterConfig {
         if self.limits.max_in_flight_per_node == 0 {
             p.push("limits.max_in_flight_per_node: must be at least 1".into());
         }
-        if self.runtime.max_pending_per_partition < self.batch.max_rows {
-            p.push("runtime.max_pending_per_partition: must be at least batch.max_rows".into());
+        if self.flow.max_pending_per_partition < self.batch.max_rows {
+            p.push("flow.max_pending_per_partition: must be at least batch.max_rows".into());
         }
         p.extend(self.admin.problem());
         if p.is_empty() {

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,7 @@ impl ConsumerContext for WriterContext {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
+        self.metrics.joined.store(true, Ordering::Relaxed);
         let committed = match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -169,6 +171,7 @@ pub async fn run(
         }
     };
     let sink = Arc::new(Sink::new(session, &config).await.map_err(Box::new)?);
+    control.metrics.connected.store(true, Ordering::Relaxed);
 
     // Topic names are kept as shared strings so a record's partition key costs no allocation.
     let mut sources: HashMap<String, (Arc<str>, Source)> = HashMap::new();
@@ -207,7 +210,7 @@ pub async fn run(
         metrics: metrics.clone(),
         partitions: partitions.clone(),
         dead_letters: dead_letters.clone(),
-        max_backoff: config.runtime.max_backoff.0,
+        max_backoff: config.flow.max_backoff.0,
     });
     tracing::info!(topics = ?topics, group = %config.kafka.group, keyspace = %config.cassandra.keyspace, "writing");
 
@@ -217,7 +220,7 @@ pub async fn run(
         linger: config.batch.linger.0,
     };
     let mut batcher: Batcher<QueuedRow> = Batcher::new(limits);
-    let max_pending = config.runtime.max_pending_per_partition;
+    let max_pending = config.flow.max_pending_per_partition;
     let mut commit_tick = tokio::time::interval(config.kafka.commit_interval.0);
     let mut linger_tick = tokio::time::interval(Duration::from_millis(1).max(limits.linger / 2));
     let mut adapt_tick = tokio::time::interval(Duration::from_secs(1));
@@ -298,10 +301,11 @@ pub async fn run(
     // Drain: everything batched goes out, in-flight writes and dead letters finish, then
     // the final commit, always sent.
     tracing::info!("shutdown requested; draining in-flight writes and committing");
+    metrics.stopping.store(true, Ordering::Relaxed);
     for (set, rows) in batcher.take_due(Instant::now(), true) {
         writers.spawn(set, rows);
     }
-    let deadline = Instant::now() + config.runtime.drain_timeout.0;
+    let deadline = Instant::now() + config.flow.drain_timeout.0;
     while (writers.in_flight() > 0 || dead_letters.in_flight() > 0) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -315,8 +319,17 @@ pub async fn run(
     if let Some(c) = committing.take() {
         let _ = c.await;
     }
-    let _ = commit_in_background(&consumer, &partitions, Resend::Always).await;
-    consumer.unsubscribe();
+    let tpl = partitions.committable(Resend::Always);
+    let within = config.flow.drain_timeout.0;
+    let final_commit = tokio::task::spawn_blocking(move || {
+        let context = consumer.context();
+        let settle = |t: &str, p, o, ok| context.settle(t, p, o, ok);
+        if let Err(e) = commits::commit_final(&*consumer, &tpl, within, settle) {
+            tracing::error!(error = %e, "final offset commit failed; the next start rewrites from the last confirmed commit");
+        }
+        consumer.unsubscribe();
+    });
+    let _ = final_commit.await;
     Ok(())
 }
 

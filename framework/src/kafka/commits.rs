@@ -2,9 +2,13 @@
 //! when to send again. A commit is done only once the broker confirms it (see
 //! [`commit_and_settle`]); a failed one is sent again.
 
+use std::time::{Duration, Instant};
+
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
+
+use super::Backoff;
 
 /// When a safe offset that was already sent is sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +95,31 @@ pub fn commit_and_settle<C: ConsumerContext, K: Consumer<C>>(
         }
     }
     result
+}
+
+/// The last commit of a run (at shutdown): sent again with backoff until the broker
+/// confirms it or `within` has passed, so a broker that fails a commit now and then does
+/// not cost a replay at the next start, and one that keeps failing cannot hold the
+/// process. Returns the last error when it gave up.
+pub fn commit_final<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    offsets: &TopicPartitionList,
+    within: Duration,
+    mut settle: impl FnMut(&str, i32, i64, bool),
+) -> KafkaResult<()> {
+    let deadline = Instant::now() + within;
+    let mut backoff = Backoff::new().with_max(Duration::from_secs(2));
+    loop {
+        let Err(e) = commit_and_settle(consumer, offsets, &mut settle) else {
+            return Ok(());
+        };
+        let delay = backoff.next_delay();
+        if Instant::now() + delay >= deadline {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, retry_in = ?delay, "final offset commit failed; sending it again");
+        std::thread::sleep(delay);
+    }
 }
 
 /// Calls `settle(topic, partition, offset)` for every partition of a commit that was

@@ -26,22 +26,10 @@ impl Coordinator {
         if plans.is_empty() {
             return;
         }
-        let mut tpl = TopicPartitionList::new();
-        for (tp, plan) in plans {
-            let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(plan.next_offset));
-            if let Some(mut el) = tpl.find_partition(&tp.topic, tp.partition) {
-                el.set_metadata(plan.encode());
-            }
-            if let PlanStore::Topic(store) = &self.plans {
-                store.write(&tp.topic, tp.partition, plan);
-            }
-            self.history.offer(&tp.topic, tp.partition, plan);
-        }
+        let tpl = self.offsets(plans);
         match mode {
             CommitMode::Sync => {
-                if let PlanStore::Topic(store) = &self.plans {
-                    store.flush(self.drain_timeout);
-                }
+                self.flush_plans();
                 self.commit_now(consumer, &tpl);
             }
             // The committer thread waits for the broker; if it is still busy with an
@@ -59,6 +47,44 @@ impl Coordinator {
                     None => self.commit_now(consumer, &tpl),
                 }
             }
+        }
+    }
+
+    /// The commit at shutdown: sent again with backoff until the broker confirms it, for
+    /// at most `runtime.drain_timeout`.
+    pub(super) fn commit_final(&self, consumer: &BaseConsumer<ConsumerCtx>, plans: &[(Tp, Plan)]) {
+        if plans.is_empty() {
+            return;
+        }
+        let tpl = self.offsets(plans);
+        self.flush_plans();
+        let settle = |t: &str, p, o, ok| self.settle_commit(t, p, o, ok);
+        if let Err(e) = commits::commit_final(consumer, &tpl, self.drain_timeout, settle) {
+            tracing::error!(error = %e, "final offset commit failed; the next start replays from the last confirmed commit");
+        }
+    }
+
+    /// The offsets to commit with their plans as metadata; the plans also go to the plan
+    /// topic (when the broker drops metadata) and the plan history.
+    fn offsets(&self, plans: &[(Tp, Plan)]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (tp, plan) in plans {
+            let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(plan.next_offset));
+            if let Some(mut el) = tpl.find_partition(&tp.topic, tp.partition) {
+                el.set_metadata(plan.encode());
+            }
+            if let PlanStore::Topic(store) = &self.plans {
+                store.write(&tp.topic, tp.partition, plan);
+            }
+            self.history.offer(&tp.topic, tp.partition, plan);
+        }
+        tpl
+    }
+
+    /// Plans written to the plan topic reach the broker before their commit.
+    fn flush_plans(&self) {
+        if let PlanStore::Topic(store) = &self.plans {
+            store.flush(self.drain_timeout);
         }
     }
 

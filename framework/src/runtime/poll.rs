@@ -171,7 +171,7 @@ pub(super) fn poll_thread(
         tracing::warn!(error = %e, "outputs still in flight at shutdown; their offsets stay uncommitted");
     }
     let final_commit = coordinator.committable(Resend::Always);
-    coordinator.commit(&consumer, &final_commit, CommitMode::Sync);
+    coordinator.commit_final(&consumer, &final_commit);
     consumer.unsubscribe();
     drop(consumer);
     let failure = coordinator.delivery_failure();
