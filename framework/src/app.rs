@@ -19,6 +19,7 @@ use crate::runtime::{ControlHandle, RunSummary, Runtime, RuntimeError};
 
 /// Command-line flags. Every flag overrides the config file and `TRIBUTARY_*` variables.
 #[derive(Debug, Clone, Parser)]
+#[command(version)]
 pub struct AppCli {
     /// TOML config file (see config/*.toml). Without one, built-in defaults apply.
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
@@ -460,10 +461,7 @@ fn routes(metrics: Arc<Metrics>, control: ControlHandle) -> Arc<dyn admin::Handl
         },
         // Liveness: the process answers. Readiness: see Metrics::readiness.
         ("GET", "/health" | "/health/live") => Response::text(200, "ok\n"),
-        ("GET", "/health/ready") => match metrics.readiness() {
-            Ok(()) => Response::text(200, "ready\n"),
-            Err(reasons) => Response::json(503, &serde_json::json!({ "ready": false, "reasons": reasons })),
-        },
+        ("GET", "/health/ready") => Response::readiness(metrics.readiness()),
         ("GET", "/status") => {
             let partitions: Vec<_> = metrics
                 .partitions()

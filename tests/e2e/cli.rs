@@ -65,6 +65,30 @@ fn runs_on_defaults_and_documents_every_flag() {
 }
 
 #[test]
+fn every_binary_tells_its_version() {
+    for bin in [
+        "tributary-rollup",
+        "tributary-detector",
+        "tributary-writer",
+        "tributary-dev",
+    ] {
+        let out = Command::new(app_binary(bin))
+            .arg("--version")
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{bin}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("{bin} {}", env!("CARGO_PKG_VERSION")),
+        );
+    }
+}
+
+#[test]
 fn print_config_shows_no_secret() {
     let secret = harness::unique("s3cret-pw");
     let props = format!(
@@ -243,7 +267,8 @@ fn emulated_ring_serves_the_python_cassandra_driver() {
 }
 
 /// The Kubernetes manifests: every StatefulSet gives each pod its own name as its static
-/// member id, and every config they ship loads in the app it is for.
+/// member id and probes liveness and readiness, and every config they ship loads in the
+/// app it is for.
 #[test]
 fn kubernetes_manifests_use_the_pod_name_as_static_member_id_and_ship_valid_configs() {
     let path = harness::workspace_root().join("deploy/kubernetes/tributary.yaml");
@@ -270,6 +295,17 @@ fn kubernetes_manifests_use_the_pod_name_as_static_member_id_and_ship_valid_conf
             "{}: no static member id from the pod name",
             set["metadata"]["name"]
         );
+        // The paths both apps serve (their e2e tests check the answers).
+        for (probe, path) in [
+            ("livenessProbe", "/health/live"),
+            ("readinessProbe", "/health/ready"),
+        ] {
+            assert_eq!(
+                container[probe]["httpGet"]["path"], path,
+                "{}: {probe}",
+                set["metadata"]["name"]
+            );
+        }
         let args: Vec<&str> = container["args"]
             .as_array()
             .expect("args")

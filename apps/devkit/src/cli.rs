@@ -14,6 +14,7 @@ use crate::loadgen::{self, LoadSpec};
 #[derive(Debug, Parser)]
 #[command(
     name = "tributary-dev",
+    version,
     about = "Tributary's development kit: embedded Kafka, load generator, demo (dev and test only)"
 )]
 struct DevCli {
