@@ -12,7 +12,8 @@
 #   BIN=/other/target/release apps/devkit/instructions.sh   # measure another build
 #
 # BIN holds the binaries measured; DEV holds the tributary-dev that runs the broker, the
-# ring and the load generator (default: BIN).
+# ring and the load generator (default: BIN). KEEP=dir keeps the callgrind files there
+# (NAME-RUN.callgrind) for callgrind_annotate.
 set -euo pipefail
 
 RUNS=${1:-3}
@@ -67,10 +68,12 @@ measured() {
     kill -TERM "$pid"
     wait "$pid" || true
     awk '/^totals:/ { print $2 }' "$out"
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/$name-$RUN_NO.callgrind"; fi
 }
 
 run_once() {
     local run=$1
+    RUN_NO=$run
     local port admin http cql_port group
     port=$(free_port)
     "$DEV/tributary-dev" kafka --port "$port" --partitions "$PARTITIONS" \
@@ -78,7 +81,7 @@ run_once() {
     PIDS+=($!)
     local brokers="127.0.0.1:$port"
     for _ in $(seq 60); do grep -q "bootstrap.servers=" "$WORK/kafka.log" && break; sleep 0.5; done
-    "$DEV/tributary-dev" loadgen --brokers "$brokers" --topic metrics --series "$SERIES" \
+    "$DEV/tributary-dev" produce --brokers "$brokers" --topic metrics --series "$SERIES" \
         --points "$POINTS" --seed 42 >/dev/null 2>&1
 
     local pipeline

@@ -27,8 +27,9 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
-/// Per-partition figures, replaced whole by the worker that owns the partition.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Per-partition figures, kept up to date by the worker that owns the partition (and the
+/// consumer lag by librdkafka's statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionGauges {
     pub watermark_ms: i64,
     pub processed_offset: i64,
@@ -37,6 +38,22 @@ pub struct PartitionGauges {
     pub open_windows: i64,
     /// Its state is being rebuilt (outputs suppressed).
     pub replaying: bool,
+    /// Records behind the high watermark, from librdkafka's statistics; -1 = not known.
+    pub consumer_lag: i64,
+}
+
+impl Default for PartitionGauges {
+    fn default() -> Self {
+        Self {
+            watermark_ms: 0,
+            processed_offset: 0,
+            committed_offset: 0,
+            series: 0,
+            open_windows: 0,
+            replaying: false,
+            consumer_lag: -1,
+        }
+    }
 }
 
 type PartitionMap = Arc<Mutex<BTreeMap<(String, i32), PartitionGauges>>>;
@@ -72,6 +89,8 @@ pub struct Metrics {
     pub joined: AtomicBool,
     pub restoring: AtomicBool,
     pub stopping: AtomicBool,
+    /// librdkafka's statistics last showed no broker connection up.
+    pub brokers_unreachable: AtomicBool,
     registry: Registry,
 }
 
@@ -111,6 +130,7 @@ impl Metrics {
             joined: AtomicBool::new(false),
             restoring: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            brokers_unreachable: AtomicBool::new(false),
             registry: Registry::default(),
         };
         registry.register(
@@ -236,6 +256,19 @@ impl Metrics {
         f(self.map().entry((topic.to_owned(), partition)).or_default());
     }
 
+    /// Applies librdkafka's statistics: broker reachability, and the lag of partitions
+    /// this app still owns.
+    pub fn apply_client_stats(&self, stats: &crate::kafka::stats::ClientStats) {
+        self.brokers_unreachable
+            .store(!stats.broker_up, Ordering::Relaxed);
+        let mut map = self.map();
+        for (topic, partition, lag) in &stats.lags {
+            if let Some(g) = map.get_mut(&(topic.clone(), *partition)) {
+                g.consumer_lag = *lag;
+            }
+        }
+    }
+
     pub fn remove_partition(&self, topic: &str, partition: i32) {
         self.map().remove(&(topic.to_owned(), partition));
     }
@@ -259,6 +292,9 @@ impl Metrics {
         for ((topic, partition), _) in self.map().iter().filter(|(_, g)| g.replaying) {
             reasons.push(format!("rebuilding the state of {topic}/{partition}"));
         }
+        if self.brokers_unreachable.load(Ordering::Relaxed) {
+            reasons.push("no connection to any Kafka broker (librdkafka reconnects)".to_owned());
+        }
         if self.stopping.load(Ordering::Relaxed) {
             reasons.push("stopping".to_owned());
         }
@@ -279,7 +315,7 @@ impl Collector for PartitionCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let parts = self.0.lock().map(|m| m.clone()).unwrap_or_default();
         type Read = fn(&PartitionGauges) -> f64;
-        let gauges: [(&str, &str, Option<Unit>, Read); 5] = [
+        let gauges: [(&str, &str, Option<Unit>, Read); 6] = [
             (
                 "tributary_partition_watermark",
                 "Event-time watermark of the partition, seconds since the epoch.",
@@ -309,6 +345,12 @@ impl Collector for PartitionCollector {
                 "Windows open across all levels.",
                 None,
                 |g| g.open_windows as f64,
+            ),
+            (
+                "tributary_partition_consumer_lag",
+                "Records between the consumer's position and the high watermark (-1 = not known yet; wrong where the broker reports a wrong high watermark, e.g. tansu 0.6).",
+                None,
+                |g| g.consumer_lag as f64,
             ),
         ];
         for (name, help, unit, read) in gauges {

@@ -527,6 +527,35 @@ fn faults_a_node_down_and_sigkill(s: Setup) {
 }
 
 #[test]
+fn writer_is_unready_while_the_ring_is_down_and_ready_again_after() {
+    let s = setup_on(1, true);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let writer = start_writer(&s, &admin, &[]);
+    let readiness = |reason, secs| {
+        if let Err(last) = harness::wait_readiness(&admin, reason, Duration::from_secs(secs)) {
+            panic!("waited for {reason:?}, last {last:?}\n{}", writer.log_text());
+        }
+    };
+    readiness(None, 60);
+    // Every node refuses connections: the driver's pools empty and the writer says so.
+    s.ring.faults(None, r#"{"down": true}"#);
+    readiness(Some("no open connection to any node"), 60);
+    assert_eq!(harness::admin_get(&admin, "/health/live").map(|r| r.0), Some(200));
+    // Points that arrive meanwhile wait; nothing is lost.
+    let data = points(6, 20);
+    py_produce(s.kafka.brokers(), &s.metrics, &data);
+    std::thread::sleep(Duration::from_secs(2));
+    let still = harness::admin_get(&admin, "/health/ready");
+    assert!(
+        still.as_ref().is_some_and(|(status, _)| *status == 503),
+        "{still:?}"
+    );
+    s.ring.faults(None, r#"{"down": false}"#);
+    readiness(None, 60);
+    wait_all_points(&s, data.len(), &writer);
+}
+
+#[test]
 fn writer_pauses_for_a_slow_cluster_and_reloads_limits_on_sighup() {
     // The mock broker process: tansu 0.6 returns nothing for a fetch that starts inside a
     // record batch, which is where a resumed partition continues.

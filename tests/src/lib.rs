@@ -156,10 +156,12 @@ impl Drop for Process {
     }
 }
 
-/// A tansu broker on a free port with in-memory storage.
+/// A tansu broker on a free port, with in-memory storage or (to be restarted with its
+/// data) sqlite storage in a directory of its own.
 pub struct Tansu {
     pub brokers: String,
     pub process: Process,
+    dir: Option<PathBuf>,
 }
 
 pub fn tansu_binary() -> PathBuf {
@@ -183,9 +185,43 @@ pub fn tansu_binary() -> PathBuf {
 
 impl Tansu {
     pub fn start() -> Self {
-        let port = free_port();
+        Self::spawn(free_port(), None)
+    }
+
+    /// On sqlite storage, so [`Tansu::stop`] and [`Tansu::start_again`] are a broker
+    /// restart that keeps topics, records and the group's offsets.
+    pub fn start_stored() -> Self {
+        let dir = std::env::temp_dir().join(unique("tansu-stored"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        Self::spawn(free_port(), Some(dir))
+    }
+
+    /// Kills the broker (SIGKILL).
+    pub fn stop(&mut self) {
+        self.process.signal("KILL");
+        let _ = self.process.wait(Duration::from_secs(10));
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn start_again(&mut self) {
+        let port = self
+            .brokers
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        *self = Self::spawn(port, self.dir.take());
+    }
+
+    fn spawn(port: u16, dir: Option<PathBuf>) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
-        let process = Process::spawn(
+        let storage = if dir.is_some() {
+            "sqlite://tansu.db"
+        } else {
+            "memory://tansu/"
+        };
+        let process = Process::spawn_in(
+            dir.as_deref(),
             "tansu",
             &tansu_binary(),
             &[
@@ -195,7 +231,7 @@ impl Tansu {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "memory://tansu/",
+                storage,
             ],
             &[("RUST_LOG", "warn")],
         );
@@ -209,7 +245,11 @@ impl Tansu {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { brokers, process }
+        Self {
+            brokers,
+            process,
+            dir,
+        }
     }
 }
 
@@ -722,6 +762,26 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 pub fn admin_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let addr = addr.parse().ok()?;
     tributary::admin::request(addr, "GET", path, b"").ok()
+}
+
+/// Waits until an app's `/health/ready` answers 200 `ready`, or (with `reason`) 503 with
+/// that reason among its reasons. `Err` holds the last answer.
+pub fn wait_readiness(
+    admin: &str,
+    reason: Option<&str>,
+    timeout: Duration,
+) -> Result<(), Option<(u16, String)>> {
+    let mut last = None;
+    let reached = eventually(timeout, || {
+        last = admin_get(admin, "/health/ready");
+        let (status, body) = last.as_ref()?;
+        let reached = match reason {
+            None => *status == 200 && body == "ready\n",
+            Some(r) => *status == 503 && body.contains(r),
+        };
+        reached.then_some(())
+    });
+    reached.ok_or(last)
 }
 
 /// The emulated CQL ring as a process (`tributary-dev cql`) with its HTTP control.

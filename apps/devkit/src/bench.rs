@@ -528,8 +528,6 @@ fn memory(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
 /// The writer into the emulated ring (its own process, RF 1), batching on and off.
 fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     use tributary_writer::config::WriterConfig;
-    use tributary_writer::limiter::Limiter;
-    use tributary_writer::metrics::WriterMetrics;
     use tributary_writer::runtime::Control;
 
     let rows = opts.records.min(300_000);
@@ -587,11 +585,7 @@ fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         config.admin.listen = String::new();
         let reset = tributary::admin::request(http.parse()?, "POST", "/counters/reset", b"");
         anyhow::ensure!(reset.is_ok(), "cannot reset ring counters");
-        let limiter = Arc::new(Limiter::new(config.rate_limit(), config.adaptive()));
-        let control = Arc::new(Control {
-            metrics: Arc::new(WriterMetrics::new(limiter.clone())),
-            limiter,
-        });
+        let control = Arc::new(Control::new(&config));
         let metrics = control.metrics.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let total = report.records;

@@ -10,8 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use tributary::admin::{self, Request, Response};
 
 use crate::config::WriterConfig;
-use crate::limiter::{Limiter, RateLimit};
-use crate::metrics::WriterMetrics;
+use crate::limiter::RateLimit;
 use crate::runtime::Control;
 
 #[derive(Debug, Parser)]
@@ -221,11 +220,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(config: WriterConfig, file: Option<PathBuf>) -> ExitCode {
-    let limiter = Arc::new(Limiter::new(config.rate_limit(), config.adaptive()));
-    let control = Arc::new(Control {
-        metrics: Arc::new(WriterMetrics::new(limiter.clone())),
-        limiter,
-    });
+    let control = Arc::new(Control::new(&config));
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     if !config.admin.listen.is_empty() {
         match admin::bind(&config.admin.listen).await {
@@ -287,13 +282,13 @@ fn routes(control: Arc<Control>, max_rows: usize) -> Arc<dyn admin::Handler> {
             content_type: tributary::metrics::CONTENT_TYPE,
             body: control.metrics.render().into_bytes(),
         },
-        // Liveness: the process answers. Readiness: see WriterMetrics::readiness.
+        // Liveness: the process answers. Readiness: see Health::readiness.
         ("GET", "/health" | "/health/live") => Response::text(200, "ok\n"),
-        ("GET", "/health/ready") => Response::readiness(control.metrics.readiness()),
+        ("GET", "/health/ready") => Response::readiness(control.health.readiness()),
         ("GET", "/rate-limit") | ("GET", "/status") => Response::json(
             200,
             &serde_json::json!({
-                "ready": control.metrics.readiness().is_ok(),
+                "ready": control.health.readiness().is_ok(),
                 "rows_per_sec": control.limiter.current().rows_per_sec,
                 "burst": control.limiter.current().burst,
                 "effective_rows_per_sec": control.limiter.effective(),

@@ -18,6 +18,7 @@ pub mod app;
 pub mod batcher;
 pub mod config;
 pub mod dead_letter;
+pub mod health;
 pub mod limiter;
 pub mod metrics;
 pub mod partitions;

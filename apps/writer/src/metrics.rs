@@ -2,7 +2,6 @@
 //! exported at /metrics. The limiter's figures are read at each scrape.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -31,10 +30,6 @@ pub struct WriterMetrics {
     pub paused_partitions: Gauge,
     /// Rows handed to write tasks and not yet settled.
     pub rows_in_flight: Gauge,
-    /// What readiness is made of (see [`WriterMetrics::readiness`]).
-    pub connected: AtomicBool,
-    pub joined: AtomicBool,
-    pub stopping: AtomicBool,
     registry: Registry,
 }
 
@@ -125,22 +120,6 @@ impl WriterMetrics {
     pub fn render(&self) -> String {
         render(&self.registry)
     }
-
-    /// Whether the writer should count as up in a rolling update: `Err` with the reasons
-    /// while it has no session with the cluster, has not joined its group, or stops.
-    pub fn readiness(&self) -> Result<(), Vec<String>> {
-        let mut reasons = Vec::new();
-        if !self.connected.load(Ordering::Relaxed) {
-            reasons.push("connecting to the Cassandra/ScyllaDB cluster".to_owned());
-        }
-        if !self.joined.load(Ordering::Relaxed) {
-            reasons.push("not yet assigned partitions by its group".to_owned());
-        }
-        if self.stopping.load(Ordering::Relaxed) {
-            reasons.push("stopping".to_owned());
-        }
-        if reasons.is_empty() { Ok(()) } else { Err(reasons) }
-    }
 }
 
 /// The limiter's settings and waiting time, read at each scrape.
@@ -193,30 +172,6 @@ mod tests {
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
-    }
-
-    #[test]
-    fn ready_once_connected_and_joined_until_it_stops() {
-        let limit = RateLimit {
-            rows_per_sec: 0,
-            burst: 64,
-        };
-        let limiter = Arc::new(Limiter::new(limit, Adaptive::default()));
-        let m = WriterMetrics::new(limiter);
-        assert_eq!(
-            m.readiness().map_err(|r| r.len()),
-            Err(2),
-            "neither connected nor joined"
-        );
-        m.connected.store(true, Ordering::Relaxed);
-        assert_eq!(
-            m.readiness(),
-            Err(vec!["not yet assigned partitions by its group".to_owned()])
-        );
-        m.joined.store(true, Ordering::Relaxed);
-        assert_eq!(m.readiness(), Ok(()));
-        m.stopping.store(true, Ordering::Relaxed);
-        assert_eq!(m.readiness(), Err(vec!["stopping".to_owned()]));
     }
 
     #[test]

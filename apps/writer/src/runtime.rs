@@ -19,10 +19,12 @@ use tributary::kafka::client::{consumer_config, producer_config};
 use tributary::kafka::commits::{self, Resend};
 use tributary::kafka::fetch_start::{Arrival, FetchStart};
 use tributary::kafka::logging::{self, Logged};
+use tributary::kafka::stats;
 
 use crate::batcher::{BatchLimits, Batcher, ReplicaSet};
 use crate::config::WriterConfig;
 use crate::dead_letter::DeadLetters;
+use crate::health::Health;
 use crate::limiter::Limiter;
 use crate::metrics::WriterMetrics;
 use crate::partitions::{Partitions, TopicPartition};
@@ -50,6 +52,7 @@ struct WriterContext {
     partitions: Arc<Partitions>,
     starts: Arc<Mutex<Starts>>,
     metrics: Arc<WriterMetrics>,
+    health: Arc<Health>,
 }
 
 impl WriterContext {
@@ -72,6 +75,14 @@ impl ClientContext for WriterContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         logging::report_error("consumer", &error, reason);
     }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Some(s) = stats::parse(statistics) {
+            self.health
+                .brokers_unreachable
+                .store(!s.broker_up, Ordering::Relaxed);
+        }
+    }
 }
 
 impl ConsumerContext for WriterContext {
@@ -79,7 +90,7 @@ impl ConsumerContext for WriterContext {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
-        self.metrics.joined.store(true, Ordering::Relaxed);
+        self.health.joined.store(true, Ordering::Relaxed);
         let committed = match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -136,6 +147,19 @@ impl ConsumerContext for WriterContext {
 pub struct Control {
     pub limiter: Arc<Limiter>,
     pub metrics: Arc<WriterMetrics>,
+    pub health: Arc<Health>,
+}
+
+impl Control {
+    /// Limits as configured, metrics at zero, not ready.
+    pub fn new(config: &WriterConfig) -> Self {
+        let limiter = Arc::new(Limiter::new(config.rate_limit(), config.adaptive()));
+        Self {
+            metrics: Arc::new(WriterMetrics::new(limiter.clone())),
+            health: Default::default(),
+            limiter,
+        }
+    }
 }
 
 /// Why the writer stopped with an error.
@@ -170,8 +194,8 @@ pub async fn run(
             }
         }
     };
-    let sink = Arc::new(Sink::new(session, &config).await.map_err(Box::new)?);
-    control.metrics.connected.store(true, Ordering::Relaxed);
+    let sink = Arc::new(Sink::new(session.clone(), &config).await.map_err(Box::new)?);
+    control.health.connected(session);
 
     // Topic names are kept as shared strings so a record's partition key costs no allocation.
     let mut sources: HashMap<String, (Arc<str>, Source)> = HashMap::new();
@@ -192,6 +216,7 @@ pub async fn run(
             partitions: partitions.clone(),
             starts: starts.clone(),
             metrics: metrics.clone(),
+            health: control.health.clone(),
         })?);
     let topics: Vec<&str> = sources.keys().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -301,7 +326,7 @@ pub async fn run(
     // Drain: everything batched goes out, in-flight writes and dead letters finish, then
     // the final commit, always sent.
     tracing::info!("shutdown requested; draining in-flight writes and committing");
-    metrics.stopping.store(true, Ordering::Relaxed);
+    control.health.stopping.store(true, Ordering::Relaxed);
     for (set, rows) in batcher.take_due(Instant::now(), true) {
         writers.spawn(set, rows);
     }

@@ -137,6 +137,8 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
             ("fetch.queue.backoff.ms", "5"),
             ("fetch.wait.max.ms", "100"),
             ("max.partition.fetch.bytes", "4194304"),
+            // Broker reachability and consumer lag (see kafka::stats).
+            ("statistics.interval.ms", super::stats::INTERVAL_MS),
         ],
     );
     if !kafka.group_instance_id.is_empty() && !kafka.properties.contains_key("group.instance.id") {

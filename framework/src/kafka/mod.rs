@@ -7,6 +7,7 @@
 //! - [`commits`]: commits marked done only when the broker confirms them;
 //! - [`headers`]: provenance and reason headers of dead letters;
 //! - [`fetch_start`]: the guard against brokers that skip records at a resume point;
+//! - [`stats`]: librdkafka's statistics: broker reachability and consumer lag;
 //! - [`backoff`]: exponential backoff with jitter for every retry loop.
 
 pub mod acks;
@@ -17,6 +18,7 @@ pub mod fetch_start;
 pub mod headers;
 pub mod logging;
 pub mod security;
+pub mod stats;
 
 pub use backoff::Backoff;
 pub use client::KafkaConfig;

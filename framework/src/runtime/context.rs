@@ -1,5 +1,5 @@
 //! The consumer's context: rebalance callbacks (assign and revoke through the
-//! coordinator) and librdkafka's log lines.
+//! coordinator), librdkafka's log lines and its statistics.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::coordinator::Coordinator;
-use crate::kafka::logging;
+use crate::kafka::{logging, stats};
 
 /// The consumer's context: rebalance callbacks and commit results.
 pub(super) struct ConsumerCtx {
@@ -23,6 +23,12 @@ impl ClientContext for ConsumerCtx {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         self.coordinator.metrics.consumer_errors.inc_by(1);
         logging::report_error("consumer", &error, reason);
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Some(s) = stats::parse(statistics) {
+            self.coordinator.metrics.apply_client_stats(&s);
+        }
     }
 }
 
