@@ -406,6 +406,29 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// Problems with a section's TLS files: a client certificate without its key (or the
+/// reverse), and `files` (key, path) that are set but cannot be read. Named
+/// `section.key`.
+pub fn tls_file_problems(
+    section: &str,
+    cert_file: &str,
+    key_file: &str,
+    files: &[(&str, &str)],
+) -> Vec<String> {
+    let mut p = Vec::new();
+    if cert_file.is_empty() != key_file.is_empty() {
+        p.push(format!(
+            "{section}.cert_file, {section}.key_file: set both or neither"
+        ));
+    }
+    for (key, path) in files {
+        if !path.is_empty() && std::fs::File::open(Path::new(path)).is_err() {
+            p.push(format!("{section}.{key}: cannot read {path:?}"));
+        }
+    }
+    p
+}
+
 /// Layers any sectioned configuration type: `defaults` < TOML `file` < environment
 /// (`TRIBUTARY_<SECTION>_<KEY>`) < `overrides` (`("section.key", value)`). Every user key
 /// is checked on its own against the defaults, so one bad key never hides the next and

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tributary::admin::AdminConfig;
 use tributary::codec::Format;
-use tributary::config::{ConfigError, HumanDuration, load_layered};
+use tributary::config::{ConfigError, HumanDuration, load_layered, tls_file_problems};
 use tributary::kafka::KafkaConfig;
 
 use scylla::statement::Consistency;
@@ -261,21 +261,17 @@ impl WriterConfig {
         if c.username.is_empty() && !(c.password.is_empty() && c.password_file.is_empty()) {
             p.push("cassandra.username: needed with a password".into());
         }
-        if c.cert_file.is_empty() != c.key_file.is_empty() {
-            p.push("cassandra.cert_file, cassandra.key_file: set both or neither".into());
-        }
-        for (key, path) in [
-            ("ca_file", &c.ca_file),
-            ("cert_file", &c.cert_file),
-            ("key_file", &c.key_file),
-        ] {
+        let files = [
+            ("ca_file", c.ca_file.as_str()),
+            ("cert_file", c.cert_file.as_str()),
+            ("key_file", c.key_file.as_str()),
+        ];
+        for (key, path) in files {
             if !path.is_empty() && !c.tls {
                 p.push(format!("cassandra.{key}: set, but cassandra.tls is false"));
             }
-            if !path.is_empty() && std::fs::File::open(path).is_err() {
-                p.push(format!("cassandra.{key}: cannot read {path:?}"));
-            }
         }
+        p.extend(tls_file_problems("cassandra", &c.cert_file, &c.key_file, &files));
         if !self
             .cassandra
             .keyspace

@@ -2,8 +2,6 @@
 //! common setups need no librdkafka property names and the password can live in a file
 //! (a mounted secret) instead of the config.
 
-use std::path::Path;
-
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
@@ -96,19 +94,17 @@ impl SecurityConfig {
                 _ => {}
             }
         }
-        if self.cert_file.is_empty() != self.key_file.is_empty() {
-            p.push("kafka.security.cert_file, kafka.security.key_file: set both or neither".to_owned());
-        }
-        for (key, path) in [
-            ("password_file", &self.password_file),
-            ("ca_file", &self.ca_file),
-            ("cert_file", &self.cert_file),
-            ("key_file", &self.key_file),
-        ] {
-            if !path.is_empty() && std::fs::File::open(Path::new(path)).is_err() {
-                p.push(format!("kafka.security.{key}: cannot read {path:?}"));
-            }
-        }
+        p.extend(crate::config::tls_file_problems(
+            "kafka.security",
+            &self.cert_file,
+            &self.key_file,
+            &[
+                ("password_file", &self.password_file),
+                ("ca_file", &self.ca_file),
+                ("cert_file", &self.cert_file),
+                ("key_file", &self.key_file),
+            ],
+        ));
         p
     }
 
