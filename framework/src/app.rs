@@ -61,6 +61,9 @@ pub struct AppCli {
     /// Log filter (RUST_LOG syntax), e.g. info or tributary=debug.
     #[arg(long, default_value = "info", env = "RUST_LOG", value_name = "FILTER")]
     pub log: String,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Option<AppCommand>,
 }
@@ -311,23 +314,36 @@ impl AppCli {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields), for log collectors.
+    Json,
+}
+
 /// Starts logging to stderr.
-pub fn init_tracing(filter: &str) {
+pub fn init_tracing(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: log files and collectors get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // Colours only on a terminal: log files and collectors get plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// The whole life of an app process; returns its exit code.
 pub fn main(app: AppKind) -> ExitCode {
     let cli = AppCli::parse_for(app);
-    init_tracing(&cli.log);
+    init_tracing(&cli.log, cli.log_format);
     let config = match cli.load_config(app) {
         Ok(c) => c,
         Err(e) => {

@@ -27,6 +27,17 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
+/// Registers `tributary_build_info{version="…"} 1`: which build an instance runs (a
+/// dashboard shows a rolling update's progress by it).
+pub fn register_build_info(registry: &mut Registry) {
+    let labels = [("version", env!("CARGO_PKG_VERSION"))];
+    registry.register(
+        "tributary_build",
+        "The build this instance runs",
+        prometheus_client::metrics::info::Info::new(labels),
+    );
+}
+
 /// Per-partition figures, kept up to date by the worker that owns the partition (and the
 /// consumer lag by librdkafka's statistics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +252,7 @@ impl Metrics {
             m.state_memory_bytes.clone(),
         );
         registry.register_collector(Box::new(PartitionCollector(m.partitions.clone())));
+        register_build_info(&mut registry);
         Self { registry, ..m }
     }
 
@@ -382,6 +394,11 @@ mod tests {
         );
         let text = m.render();
         assert!(text.contains("tributary_records_consumed_total 42\n"));
+        let build = format!(
+            "tributary_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
         assert!(
             text.contains("tributary_partition_watermark_seconds{topic=\"metrics\",partition=\"3\"} 0.007\n")
         );

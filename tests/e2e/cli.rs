@@ -340,3 +340,39 @@ fn kubernetes_manifests_use_the_pod_name_as_static_member_id_and_ship_valid_conf
         );
     }
 }
+
+/// `--log-format json`: every line a log collector reads is one JSON object with a
+/// level and a message, from the apps' own lines and librdkafka's alike.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let unreachable = format!("127.0.0.1:{}", harness::free_port());
+    for (bin, args) in [
+        (
+            "tributary-writer",
+            vec![
+                "--contact-points",
+                unreachable.as_str(),
+                "--brokers",
+                unreachable.as_str(),
+            ],
+        ),
+        ("tributary-rollup", vec!["--brokers", unreachable.as_str()]),
+    ] {
+        let mut args = args.clone();
+        args.extend(["--log-format", "json", "--admin-listen", ""]);
+        let mut app = harness::Process::spawn(bin, &app_binary(bin), &args, &[("RUST_LOG", "info")]);
+        // Both keep retrying an unreachable service and say so.
+        let logged = harness::eventually(std::time::Duration::from_secs(30), || {
+            (app.log_text().lines().count() >= 2).then_some(())
+        });
+        assert!(logged.is_some(), "{bin} logged nothing:\n{}", app.log_text());
+        app.signal("KILL");
+        let _ = app.wait(std::time::Duration::from_secs(10));
+        for line in app.log_text().lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{bin}: not JSON ({e}): {line}"));
+            assert!(v["level"].is_string(), "{bin}: no level: {line}");
+            assert!(v["message"].is_string(), "{bin}: no message: {line}");
+        }
+    }
+}

@@ -149,7 +149,7 @@ enum DevCommand {
 
 pub fn main() -> ExitCode {
     let cli = DevCli::parse();
-    tributary::app::init_tracing(&cli.log);
+    tributary::app::init_tracing(&cli.log, tributary::app::LogFormat::Text);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

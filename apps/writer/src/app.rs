@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use tributary::admin::{self, Request, Response};
+use tributary::app::LogFormat;
 
 use crate::config::WriterConfig;
 use crate::limiter::RateLimit;
@@ -74,6 +75,9 @@ pub struct Flags {
     /// Log filter (RUST_LOG syntax).
     #[arg(long, global = true, default_value = "info", env = "RUST_LOG")]
     pub log: String,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,7 +152,7 @@ impl Flags {
 
 pub fn main() -> ExitCode {
     let cli = WriterCli::parse();
-    tributary::app::init_tracing(&cli.flags.log);
+    tributary::app::init_tracing(&cli.flags.log, cli.flags.log_format);
     let config = match cli.flags.load() {
         Ok(c) => c,
         Err(e) => {

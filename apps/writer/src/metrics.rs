@@ -7,7 +7,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use tributary::metrics::{Counter, Gauge, Registry, Unit, render};
+use tributary::metrics::{Counter, Gauge, Registry, Unit, register_build_info, render};
 
 use crate::limiter::Limiter;
 
@@ -114,6 +114,7 @@ impl WriterMetrics {
                 .register(format!("tributary_writer_{name}"), help, g.clone());
         }
         m.registry.register_collector(Box::new(LimiterFigures(limiter)));
+        register_build_info(&mut m.registry);
         m
     }
 
