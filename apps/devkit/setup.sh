@@ -14,7 +14,9 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v make >/dev/null || need_apt+=(make)
-command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v python3 >/dev/null || need_apt+=(python3)
+# Debian's python3 comes without pip; the Python test clients are installed with it.
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 command -v perl >/dev/null || need_apt+=(perl)
 ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
 # A TLS terminator in front of tansu for the SASL_SSL end-to-end tests.
