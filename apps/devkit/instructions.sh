@@ -10,6 +10,7 @@
 #
 #   apps/devkit/instructions.sh [RUNS]        # default 3 runs of each, one line per run
 #   BIN=/other/target/release apps/devkit/instructions.sh   # measure another build
+#   POINTS=500 apps/devkit/instructions.sh 1                 # 5x the records (SERIES too)
 #
 # BIN holds the binaries measured; DEV holds the tributary-dev that runs the broker, the
 # ring and the load generator (default: BIN). KEEP=dir keeps the callgrind files there
@@ -20,8 +21,8 @@ RUNS=${1:-3}
 TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}
 BIN=${BIN:-$TARGET/release}
 DEV=${DEV:-$BIN}
-SERIES=200
-POINTS=100
+SERIES=${SERIES:-200}
+POINTS=${POINTS:-100}
 RECORDS=$((SERIES * POINTS))
 PARTITIONS=4
 WORK=$(mktemp -d /tmp/tributary-instructions.XXXXXX)
