@@ -69,7 +69,8 @@ pub struct RuntimeConfig {
     pub batch_size: usize,
     /// Batches queued per worker before the poll loop waits (bounded memory).
     pub queue_depth: usize,
-    /// Upper bound on waiting for in-flight outputs at revoke or shutdown.
+    /// Upper bound on waiting for in-flight outputs at revoke or shutdown, and on sending
+    /// the final commit again until it is confirmed.
     pub drain_timeout: HumanDuration,
 }
 

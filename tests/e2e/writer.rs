@@ -712,8 +712,13 @@ fn writer_adaptive_rate_backs_off_under_overload_and_climbs_back() {
 }
 
 /// Batches and replica-local batches over every node, now.
+/// Batches applied and those of them that were replica-local, from one snapshot of the
+/// ring's counters (two reads, or counting batches on arrival, would let a batch in
+/// flight between them look non-local).
 fn batch_counts(ring: &CqlRing) -> (u64, u64) {
-    (ring.total("batches"), ring.total("batches_replica_local"))
+    let counters = ring.counters();
+    let sum = |key: &str| counters.iter().map(|n| n[key].as_u64().unwrap_or(0)).sum::<u64>();
+    (sum("batches_applied"), sum("batches_replica_local"))
 }
 
 fn node_rows(ring: &CqlRing, index: usize) -> u64 {

@@ -166,6 +166,7 @@ async fn batches_are_counted_by_replica_locality() {
     s.batch(&batch, values).await.expect("batch");
     let c = ring.counters();
     assert_eq!(c.iter().map(|c| c.batches).sum::<u64>(), 1);
+    assert_eq!(c.iter().map(|c| c.batches_applied).sum::<u64>(), 1);
     assert_eq!(c.iter().map(|c| c.batches_replica_local).sum::<u64>(), 1);
     assert_eq!(c.iter().map(|c| c.batches_multi_replica_set).sum::<u64>(), 0);
 

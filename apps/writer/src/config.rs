@@ -126,7 +126,8 @@ pub struct FlowConfig {
     pub max_pending_per_partition: usize,
     /// Longest wait between retries of a failing batch.
     pub max_backoff: HumanDuration,
-    /// Upper bound on draining in-flight writes at shutdown or revoke.
+    /// Upper bound on draining in-flight writes at shutdown or revoke, and on sending the
+    /// final commit again until it is confirmed.
     pub drain_timeout: HumanDuration,
 }
 

@@ -111,6 +111,7 @@ pub(super) async fn batch(
     replica_sets.dedup();
     let mut c = lock(&node.counters);
     c.rows_written += items.len() as u64;
+    c.batches_applied += 1;
     c.batches_replica_local += u64::from(local);
     c.batches_multi_replica_set += u64::from(replica_sets.len() > 1);
     let mut w = Writer::new();

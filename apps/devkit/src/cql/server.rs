@@ -97,7 +97,11 @@ pub struct NodeCounters {
     /// Single-statement writes, and those whose partition this node replicates.
     pub writes: u64,
     pub writes_replica_local: u64,
+    /// Batches received (counted on arrival, whatever becomes of them).
     pub batches: u64,
+    /// Batches applied; counted with `batches_replica_local` under one lock, so a
+    /// snapshot taken while batches are in flight compares the two exactly.
+    pub batches_applied: u64,
     /// Batches whose every row is replicated by this node.
     pub batches_replica_local: u64,
     /// Batches whose rows belong to more than one replica set.
