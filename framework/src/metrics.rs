@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 pub use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::registry::{Registry, Unit};
 
+use crate::kafka::readiness::GroupReadiness;
+
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -96,12 +98,10 @@ pub struct Metrics {
     /// RocksDB block cache usage (memtables are charged to it).
     pub state_memory_bytes: Gauge,
     partitions: PartitionMap,
-    /// What readiness is made of (see [`Metrics::readiness`]).
-    pub joined: AtomicBool,
+    /// What readiness is made of (see [`Metrics::readiness`]): the group's part, and
+    /// whether the committed offsets and plans are being read.
+    pub group: GroupReadiness,
     pub restoring: AtomicBool,
-    pub stopping: AtomicBool,
-    /// librdkafka's statistics last showed no broker connection up.
-    pub brokers_unreachable: AtomicBool,
     registry: Registry,
 }
 
@@ -138,10 +138,8 @@ impl Metrics {
             assigned_partitions: Gauge::default(),
             state_memory_bytes: Gauge::default(),
             partitions: PartitionMap::default(),
-            joined: AtomicBool::new(false),
+            group: GroupReadiness::default(),
             restoring: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-            brokers_unreachable: AtomicBool::new(false),
             registry: Registry::default(),
         };
         registry.register(
@@ -271,8 +269,7 @@ impl Metrics {
     /// Applies librdkafka's statistics: broker reachability, and the lag of partitions
     /// this app still owns.
     pub fn apply_client_stats(&self, stats: &crate::kafka::stats::ClientStats) {
-        self.brokers_unreachable
-            .store(!stats.broker_up, Ordering::Relaxed);
+        self.group.apply_stats(stats);
         let mut map = self.map();
         for (topic, partition, lag) in &stats.lags {
             if let Some(g) = map.get_mut(&(topic.clone(), *partition)) {
@@ -293,24 +290,14 @@ impl Metrics {
     /// `Err` with the reasons while it has not joined its group, waits for the state its
     /// partitions resume from, rebuilds a partition's state, or stops.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
-        let mut reasons = Vec::new();
-        if !self.joined.load(Ordering::Relaxed) {
-            reasons.push("not yet assigned partitions by its group".to_owned());
-        }
+        let mut own = Vec::new();
         if self.restoring.load(Ordering::Relaxed) {
-            reasons
-                .push("reading the committed offsets and replay plans its partitions resume from".to_owned());
+            own.push("reading the committed offsets and replay plans its partitions resume from".to_owned());
         }
         for ((topic, partition), _) in self.map().iter().filter(|(_, g)| g.replaying) {
-            reasons.push(format!("rebuilding the state of {topic}/{partition}"));
+            own.push(format!("rebuilding the state of {topic}/{partition}"));
         }
-        if self.brokers_unreachable.load(Ordering::Relaxed) {
-            reasons.push("no connection to any Kafka broker (librdkafka reconnects)".to_owned());
-        }
-        if self.stopping.load(Ordering::Relaxed) {
-            reasons.push("stopping".to_owned());
-        }
-        if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+        self.group.readiness(own)
     }
 
     /// Renders everything in the Prometheus text format.
@@ -410,7 +397,7 @@ mod tests {
     fn ready_only_once_joined_with_every_partition_rebuilt_and_not_stopping() {
         let m = Metrics::new();
         assert!(m.readiness().is_err(), "not joined yet");
-        m.joined.store(true, Ordering::Relaxed);
+        m.group.joined.store(true, Ordering::Relaxed);
         assert_eq!(m.readiness(), Ok(()));
         m.update_partition("metrics", 3, |g| g.replaying = true);
         assert_eq!(
@@ -422,7 +409,7 @@ mod tests {
         assert!(m.readiness().is_err());
         m.restoring.store(false, Ordering::Relaxed);
         assert_eq!(m.readiness(), Ok(()));
-        m.stopping.store(true, Ordering::Relaxed);
+        m.group.stopping.store(true, Ordering::Relaxed);
         assert_eq!(m.readiness(), Err(vec!["stopping".to_owned()]));
     }
 }

@@ -1,18 +1,15 @@
 //! The writer's readiness (`/health/ready`): whether a rolling update may count it as up.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use scylla::client::session::Session;
+use tributary::kafka::readiness::GroupReadiness;
 
 #[derive(Debug, Default)]
 pub struct Health {
     session: OnceLock<Arc<Session>>,
-    /// Its group has assigned it partitions (set at the first assignment).
-    pub joined: AtomicBool,
-    /// librdkafka's statistics last showed no broker connection up.
-    pub brokers_unreachable: AtomicBool,
-    pub stopping: AtomicBool,
+    /// Joined its group, brokers reachable, not stopping.
+    pub group: GroupReadiness,
 }
 
 impl Health {
@@ -32,58 +29,55 @@ impl Health {
                 .iter()
                 .any(|n| n.is_connected())
         });
-        let mut reasons = reasons(reachable, self.joined.load(Ordering::Relaxed));
-        if self.brokers_unreachable.load(Ordering::Relaxed) {
-            reasons.push("no connection to any Kafka broker (librdkafka reconnects)".to_owned());
-        }
-        if self.stopping.load(Ordering::Relaxed) {
-            reasons.push("stopping".to_owned());
-        }
-        if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+        self.group.readiness(cluster_reason(reachable))
     }
 }
 
-/// The cluster's and the group's part. `reachable`: None before the first session, else
-/// whether any node is connected.
-fn reasons(reachable: Option<bool>, joined: bool) -> Vec<String> {
-    let mut reasons = Vec::new();
+/// `reachable`: None before the first session, else whether any node is connected.
+fn cluster_reason(reachable: Option<bool>) -> Option<String> {
     match reachable {
-        None => reasons.push("connecting to the Cassandra/ScyllaDB cluster".to_owned()),
-        Some(false) => reasons.push(
+        None => Some("connecting to the Cassandra/ScyllaDB cluster".to_owned()),
+        Some(false) => Some(
             "no open connection to any node of the Cassandra/ScyllaDB cluster (the driver reconnects)"
                 .to_owned(),
         ),
-        Some(true) => {}
+        Some(true) => None,
     }
-    if !joined {
-        reasons.push("not yet assigned partitions by its group".to_owned());
-    }
-    reasons
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
 
     #[test]
     fn ready_once_connected_and_joined_until_the_cluster_is_lost() {
-        assert_eq!(reasons(None, false).len(), 2);
+        let group = GroupReadiness::default();
+        let reasons = |reachable| {
+            group
+                .readiness(cluster_reason(reachable))
+                .err()
+                .unwrap_or_default()
+        };
+        assert_eq!(reasons(None).len(), 2);
         assert_eq!(
-            reasons(Some(true), false),
+            reasons(Some(true)),
             vec!["not yet assigned partitions by its group".to_owned()]
         );
-        assert!(reasons(Some(true), true).is_empty());
-        let lost = reasons(Some(false), true);
+        group.joined.store(true, Ordering::Relaxed);
+        assert!(reasons(Some(true)).is_empty());
+        let lost = reasons(Some(false));
         assert!(lost[0].starts_with("no open connection"), "{lost:?}");
     }
 
     #[test]
     fn unready_without_a_session_without_brokers_and_while_stopping() {
         let health = Health::default();
-        health.joined.store(true, Ordering::Relaxed);
+        health.group.joined.store(true, Ordering::Relaxed);
         assert_eq!(health.readiness().map_err(|r| r.len()), Err(1), "no session yet");
-        health.brokers_unreachable.store(true, Ordering::Relaxed);
-        health.stopping.store(true, Ordering::Relaxed);
+        health.group.brokers_unreachable.store(true, Ordering::Relaxed);
+        health.group.stopping.store(true, Ordering::Relaxed);
         let r = health.readiness().expect_err("no session, no brokers, stopping");
         assert!(
             r.iter()

@@ -78,9 +78,7 @@ impl ClientContext for WriterContext {
 
     fn stats_raw(&self, statistics: &[u8]) {
         if let Some(s) = stats::parse(statistics) {
-            self.health
-                .brokers_unreachable
-                .store(!s.broker_up, Ordering::Relaxed);
+            self.health.group.apply_stats(&s);
         }
     }
 }
@@ -90,7 +88,7 @@ impl ConsumerContext for WriterContext {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
-        self.health.joined.store(true, Ordering::Relaxed);
+        self.health.group.joined.store(true, Ordering::Relaxed);
         let committed = match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -326,7 +324,7 @@ pub async fn run(
     // Drain: everything batched goes out, in-flight writes and dead letters finish, then
     // the final commit, always sent.
     tracing::info!("shutdown requested; draining in-flight writes and committing");
-    control.health.stopping.store(true, Ordering::Relaxed);
+    control.health.group.stopping.store(true, Ordering::Relaxed);
     for (set, rows) in batcher.take_due(Instant::now(), true) {
         writers.spawn(set, rows);
     }

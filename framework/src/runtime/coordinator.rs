@@ -182,7 +182,7 @@ impl Coordinator {
         }
         self.metrics.assigned_partitions.set(map.len() as i64);
         self.metrics.rebalances.inc_by(1);
-        self.metrics.joined.store(true, Ordering::Relaxed);
+        self.metrics.group.joined.store(true, Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::Release);
     }
 

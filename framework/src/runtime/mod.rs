@@ -166,7 +166,7 @@ impl Runtime {
     /// Asks the runtime to finish: process what was read, flush outputs, commit, leave the
     /// group.
     pub fn stop(&self) {
-        self.metrics.stopping.store(true, Ordering::Relaxed);
+        self.metrics.group.stopping.store(true, Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
     }
 
