@@ -1,5 +1,17 @@
 //! Wire formats: metric points in, rollups and anomalies out. JSON by default, bincode
 //! (2.x, standard config) selectable per topic.
+//!
+//! Rollup and anomaly records name their format in the [`FORMAT_HEADER`] header, so a
+//! reader can tell an older layout from a newer one it does not know (bincode is not
+//! self-describing: a field added at the end is unreadable to a build that expects fewer,
+//! and vice versa). Record formats:
+//! - 1: the first layout, written without the header. Bincode rollups end after `avg`.
+//! - 2: rollups add `sum_parts` (written without the header by the builds that introduced
+//!   it, with `tributary.format: 2` since).
+//!
+//! A build reads every format up to [`RECORD_FORMAT`] and refuses a newer one with
+//! [`DecodeError::NewerFormat`], which readers dead-letter: nothing is lost, and the
+//! records can be sent again once the reader is upgraded.
 
 use std::borrow::Cow;
 
@@ -45,6 +57,37 @@ pub enum DecodeError {
     TimeTooNew { ts: i64, latest: i64 },
     #[error("value {0} is beyond ±1e100")]
     ValueTooLarge(f64),
+    #[error(
+        "record format {found} is newer than this build reads ({reads}): upgrade the readers of this topic before its writers"
+    )]
+    NewerFormat { found: u32, reads: u32 },
+    #[error("header tributary.format is {0:?}, not a format number")]
+    BadFormatHeader(String),
+}
+
+/// Header that names the format of a rollup or anomaly record's value.
+pub const FORMAT_HEADER: &str = "tributary.format";
+
+/// The rollup and anomaly record format this build writes, and the newest it reads.
+pub const RECORD_FORMAT: u32 = 2;
+
+/// [`RECORD_FORMAT`] as the header's value.
+pub const RECORD_FORMAT_TEXT: &str = "2";
+
+/// The format a record's [`FORMAT_HEADER`] names: `None` for a record without one (format
+/// 1 or 2, written before the header), an error for one newer than this build or no
+/// number at all.
+pub fn record_format(header: Option<&[u8]>) -> Result<Option<u32>, DecodeError> {
+    let Some(bytes) = header else { return Ok(None) };
+    let text = String::from_utf8_lossy(bytes);
+    match text.parse::<u32>() {
+        Ok(found) if found > RECORD_FORMAT => Err(DecodeError::NewerFormat {
+            found,
+            reads: RECORD_FORMAT,
+        }),
+        Ok(found) if found >= 1 => Ok(Some(found)),
+        _ => Err(DecodeError::BadFormatHeader(text.chars().take(64).collect())),
+    }
 }
 
 #[derive(Deserialize)]
@@ -152,7 +195,7 @@ pub fn encode_point(format: Format, point: &RawPoint<'_>, out: &mut Vec<u8>) {
 }
 
 /// A rollup as it is written to the `rollups` topic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RollupRecord {
     pub series: String,
     pub resolution: String,
@@ -221,12 +264,61 @@ pub fn encode_rollup(format: Format, series: &str, resolution: &str, row: &Rollu
     }
 }
 
-pub fn decode_rollup(format: Format, payload: &[u8]) -> Result<RollupRecord, DecodeError> {
+/// The fields of format 1, which format 2 extends with `sum_parts`.
+#[derive(bincode::Decode)]
+struct RollupV1 {
+    series: String,
+    resolution: String,
+    window_start: i64,
+    window_end: i64,
+    count: u64,
+    min: f64,
+    max: f64,
+    sum: f64,
+    avg: f64,
+}
+
+/// Decodes a rollup record of any format this build reads; `header` is the record's
+/// [`FORMAT_HEADER`], if it has one.
+pub fn decode_rollup(
+    format: Format,
+    header: Option<&[u8]>,
+    payload: &[u8],
+) -> Result<RollupRecord, DecodeError> {
+    let version = record_format(header)?;
     match format {
         Format::Json => serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string())),
-        Format::Bincode => bincode::decode_from_slice(payload, BINCODE)
-            .map(|(r, _)| r)
-            .map_err(|e| DecodeError::Bincode(e.to_string())),
+        Format::Bincode => {
+            let bad = |e: bincode::error::DecodeError| DecodeError::Bincode(e.to_string());
+            let (v1, used): (RollupV1, usize) = bincode::decode_from_slice(payload, BINCODE).map_err(bad)?;
+            let rest = &payload[used..];
+            // Format 1 ends here; format 2 (headed or not) goes on with `sum_parts`.
+            let sum_parts = if rest.is_empty() && version != Some(2) {
+                None
+            } else {
+                let (parts, used): (Option<(f64, f64)>, usize) =
+                    bincode::decode_from_slice(rest, BINCODE).map_err(bad)?;
+                if used != rest.len() {
+                    return Err(DecodeError::Bincode(format!(
+                        "{} trailing bytes",
+                        rest.len() - used
+                    )));
+                }
+                parts
+            };
+            Ok(RollupRecord {
+                series: v1.series,
+                resolution: v1.resolution,
+                window_start: v1.window_start,
+                window_end: v1.window_end,
+                count: v1.count,
+                min: v1.min,
+                max: v1.max,
+                sum: v1.sum,
+                avg: v1.avg,
+                sum_parts,
+            })
+        }
     }
 }
 
@@ -275,7 +367,14 @@ pub fn encode_anomaly(format: Format, series: &str, a: &Anomaly, out: &mut Vec<u
     }
 }
 
-pub fn decode_anomaly(format: Format, payload: &[u8]) -> Result<AnomalyRecord, DecodeError> {
+/// Decodes an anomaly record (its layout is the same in formats 1 and 2); `header` is
+/// the record's [`FORMAT_HEADER`], if it has one.
+pub fn decode_anomaly(
+    format: Format,
+    header: Option<&[u8]>,
+    payload: &[u8],
+) -> Result<AnomalyRecord, DecodeError> {
+    record_format(header)?;
     match format {
         Format::Json => serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string())),
         Format::Bincode => bincode::decode_from_slice(payload, BINCODE)
@@ -385,8 +484,108 @@ mod tests {
         assert_eq!(v["count"], 3);
         assert_eq!(v["min"], 0.1);
         assert_eq!(v["max"], 0.9);
-        let back = decode_rollup(Format::Json, &out).expect("decodes");
+        let back = decode_rollup(Format::Json, None, &out).expect("decodes");
         assert_eq!(back.count, 3);
         assert!((back.avg - 0.5).abs() < 1e-12);
+    }
+
+    /// A bincode rollup as builds before the compensated sum wrote it (format 1, no
+    /// header): "node-17/cpu.user", 5m, [1732379700000, 1732380000000), count 3, min 0.1,
+    /// max 0.9, sum 1.5, avg 0.5.
+    const ROLLUP_FORMAT_1: &str = "106e6f64652d31372f6370752e7573657202356dfd40d6c0b326030000fd00fec9b326030000039a9999999999b93fcdccccccccccec3f000000000000f83f000000000000e03f";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    fn row() -> RollupRow {
+        let mut agg = Agg::EMPTY;
+        for v in [0.1, 0.7, 0.2] {
+            agg.add(v);
+        }
+        RollupRow {
+            series: 0,
+            level: 0,
+            window_start: 1_732_379_700_000,
+            window_end: 1_732_380_000_000,
+            agg,
+        }
+    }
+
+    #[test]
+    fn every_earlier_bincode_rollup_format_is_read() {
+        let v1 = decode_rollup(Format::Bincode, None, &unhex(ROLLUP_FORMAT_1)).expect("format 1");
+        assert_eq!(
+            (
+                v1.series.as_str(),
+                v1.resolution.as_str(),
+                v1.count,
+                v1.sum,
+                v1.sum_parts
+            ),
+            ("node-17/cpu.user", "5m", 3, 1.5, None)
+        );
+        assert_eq!(v1.agg().sum(), 1.5);
+        // Format 2 as the builds before the header wrote it, and as this build writes it.
+        let mut out = Vec::new();
+        encode_rollup(Format::Bincode, "s", "1h", &row(), &mut out);
+        for header in [None, Some(&b"2"[..])] {
+            let r = decode_rollup(Format::Bincode, header, &out).expect("format 2");
+            assert_eq!(r.sum_parts, Some((row().agg.sum_hi, row().agg.sum_lo)));
+            assert_eq!(r.agg(), row().agg, "the compensated sum survives");
+        }
+        let mut longer = out.clone();
+        longer.push(0);
+        assert!(
+            decode_rollup(Format::Bincode, None, &longer).is_err(),
+            "trailing bytes"
+        );
+        let short = unhex(ROLLUP_FORMAT_1);
+        assert!(
+            decode_rollup(Format::Bincode, Some(b"2"), &short).is_err(),
+            "a format-2 record must have the compensated sum"
+        );
+    }
+
+    #[test]
+    fn a_newer_record_format_is_refused_by_name() {
+        let mut out = Vec::new();
+        encode_rollup(Format::Json, "s", "5m", &row(), &mut out);
+        let newer = decode_rollup(Format::Json, Some(b"3"), &out);
+        assert_eq!(newer, Err(DecodeError::NewerFormat { found: 3, reads: 2 }));
+        assert!(
+            newer
+                .expect_err("refused")
+                .to_string()
+                .contains("record format 3 is newer than this build reads (2)"),
+            "the reason says what to do"
+        );
+        assert!(matches!(
+            decode_rollup(Format::Json, Some(b"two"), &out),
+            Err(DecodeError::BadFormatHeader(h)) if h == "two"
+        ));
+        assert!(decode_rollup(Format::Json, Some(b"0"), &out).is_err());
+        let a = Anomaly {
+            series: 0,
+            ts: 5,
+            value: 1.0,
+            direction: crate::record::Direction::Up,
+            cusum: 2.0,
+            threshold: 1.0,
+            mean: 0.0,
+            stddev: 1.0,
+        };
+        for format in [Format::Json, Format::Bincode] {
+            encode_anomaly(format, "s", &a, &mut out);
+            assert!(decode_anomaly(format, None, &out).is_ok());
+            assert!(decode_anomaly(format, Some(RECORD_FORMAT_TEXT.as_bytes()), &out).is_ok());
+            assert!(matches!(
+                decode_anomaly(format, Some(b"3"), &out),
+                Err(DecodeError::NewerFormat { found: 3, .. })
+            ));
+        }
     }
 }

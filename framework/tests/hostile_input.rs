@@ -42,8 +42,10 @@ proptest! {
             for format in [Format::Json, Format::Bincode] {
                 let _ = codec::decode_point(format, Some(payload), Some(payload));
                 let _ = codec::decode_point(format, None, Some(payload));
-                let _ = codec::decode_rollup(format, payload);
-                let _ = codec::decode_anomaly(format, payload);
+                for header in [None, Some(&payload[..payload.len().min(4)]), Some(&b"2"[..])] {
+                    let _ = codec::decode_rollup(format, header, payload);
+                    let _ = codec::decode_anomaly(format, header, payload);
+                }
             }
         }
     }

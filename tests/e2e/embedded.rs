@@ -127,8 +127,12 @@ fn read_rollups(brokers: &str) -> Vec<tributary::codec::RollupRecord> {
     tributary_devkit::kafka::read_all(brokers, "rollups", Duration::from_secs(30))
         .expect("read rollups")
         .iter()
-        .filter_map(|r| r.payload.as_deref())
-        .map(|p| tributary::codec::decode_rollup(tributary::codec::Format::Json, p).expect("rollup JSON"))
+        .filter_map(|r| Some((r.header(tributary::codec::FORMAT_HEADER), r.payload.as_deref()?)))
+        .map(|(format, p)| {
+            // This build's rows say which format they are in.
+            assert_eq!(format, Some(tributary::codec::RECORD_FORMAT_TEXT.as_bytes()));
+            tributary::codec::decode_rollup(tributary::codec::Format::Json, format, p).expect("rollup JSON")
+        })
         .collect()
 }
 

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use harness::{
     CqlRing, Outgoing, Process, Tansu, app_binary, committed_and_end, create_topics, eventually, free_port,
-    metric, py_consume, py_produce, unique,
+    metric, py_consume, py_produce, py_produce_headed, unique,
 };
 
 /// Either broker process; both speak the Kafka protocol to the writer.
@@ -207,6 +207,12 @@ fn writes_everything_token_aware(rf: u32) {
             rollup("7m", 0, 420_000),
         ],
     );
+    // A row from a newer rollup app (record format 3): refused by name, not misread.
+    py_produce_headed(
+        s.kafka.brokers(),
+        &s.rollups,
+        &[(rollup("5m", 600_000, 300_000), vec![("tributary.format", "3")])],
+    );
     py_produce(s.kafka.brokers(), &s.anomalies, &[Outgoing {
         key: Some("host-2/cpu".into()),
         value: Some(r#"{"series":"host-2/cpu","ts":1732320000000,"value":9.5,"direction":"up","cusum":6.1,"threshold":5.0,"mean":1.0,"stddev":0.5}"#.into()),
@@ -232,13 +238,19 @@ fn writes_everything_token_aware(rf: u32) {
     assert_eq!(s.ring.count(&s.keyspace, "rollups_5m"), 2);
     assert_eq!(s.ring.count(&s.keyspace, "rollups_1h"), 1);
     assert_eq!(s.ring.count(&s.keyspace, "anomalies"), 1);
-    let dead = py_consume(s.kafka.brokers(), &s.dlq, 2, 60, 2.0);
+    let dead = py_consume(s.kafka.brokers(), &s.dlq, 3, 60, 2.0);
     assert_eq!(
         dead.len(),
-        2,
-        "the bad point and the 7m rollup (no table) are dead-lettered"
+        3,
+        "the bad point, the 7m rollup (no table) and the format-3 rollup are dead-lettered"
     );
     assert!(dead.iter().any(|d| d.headers["tributary.error"].contains("7m")));
+    assert!(
+        dead.iter()
+            .any(|d| d.headers["tributary.error"]
+                .contains("record format 3 is newer than this build reads (2)")),
+        "{dead:?}"
+    );
     let batches = s.ring.total("batches");
     assert!(batches > 0, "rows were batched");
     assert_eq!(

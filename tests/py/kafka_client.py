@@ -50,6 +50,8 @@ def produce(brokers, topic):
             kwargs["partition"] = r["partition"]
         if r.get("timestamp") is not None:
             kwargs["timestamp"] = r["timestamp"]
+        if r.get("headers"):
+            kwargs["headers"] = [(k, as_bytes(v)) for k, v in r["headers"]]
         key = as_bytes(r.get("key"))
         value = as_bytes(r.get("value"))
         while True:

@@ -539,6 +539,17 @@ pub fn py_produce_stamped(brokers: &str, topic: &str, records: &[(Outgoing, i64)
     );
 }
 
+/// Produces records with the headers given.
+pub fn py_produce_headed(brokers: &str, topic: &str, records: &[(Outgoing, Vec<(&str, &str)>)]) {
+    produce_lines(
+        brokers,
+        topic,
+        records.iter().map(|(r, headers)| {
+            serde_json::json!({"key": r.key, "value": r.value, "partition": r.partition, "headers": headers})
+        }),
+    );
+}
+
 fn produce_lines(brokers: &str, topic: &str, lines: impl Iterator<Item = Value>) {
     let mut child = python(brokers)
         .args(["produce", brokers, topic])

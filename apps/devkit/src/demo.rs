@@ -200,7 +200,7 @@ pub fn run(opts: &DemoOptions, out: &mut impl Write) -> anyhow::Result<DemoRepor
     let mut sample = BTreeMap::new();
     for rec in &rollups {
         if let Some(p) = &rec.payload {
-            let row = codec::decode_rollup(Format::Json, p)?;
+            let row = codec::decode_rollup(Format::Json, rec.header(codec::FORMAT_HEADER), p)?;
             *by_res.entry(row.resolution.clone()).or_default() += 1;
             sample
                 .entry(row.resolution.clone())
@@ -217,7 +217,7 @@ pub fn run(opts: &DemoOptions, out: &mut impl Write) -> anyhow::Result<DemoRepor
         .filter_map(|r| {
             r.payload
                 .as_deref()
-                .and_then(|p| codec::decode_anomaly(Format::Json, p).ok())
+                .and_then(|p| codec::decode_anomaly(Format::Json, r.header(codec::FORMAT_HEADER), p).ok())
         })
         .collect();
     for step in &report.steps {

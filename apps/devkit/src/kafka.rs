@@ -177,6 +177,16 @@ pub struct ReadRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl ReadRecord {
+    /// The value of the header `name`, if the record has it.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
 /// Reads every record currently in `topic` (all partitions, from the start up to the high
 /// watermarks seen when called).
 pub fn read_all(

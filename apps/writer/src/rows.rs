@@ -68,12 +68,13 @@ pub fn write_timestamp(record_ms: Option<i64>, now_ms: i64) -> i64 {
 }
 
 /// Maps a record of `source` to its row, written at `written_us` (see
-/// [`write_timestamp`]).
+/// [`write_timestamp`]). `format` is the record's `tributary.format` header, if any.
 pub fn to_row(
     config: &WriterConfig,
     source: Source,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
+    format_header: Option<&[u8]>,
     written_us: i64,
 ) -> Result<Row, RowError> {
     let format: Format = config.topics.format;
@@ -93,7 +94,7 @@ pub fn to_row(
             let payload = payload
                 .filter(|p| !p.is_empty())
                 .ok_or(DecodeError::EmptyPayload)?;
-            let r = codec::decode_rollup(format, payload)?;
+            let r = codec::decode_rollup(format, format_header, payload)?;
             let ttl = *config
                 .ttl
                 .rollups
@@ -132,7 +133,7 @@ pub fn to_row(
             let payload = payload
                 .filter(|p| !p.is_empty())
                 .ok_or(DecodeError::EmptyPayload)?;
-            let a = codec::decode_anomaly(format, payload)?;
+            let a = codec::decode_anomaly(format, format_header, payload)?;
             if ![a.value, a.cusum, a.threshold, a.mean, a.stddev]
                 .iter()
                 .all(|v| v.is_finite())
@@ -168,22 +169,22 @@ mod tests {
     fn maps_each_topic_to_its_table() {
         let c = WriterConfig::default();
         let p = br#"{"series":"s","ts":172800000,"value":1.5}"#;
-        let r = to_row(&c, Source::Metrics, Some(b"s"), Some(p), 7).expect("point");
+        let r = to_row(&c, Source::Metrics, Some(b"s"), Some(p), None, 7).expect("point");
         assert_eq!(r.table, TableKind::Points);
         assert_eq!(r.values[1], CqlValue::BigInt(2), "day bucket");
         assert_eq!(r.values[4], CqlValue::Int(7 * 86_400));
         assert_eq!(r.values[5], CqlValue::BigInt(7), "write timestamp last");
         let roll = br#"{"series":"s","resolution":"1h","window_start":3600000,"window_end":7200000,"count":2,"min":1,"max":2,"sum":3,"avg":1.5}"#;
-        let r = to_row(&c, Source::Rollups, Some(b"s"), Some(roll), 7).expect("rollup");
+        let r = to_row(&c, Source::Rollups, Some(b"s"), Some(roll), None, 7).expect("rollup");
         assert_eq!(r.table, TableKind::Rollups("1h".into()));
         assert_eq!(r.values[1], CqlValue::BigInt(0));
         let odd = br#"{"series":"s","resolution":"7m","window_start":0,"window_end":420000,"count":1,"min":1,"max":1,"sum":1,"avg":1}"#;
         assert!(matches!(
-            to_row(&c, Source::Rollups, None, Some(odd), 7),
+            to_row(&c, Source::Rollups, None, Some(odd), None, 7),
             Err(RowError::UnknownResolution(_))
         ));
         assert!(matches!(
-            to_row(&c, Source::Metrics, Some(b"s"), Some(b"{"), 7),
+            to_row(&c, Source::Metrics, Some(b"s"), Some(b"{"), None, 7),
             Err(RowError::Decode(_))
         ));
     }
@@ -222,6 +223,7 @@ mod tests {
                 Source::Rollups,
                 Some(b"s"),
                 Some(roll(start, end).as_bytes()),
+                None,
                 7,
             );
             assert_eq!(r, Err(RowError::BadWindow { start, end }), "[{start}, {end})");
@@ -231,6 +233,7 @@ mod tests {
             Source::Rollups,
             Some(b"s"),
             Some(roll(i64::MIN, i64::MIN + 1).as_bytes()),
+            None,
             7,
         );
         assert!(wide.is_ok(), "a narrow window at the i64 limit maps: {wide:?}");

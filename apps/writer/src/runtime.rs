@@ -14,12 +14,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tributary::kafka::Backoff;
 use tributary::kafka::client::{consumer_config, producer_config};
 use tributary::kafka::commits::{self, Resend};
 use tributary::kafka::fetch_start::{Arrival, FetchStart};
 use tributary::kafka::logging::{self, Logged};
 use tributary::kafka::stats;
+use tributary::kafka::{Backoff, headers};
 
 use crate::batcher::{BatchLimits, Batcher, ReplicaSet};
 use crate::config::WriterConfig;
@@ -274,7 +274,7 @@ pub async fn run(
                     };
                     metrics.records_consumed.inc();
                     let written = write_timestamp(msg.timestamp().to_millis(), now_ms());
-                    match to_row(&config, source, msg.key(), msg.payload(), written) {
+                    match to_row(&config, source, msg.key(), msg.payload(), headers::format_of(&msg), written) {
                         Ok(row) => {
                             // Without a token (no metadata yet, or values the driver
                             // cannot hash) rows still go out, grouped together and routed

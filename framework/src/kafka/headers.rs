@@ -1,7 +1,7 @@
 //! Headers of records Tributary forwards (dead letters, late records), so the value can stay
 //! byte-for-byte what was read: where it came from and, for dead letters, why.
 
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
 /// Why a record was dead-lettered.
 pub const ERROR: &str = "tributary.error";
@@ -34,6 +34,22 @@ pub fn fit_dead_letter<'a>(
     let key = cut(key, MAX_DEAD_LETTER_KEY, ORIGINAL_KEY_SIZE);
     let payload = cut(payload, max_value, ORIGINAL_SIZE);
     (key, payload, headers)
+}
+
+/// The format header of a rollup or anomaly record (see [`crate::codec::FORMAT_HEADER`]).
+pub fn record_format() -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(1).insert(Header {
+        key: crate::codec::FORMAT_HEADER,
+        value: Some(crate::codec::RECORD_FORMAT_TEXT.as_bytes()),
+    })
+}
+
+/// The value of a record's [`crate::codec::FORMAT_HEADER`], if it has one.
+pub fn format_of<M: Message>(msg: &M) -> Option<&[u8]> {
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == crate::codec::FORMAT_HEADER)
+        .and_then(|h| h.value)
 }
 
 /// `tributary.group`, `tributary.source.topic`, `tributary.source.partition`,

@@ -91,7 +91,7 @@ impl OutputSink for KafkaSink<'_> {
             self.partition,
             Some(series.as_bytes()),
             Some(&buf),
-            None,
+            Some(headers::record_format()),
             Some(self.trigger),
         );
         *self.buf = buf;
@@ -106,7 +106,7 @@ impl OutputSink for KafkaSink<'_> {
             self.partition,
             Some(series.as_bytes()),
             Some(&buf),
-            None,
+            Some(headers::record_format()),
             None,
         );
         *self.buf = buf;

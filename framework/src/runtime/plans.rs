@@ -338,14 +338,17 @@ pub fn read_rollups(
                 }
                 // A row that cannot be read would leave a coarse window short: give up on
                 // the topic and let the caller replay raw records instead.
-                let r = crate::codec::decode_rollup(format, msg.payload().unwrap_or_default()).map_err(
-                    |source| PlanStoreError::NotARollup {
-                        topic: topic.to_owned(),
-                        partition,
-                        offset,
-                        source,
-                    },
-                )?;
+                let r = crate::codec::decode_rollup(
+                    format,
+                    crate::kafka::headers::format_of(&msg),
+                    msg.payload().unwrap_or_default(),
+                )
+                .map_err(|source| PlanStoreError::NotARollup {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                    source,
+                })?;
                 rows.push(crate::pipeline::ReadRollup {
                     agg: r.agg(),
                     series: r.series,
