@@ -7,11 +7,12 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tributary::metrics::{Counter, Gauge, Registry, Unit, register_build_info, render};
 
 use crate::limiter::Limiter;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriterMetrics {
     pub records_consumed: Counter,
     pub rows_written: Counter,
@@ -26,11 +27,45 @@ pub struct WriterMetrics {
     pub rows_cancelled: Counter,
     pub commits: Counter,
     pub commit_errors: Counter,
+    pub records_not_retained: Counter,
     pub pending_rows: Gauge,
     pub paused_partitions: Gauge,
     /// Rows handed to write tasks and not yet settled.
     pub rows_in_flight: Gauge,
+    /// Seconds each write request (batch or single statement) took, answered or failed.
+    pub write_latency: Histogram,
+    /// Rows in each write request the cluster acknowledged.
+    pub batch_rows: Histogram,
     registry: Registry,
+}
+
+impl Default for WriterMetrics {
+    fn default() -> Self {
+        Self {
+            records_consumed: Counter::default(),
+            rows_written: Counter::default(),
+            batches: Counter::default(),
+            single_statements: Counter::default(),
+            retries: Counter::default(),
+            batches_split: Counter::default(),
+            regrouped: Counter::default(),
+            overload_signals: Counter::default(),
+            dead_lettered: Counter::default(),
+            dead_letter_errors: Counter::default(),
+            rows_cancelled: Counter::default(),
+            commits: Counter::default(),
+            commit_errors: Counter::default(),
+            records_not_retained: Counter::default(),
+            pending_rows: Gauge::default(),
+            paused_partitions: Gauge::default(),
+            rows_in_flight: Gauge::default(),
+            // 0.25 ms to about 8 s.
+            write_latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
+            // 1 to 2,048 rows.
+            batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            registry: Registry::default(),
+        }
+    }
 }
 
 impl WriterMetrics {
@@ -113,6 +148,17 @@ impl WriterMetrics {
             m.registry
                 .register(format!("tributary_writer_{name}"), help, g.clone());
         }
+        m.registry.register_with_unit(
+            "tributary_writer_write_latency",
+            "Time each write request (UNLOGGED batch or single statement) took until the cluster answered, failures included",
+            Unit::Seconds,
+            m.write_latency.clone(),
+        );
+        m.registry.register(
+            "tributary_writer_batch_rows",
+            "Rows in each write request the cluster acknowledged",
+            m.batch_rows.clone(),
+        );
         m.registry.register_collector(Box::new(LimiterFigures(limiter)));
         register_build_info(&mut m.registry);
         m
@@ -185,7 +231,23 @@ mod tests {
         let m = WriterMetrics::new(limiter);
         m.rows_written.inc_by(7);
         m.pending_rows.set(3);
+        m.write_latency.observe(0.003);
+        m.batch_rows.observe(40.0);
+        m.batch_rows.observe(1.0);
         let text = m.render();
+        assert_eq!(
+            value(&text, "tributary_writer_write_latency_seconds_count"),
+            Some(1.0)
+        );
+        assert!(
+            text.contains("tributary_writer_write_latency_seconds_bucket{le=\"0.004\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(value(&text, "tributary_writer_batch_rows_sum"), Some(41.0));
+        assert!(
+            text.contains("tributary_writer_batch_rows_bucket{le=\"64\"} 2\n"),
+            "{text}"
+        );
         assert_eq!(
             value(&text, "tributary_writer_rows_written_total"),
             Some(7.0),

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tributary::kafka::Backoff;
 
@@ -101,10 +101,14 @@ impl Writers {
                     continue 'groups;
                 }
                 let refs: Vec<&Row> = work.rows.iter().map(|p| &p.row).collect();
-                match self.sink.write(&refs, &work.replicas).await {
+                let sent = Instant::now();
+                let result = self.sink.write(&refs, &work.replicas).await;
+                self.metrics.write_latency.observe(sent.elapsed().as_secs_f64());
+                match result {
                     Ok(()) => {
                         let n = work.rows.len();
                         self.metrics.rows_written.inc_by(n as u64);
+                        self.metrics.batch_rows.observe(n as f64);
                         let kind = if n > 1 {
                             &self.metrics.batches
                         } else {
