@@ -94,6 +94,8 @@ pub struct Metrics {
     pub checkpoint_errors: Counter,
     pub state_read_retries: Counter,
     pub idle_flushes_unrecorded: Counter,
+    pub records_not_retained: Counter,
+    pub retention_gaps: Counter,
     pub assigned_partitions: Gauge,
     /// RocksDB block cache usage (memtables are charged to it).
     pub state_memory_bytes: Gauge,
@@ -135,6 +137,8 @@ impl Metrics {
             checkpoint_errors: Counter::default(),
             state_read_retries: Counter::default(),
             idle_flushes_unrecorded: Counter::default(),
+            records_not_retained: Counter::default(),
+            retention_gaps: Counter::default(),
             assigned_partitions: Gauge::default(),
             state_memory_bytes: Gauge::default(),
             partitions: PartitionMap::default(),
@@ -237,6 +241,16 @@ impl Metrics {
             "tributary_idle_flushes_unrecorded",
             "Idle flushes a replay plan could not keep (more than 64 within the oldest open window): a rebuild may accept records the first run found late",
             m.idle_flushes_unrecorded.clone(),
+        );
+        registry.register(
+            "tributary_retention_gaps",
+            "Resumes or rebuilds that found records they needed gone from the broker (retention); windows that may hold them are not emitted",
+            m.retention_gaps.clone(),
+        );
+        registry.register(
+            "tributary_records_not_retained",
+            "Records a resume or rebuild needed that the broker no longer holds",
+            m.records_not_retained.clone(),
         );
         registry.register(
             "tributary_assigned_partitions",

@@ -90,9 +90,9 @@ pub struct ReadRollup {
     pub agg: Agg,
 }
 
-/// Where a replay requested by an operator starts re-emitting: windows that begin before
-/// this event time were cut by the replay point and would be partial, so they are not
-/// re-emitted.
+/// Windows that begin before this event time would be partial, so they are not emitted:
+/// cut by the point of a replay an older build ran, or missing records the broker no
+/// longer holds (see [`Pipeline::records_lost`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cut {
     None,
@@ -199,6 +199,23 @@ impl Pipeline {
         if let Some(cut) = cut {
             self.cut = Cut::At(cut);
         }
+    }
+
+    /// Records this partition's state needed are gone from the broker (retention). They
+    /// passed the input checks, so each event time is at most its broker timestamp plus
+    /// `input.max_future`, and those timestamps are before the first record still kept
+    /// (`kept_broker_ts`) or, at the latest, now. Every window starting at or before that
+    /// time may miss some of them: none is emitted, at any level. Returns the first window
+    /// start that is emitted again.
+    pub fn records_lost(&mut self, now_ms: i64, kept_broker_ts: Option<i64>) -> i64 {
+        let newest = kept_broker_ts
+            .unwrap_or(now_ms)
+            .max(now_ms)
+            .saturating_add(self.limits.max_future_ms);
+        let cut = newest.saturating_add(1);
+        let cut = self.cut_at().map_or(cut, |c| c.max(cut));
+        self.cut = Cut::At(cut);
+        cut
     }
 
     fn cut_at(&self) -> Option<i64> {

@@ -172,6 +172,27 @@ pub fn expect_rollups_then_stop(
 
 /// Every rollup equals the oracle and every oracle window is there.
 pub fn check_rollups(data: &DataSet, duplicates: Duplicates, rollups: &[Incoming]) {
+    let seen = check_emitted(data, duplicates, rollups);
+    let missing: Vec<_> = data
+        .expected
+        .keys()
+        .filter(|k| !seen.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} windows missing, e.g. {missing:?}",
+        data.expected.keys().filter(|k| !seen.contains_key(*k)).count()
+    );
+}
+
+/// Every rollup equals the oracle's window (whether or not all are there); returns the
+/// windows seen.
+pub fn check_emitted(
+    data: &DataSet,
+    duplicates: Duplicates,
+    rollups: &[Incoming],
+) -> BTreeMap<(String, String, i64), String> {
     let mut seen: BTreeMap<(String, String, i64), String> = BTreeMap::new();
     for r in rollups {
         let v = r.json();
@@ -214,15 +235,5 @@ pub fn check_rollups(data: &DataSet, duplicates: Duplicates, rollups: &[Incoming
             "{key:?}: avg {avg} vs {want}"
         );
     }
-    let missing: Vec<_> = data
-        .expected
-        .keys()
-        .filter(|k| !seen.contains_key(*k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} windows missing, e.g. {missing:?}",
-        data.expected.keys().filter(|k| !seen.contains_key(*k)).count()
-    );
+    seen
 }

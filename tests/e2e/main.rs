@@ -5,6 +5,7 @@ mod cli;
 mod dataset;
 mod embedded;
 mod replay;
+mod retention;
 mod security;
 mod static_membership;
 mod tansu;

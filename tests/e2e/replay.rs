@@ -18,20 +18,20 @@ use harness::{
 
 use crate::dataset::{self, DataSet, Duplicates};
 
-const PARTITIONS: i32 = 4;
+pub(crate) const PARTITIONS: i32 = 4;
 
-struct Bed {
-    brokers: String,
-    input: String,
-    rollups: String,
-    group: String,
+pub(crate) struct Bed {
+    pub(crate) brokers: String,
+    pub(crate) input: String,
+    pub(crate) rollups: String,
+    pub(crate) group: String,
     config: PathBuf,
-    state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// The broker process, held so it lives as long as the bed.
     _kafka: Box<dyn std::any::Any>,
 }
 
-fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique(name));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
@@ -58,7 +58,7 @@ checkpoint_interval = "500ms"
     path
 }
 
-fn bed_on(broker: Box<dyn std::any::Any>, brokers: String) -> Bed {
+pub(crate) fn bed_on(broker: Box<dyn std::any::Any>, brokers: String) -> Bed {
     let dir = scratch("replay-bed");
     let state_dir = dir.join("state");
     Bed {
@@ -99,7 +99,7 @@ fn dev_bed_failing_commits(fail_commits: usize) -> Bed {
 }
 
 impl Bed {
-    fn start(&self, admin: &str, state_dir: &Path) -> Process {
+    pub(crate) fn start(&self, admin: &str, state_dir: &Path) -> Process {
         self.start_env(admin, state_dir, &[])
     }
 
@@ -129,7 +129,7 @@ impl Bed {
     }
 
     /// Waits until the group's commits reach the end of every partition that has records.
-    fn wait_caught_up(&self, records: &[Outgoing], app: &Process) {
+    pub(crate) fn wait_caught_up(&self, records: &[Outgoing], app: &Process) {
         let end = harness::end_offsets(records);
         let mut last = Default::default();
         let done = eventually(Duration::from_secs(120), || {
@@ -156,18 +156,18 @@ impl Bed {
         stop(app);
     }
 
-    fn rollups_out(&self, min: usize) -> Vec<Incoming> {
+    pub(crate) fn rollups_out(&self, min: usize) -> Vec<Incoming> {
         py_consume(&self.brokers, &self.rollups, min, 120, 3.0)
     }
 }
 
 /// The records before the sentinels, and the sentinels (which close every window).
-fn split(data: &DataSet, series: usize) -> (&[Outgoing], &[Outgoing]) {
+pub(crate) fn split(data: &DataSet, series: usize) -> (&[Outgoing], &[Outgoing]) {
     data.records.split_at(data.records.len() - series)
 }
 
 /// Stops the app gracefully: it must exit 0.
-fn stop(app: &mut Process) {
+pub(crate) fn stop(app: &mut Process) {
     assert_eq!(
         app.terminate(Duration::from_secs(60)),
         Some(0),

@@ -436,6 +436,11 @@ impl SecureTansu {
 
 /// Creates topics through the admin API.
 pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    create_topics_configured(brokers, topics, &[]);
+}
+
+/// Creates topics with the topic configuration given (e.g. `retention.ms`).
+pub fn create_topics_configured(brokers: &str, topics: &[(&str, i32)], configs: &[(&str, &str)]) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     let mut config = rdkafka::ClientConfig::new();
@@ -446,7 +451,12 @@ pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+        .map(|(name, n)| {
+            configs.iter().fold(
+                NewTopic::new(name, *n, TopicReplication::Fixed(1)),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
         .collect();
     let results = futures_block_on(admin.create_topics(&new, &AdminOptions::new())).expect("create_topics");
     for r in results {

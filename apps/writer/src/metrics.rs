@@ -108,6 +108,11 @@ impl WriterMetrics {
                 &m.dead_letter_errors,
             ),
             (
+                "records_not_retained",
+                "Records gone from the broker (retention) before they were written",
+                &m.records_not_retained,
+            ),
+            (
                 "rows_cancelled",
                 "Rows not written because their partition was revoked first (the next owner writes them)",
                 &m.rows_cancelled,

@@ -265,7 +265,7 @@ pub async fn run(
                         .unwrap_or_else(|| (msg.topic().into(), Source::Metrics));
                     let tp: TopicPartition = (topic, msg.partition());
                     let offset = msg.offset();
-                    if !resumed_soundly(&consumer, &starts, &tp, offset) {
+                    if !resumed_soundly(&consumer, &starts, &tp, offset, &metrics) {
                         continue;
                     }
                     let Some(slot) = partitions.read(&tp, offset) else {
@@ -364,6 +364,7 @@ fn resumed_soundly(
     starts: &Mutex<Starts>,
     tp: &TopicPartition,
     offset: i64,
+    metrics: &WriterMetrics,
 ) -> bool {
     let arrival = {
         let mut starts = lock(starts);
@@ -371,13 +372,21 @@ fn resumed_soundly(
             return true;
         };
         let arrival = start.arrived(offset);
-        if arrival == Arrival::Resumed {
+        if matches!(arrival, Arrival::Resumed | Arrival::Gap { .. }) {
             starts.remove(tp);
         }
         arrival
     };
     match arrival {
         Arrival::Resumed => true,
+        Arrival::Gap { missing_from } => {
+            metrics
+                .records_not_retained
+                .inc_by((offset - missing_from).max(0) as u64);
+            tracing::error!(topic = %tp.0, partition = tp.1, missing_from, missing_until = offset,
+                "records after the resume point are no longer on the broker (retention deleted them before they were written); writing on from the first one kept");
+            true
+        }
         // Before the resume point: written already.
         Arrival::Before | Arrival::Skipped(None) => false,
         Arrival::Skipped(Some(to)) => {

@@ -35,10 +35,13 @@ pub struct FetchStart {
 /// What a record means for a partition resuming at a [`FetchStart`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Arrival {
-    /// At the start, or past it after a record before it (reading is contiguous) or once
-    /// the search reached offset 0 (a real gap): reading is sound from here on and the
-    /// guard is no longer needed.
+    /// At the start, or past it after a record before it (reading is contiguous): reading
+    /// is sound from here on and the guard is no longer needed.
     Resumed,
+    /// Past the start although the search went back to offset 0: the broker holds nothing
+    /// from `missing_from` up to this record (retention deleted it, or it never existed).
+    /// Reading goes on from here, and the guard is no longer needed.
+    Gap { missing_from: i64 },
     /// Before the start: the caller has it already.
     Before,
     /// Past the start: the broker skipped records. Drop it, and seek to the offset if
@@ -74,11 +77,16 @@ impl FetchStart {
             self.anchored = true;
             return Arrival::Before;
         }
-        if offset == self.offset || self.anchored || self.back > self.offset {
+        if offset == self.offset || self.anchored {
             return Arrival::Resumed;
         }
         if self.sought.is_some_and(|t| t.elapsed() < SEEK_SETTLE) {
             return Arrival::Skipped(None);
+        }
+        if self.back > self.offset {
+            return Arrival::Gap {
+                missing_from: self.offset,
+            };
         }
         Arrival::Skipped(Some(self.further_back()))
     }
@@ -117,15 +125,22 @@ mod tests {
     }
 
     #[test]
-    fn a_real_gap_is_accepted_once_the_search_reaches_the_start() {
-        let mut start = FetchStart::at(3);
-        let mut seeks = 0;
-        while let Arrival::Skipped(Some(_)) = start.arrived(10) {
-            seeks += 1;
+    fn a_real_gap_is_reported_once_the_search_reaches_offset_zero() {
+        let mut start = FetchStart::at(300);
+        let mut seeks = vec![];
+        while let Arrival::Skipped(Some(to)) = start.arrived(1000) {
+            seeks.push(to);
             start.sought = None;
         }
-        assert!(seeks <= 3, "bounded search: {seeks}");
-        assert_eq!(start.arrived(10), Arrival::Resumed);
+        assert_eq!(seeks, [284, 44, 0], "bounded search down to offset 0");
+        assert_eq!(start.arrived(1000), Arrival::Gap { missing_from: 300 });
+        let mut settling = FetchStart::at(3);
+        assert_eq!(settling.arrived(10), Arrival::Skipped(Some(0)));
+        assert_eq!(
+            settling.arrived(10),
+            Arrival::Skipped(None),
+            "a record fetched before the seek to 0 proves nothing yet"
+        );
     }
 
     #[test]

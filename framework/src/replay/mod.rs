@@ -16,10 +16,12 @@ pub mod request;
 
 pub use idle::IdleLog;
 pub use plan::{
-    CheckpointPosition, CoarsePlan, PLAN_FORMAT, Plan, StartPoint, StateSource, decide, first_read,
+    CheckpointPosition, CoarsePlan, PLAN_FORMAT, Plan, StartPoint, StateSource, decide, first_read, is_probe,
     replay_from,
 };
 pub use request::{ReplayFrom, ReplayRequest};
 
+#[cfg(test)]
+mod gap_tests;
 #[cfg(test)]
 mod tests;

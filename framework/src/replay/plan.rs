@@ -258,6 +258,9 @@ pub struct StartPoint {
     pub seek: Option<i64>,
     /// Outputs of records before this offset were emitted before: suppress them.
     pub replay_until: i64,
+    /// The record at `seek` is read only to see where the broker serves from (see
+    /// [`first_read`]); the state needs the records after it.
+    pub probe: bool,
     pub source: StateSource,
 }
 
@@ -270,6 +273,12 @@ impl StartPoint {
     pub fn guarded_from(&self) -> Option<i64> {
         self.seek.filter(|&s| s > 0)
     }
+
+    /// The first offset whose record the resumed state needs: records gone from the
+    /// broker before it cost nothing.
+    pub fn needed_from(&self) -> Option<i64> {
+        self.seek.map(|s| s + i64::from(self.probe))
+    }
 }
 
 /// Where a rebuild that replays from `replay_start` up to `acked` starts reading. With
@@ -278,11 +287,16 @@ impl StartPoint {
 /// resume then reads a record that is known to exist, which lets the runtime notice a
 /// broker that serves nothing from a mid-batch offset (tansu) and seek back.
 pub fn first_read(replay_start: i64, acked: i64) -> i64 {
-    if replay_start == acked && acked > 0 {
+    if is_probe(replay_start, acked) {
         acked - 1
     } else {
         replay_start
     }
+}
+
+/// Whether [`first_read`] reads one record before the state needs any.
+pub fn is_probe(replay_start: i64, acked: i64) -> bool {
+    replay_start == acked && acked > 0
 }
 
 /// Decides how a newly assigned partition resumes. The committed plan is the source of
@@ -301,6 +315,7 @@ pub fn decide(
         return StartPoint {
             seek: None,
             replay_until: i64::MIN,
+            probe: false,
             source: StateSource::Empty,
         };
     };
@@ -313,6 +328,7 @@ pub fn decide(
         return StartPoint {
             seek: Some(ckpt.next_offset),
             replay_until: acked,
+            probe: false,
             source: StateSource::Checkpoint,
         };
     }
@@ -324,11 +340,13 @@ pub fn decide(
                 first_read(p.replay_start, acked)
             }),
             replay_until: acked,
+            probe: !p.requested && is_probe(p.replay_start, acked),
             source: StateSource::Plan(p),
         },
         None => StartPoint {
             seek: Some(acked),
             replay_until: acked,
+            probe: false,
             source: StateSource::CommittedOnly,
         },
     }
@@ -598,5 +616,22 @@ mod tests {
             (s.seek, s.replay_until, s.source),
             (Some(100), 100, StateSource::CommittedOnly)
         );
+    }
+
+    #[test]
+    fn records_gone_before_the_first_one_the_state_needs_cost_nothing() {
+        // Nothing to replay: the record before the commit is read only as a probe.
+        let probing = decide(Some(100), Some(plan(100, 100)), None);
+        assert_eq!((probing.seek, probing.needed_from()), (Some(99), Some(100)));
+        // One record to replay: that same offset is needed.
+        let one = decide(Some(100), Some(plan(99, 100)), None);
+        assert_eq!((one.seek, one.needed_from()), (Some(99), Some(99)));
+        let checkpoint = decide(
+            Some(100),
+            Some(plan(40, 100)),
+            Some(CheckpointPosition { next_offset: 100 }),
+        );
+        assert_eq!(checkpoint.needed_from(), Some(100));
+        assert_eq!(decide(None, None, None).needed_from(), None);
     }
 }

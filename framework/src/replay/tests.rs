@@ -13,7 +13,7 @@ use crate::replay::{CoarsePlan, Plan, StateSource, decide, first_read, replay_fr
 use crate::stage::{ReplayPoint, RestoreError, Subscription};
 use crate::window::Resolution;
 
-fn spec(cusum: bool) -> PipelineSpec {
+pub(super) fn spec(cusum: bool) -> PipelineSpec {
     PipelineSpec {
         input_format: Format::Json,
         rollup: Some(vec![
@@ -47,7 +47,7 @@ fn xorshift(seed: u64) -> impl FnMut() -> u64 {
 
 /// Records as (key, JSON value): a few series, event time moving forward with disorder
 /// up to `jitter` (some of it beyond the grace, so some records are late).
-fn records(seed: u64, n: usize, jitter: i64) -> Vec<(String, String)> {
+pub(super) fn records(seed: u64, n: usize, jitter: i64) -> Vec<(String, String)> {
     let mut next = xorshift(seed);
     (0..n)
         .map(|i| {
@@ -93,7 +93,7 @@ fn run_live(
     }
 }
 
-fn run(p: &mut Pipeline, recs: &[(String, String)], from: usize, to: usize, sink: &mut VecSink) {
+pub(super) fn run(p: &mut Pipeline, recs: &[(String, String)], from: usize, to: usize, sink: &mut VecSink) {
     for (offset, (key, value)) in recs.iter().enumerate().take(to).skip(from) {
         p.process(
             Some(key.as_bytes()),
@@ -106,7 +106,7 @@ fn run(p: &mut Pipeline, recs: &[(String, String)], from: usize, to: usize, sink
 }
 
 /// Rollups by series name (interned ids differ between a pipeline and its restart).
-fn sorted_rollups(sink: &VecSink) -> Vec<String> {
+pub(super) fn sorted_rollups(sink: &VecSink) -> Vec<String> {
     let mut v: Vec<String> = sink
         .rollups
         .iter()

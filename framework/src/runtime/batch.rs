@@ -9,6 +9,9 @@ pub struct Batch {
     pub generation: u64,
     data: Vec<u8>,
     pub(super) records: Vec<Span>,
+    /// The broker no longer holds offsets from this one up to the record after it in this
+    /// batch (found where the partition resumed; see [`crate::kafka::fetch_start`]).
+    pub(super) missing_from: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +29,7 @@ impl Batch {
         self.generation = generation;
         self.data.clear();
         self.records.clear();
+        self.missing_from = None;
     }
 
     #[inline]

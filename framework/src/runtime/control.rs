@@ -71,11 +71,7 @@ impl Coordinator {
                 tracing::warn!(error = %e, "cannot drop the local checkpoint of a replayed partition");
             }
             let (start, pipeline, rollups_end) = self.restore(&tp, Some(plan.next_offset), Some(plan));
-            let resume = Resume {
-                from: start.seek,
-                replay_until: start.replay_until,
-                rollups_end,
-            };
+            let resume = Resume::at(&start, rollups_end);
             if let Some(from) = start.seek {
                 seek(consumer, &tp, from);
             }

@@ -173,11 +173,7 @@ impl Coordinator {
             if let Some(target) = start.guarded_from() {
                 self.watch_for_stall(&tp, target);
             }
-            let resume = Resume {
-                from: start.seek,
-                replay_until: start.replay_until,
-                rollups_end,
-            };
+            let resume = Resume::at(&start, rollups_end);
             self.start_run(&mut map, tp, worker, pipeline, resume, committed);
         }
         self.metrics.assigned_partitions.set(map.len() as i64);

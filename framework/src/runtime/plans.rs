@@ -50,6 +50,13 @@ pub enum PlanStoreError {
         #[source]
         source: crate::codec::DecodeError,
     },
+    #[error("{topic}/{partition} holds nothing from offset {from} to {first} any more (retention)")]
+    NotRetained {
+        topic: String,
+        partition: i32,
+        from: i64,
+        first: i64,
+    },
 }
 
 /// A plan read back, or the format number of one a newer build wrote.
@@ -330,6 +337,15 @@ pub fn read_rollups(
                 match guard.as_mut().map(|g| g.arrived(offset)) {
                     None => {}
                     Some(Arrival::Resumed) => guard = None,
+                    // Rows a coarse window needs are gone: raw records rebuild it instead.
+                    Some(Arrival::Gap { missing_from }) => {
+                        return Err(PlanStoreError::NotRetained {
+                            topic: topic.to_owned(),
+                            partition,
+                            from: missing_from,
+                            first: offset,
+                        });
+                    }
                     Some(Arrival::Before | Arrival::Skipped(None)) => continue,
                     Some(Arrival::Skipped(Some(to))) => {
                         seek_back(to, "records before it were skipped")?;

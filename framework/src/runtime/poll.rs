@@ -18,7 +18,7 @@ use super::context::ConsumerCtx;
 use super::control::ControlRequest;
 use super::coordinator::{Coordinator, lock};
 use super::producer::OutputContext;
-use super::recovery::{open_state, plan_history, plan_store};
+use super::recovery::{Admit, open_state, plan_history, plan_store};
 use super::worker::{self, Outputs, WorkerMsg, WorkerShared};
 use super::{RunSummary, RuntimeError, Tp, topics};
 use crate::config::Config;
@@ -258,10 +258,13 @@ fn poll_loop(
         match polled {
             Some(Ok(msg)) => {
                 let partition = msg.partition();
-                if coordinator.watching_stalls.load(Ordering::Relaxed)
-                    && !coordinator.arrived(consumer, msg.topic(), partition, msg.offset())
-                {
-                    continue;
+                let mut missing_from = None;
+                if coordinator.watching_stalls.load(Ordering::Relaxed) {
+                    match coordinator.arrived(consumer, msg.topic(), partition, msg.offset()) {
+                        Admit::Pass => {}
+                        Admit::Drop => continue,
+                        Admit::AfterGap { missing_from: from } => missing_from = Some(from),
+                    }
                 }
                 let entry = match pending.get_mut(&partition) {
                     Some(p) => p,
@@ -282,6 +285,9 @@ fn poll_loop(
                         pending.entry(partition).or_insert(QueuedBatch { batch, worker })
                     }
                 };
+                if missing_from.is_some() {
+                    entry.batch.missing_from = missing_from;
+                }
                 entry.batch.push(
                     msg.offset(),
                     msg.timestamp().to_millis(),

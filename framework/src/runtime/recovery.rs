@@ -26,6 +26,19 @@ use crate::state::StateStore;
 /// Per partition: the committed offset and the plan in its metadata, if any.
 pub(super) type Committed = HashMap<Tp, (Option<i64>, Option<Plan>)>;
 
+/// What the poll loop does with a record of a partition whose resume is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admit {
+    Pass,
+    /// The broker skipped records before it: the partition is sought back.
+    Drop,
+    /// The first record the broker still holds; offsets from `missing_from` up to it are
+    /// gone (retention).
+    AfterGap {
+        missing_from: i64,
+    },
+}
+
 impl Coordinator {
     pub(super) fn watch_for_stall(&self, tp: &Tp, target: i64) {
         self.stalls
@@ -35,8 +48,8 @@ impl Coordinator {
         self.watching_stalls.store(true, Ordering::Relaxed);
     }
 
-    /// A record arrived for a partition whose replay may be watched: `false` drops it (the
-    /// broker skipped records before it; the partition is sought further back). Records
+    /// A record arrived for a partition whose replay may be watched: dropped when the
+    /// broker skipped records before it (the partition is sought further back). Records
     /// before the replay's start pass: the worker skips them.
     pub(super) fn arrived(
         &self,
@@ -44,31 +57,31 @@ impl Coordinator {
         topic: &str,
         partition: i32,
         offset: i64,
-    ) -> bool {
+    ) -> Admit {
         let mut stalls = self.stalls.lock().unwrap_or_else(|p| p.into_inner());
         let Some((tp, stall)) = stalls
             .iter_mut()
             .find(|(tp, _)| tp.partition == partition && &*tp.topic == topic)
         else {
-            return true;
+            return Admit::Pass;
         };
-        match stall.arrived(offset) {
-            Arrival::Resumed | Arrival::Before => {
-                let tp = tp.clone();
-                stalls.remove(&tp);
-                if stalls.is_empty() {
-                    self.watching_stalls.store(false, Ordering::Relaxed);
-                }
-                true
-            }
-            Arrival::Skipped(None) => false,
+        let admit = match stall.arrived(offset) {
+            Arrival::Resumed | Arrival::Before => Admit::Pass,
+            Arrival::Gap { missing_from } => Admit::AfterGap { missing_from },
+            Arrival::Skipped(None) => return Admit::Drop,
             Arrival::Skipped(Some(to)) => {
                 tracing::warn!(topic = %tp.topic, partition = tp.partition, target = stall.offset(), got = offset, seek = to,
                     "the broker skipped records after the replay's first offset (a fetch inside a record batch); seeking back");
                 seek(consumer, tp, to);
-                false
+                return Admit::Drop;
             }
+        };
+        let tp = tp.clone();
+        stalls.remove(&tp);
+        if stalls.is_empty() {
+            self.watching_stalls.store(false, Ordering::Relaxed);
         }
+        admit
     }
 
     /// Replays that read nothing for a while although their records exist: seek further
@@ -197,6 +210,7 @@ impl Coordinator {
                     Some(c) => {
                         pipeline.restore_watermark(c.fine_watermark);
                         start.seek = Some(replay::first_read(c.fine_start, start.replay_until));
+                        start.probe = replay::is_probe(c.fine_start, start.replay_until);
                         rollups_end = Some(c.rollups_end);
                     }
                     None => pipeline.restore_watermark(p.watermark),

@@ -66,10 +66,24 @@ pub struct Outputs {
 pub struct Resume {
     /// First offset read (for progress reports); `None` when left to `auto.offset.reset`.
     pub from: Option<i64>,
+    /// The first offset whose record the state needs (`from`, or the one after it when
+    /// that record is read only to see where the broker serves from).
+    pub needed_from: Option<i64>,
     /// Outputs of records before this offset are suppressed: state is being rebuilt.
     pub replay_until: i64,
     /// Where the rollups topic ended for the state resumed from, if known.
     pub rollups_end: Option<i64>,
+}
+
+impl Resume {
+    pub fn at(start: &crate::replay::StartPoint, rollups_end: Option<i64>) -> Self {
+        Self {
+            from: start.seek,
+            needed_from: start.needed_from(),
+            replay_until: start.replay_until,
+            rollups_end,
+        }
+    }
 }
 
 pub struct WorkerShared {
@@ -102,6 +116,8 @@ struct PartitionRun {
     produced: u64,
     /// Next offset to process; records below it are duplicates and skipped.
     next_offset: Option<i64>,
+    /// The first offset whose record the resumed state needs.
+    needed_from: Option<i64>,
     last_record: Instant,
     reported: crate::pipeline::PipelineStats,
     replay: Option<ReplayProgress>,
@@ -173,6 +189,7 @@ pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<WorkerMsg>) {
                     // Records below the start (a broker may return the whole batch that
                     // holds it) are skipped like duplicates.
                     next_offset: resume.from,
+                    needed_from: resume.needed_from,
                     last_record: Instant::now(),
                     reported: Default::default(),
                     replay,
@@ -228,6 +245,9 @@ fn process_batch(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, b
             .history
             .add(&run.tp.topic, run.tp.partition, &run.pipeline.plan(next));
     }
+    if let Some(missing_from) = batch.missing_from {
+        records_lost(shared, run, batch, missing_from);
+    }
     let mut next = run.next_offset.unwrap_or(i64::MIN);
     let (pipeline, mut sink) = run.split(shared, buf, next);
     for span in &batch.records {
@@ -252,6 +272,34 @@ fn process_batch(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, b
     }
     run.last_record = Instant::now();
     report(shared, run);
+}
+
+/// Where the partition resumed, the broker no longer holds the records from
+/// `missing_from` up to the batch's first record past it: the state they belonged to
+/// cannot be rebuilt, so the windows they may be in are never emitted (see
+/// [`crate::pipeline::Pipeline::records_lost`]). Reported as an error and counted.
+fn records_lost(shared: &WorkerShared, run: &mut PartitionRun, batch: &Batch, missing_from: i64) {
+    let Some(first) = batch.records.iter().find(|r| r.offset > missing_from) else {
+        return;
+    };
+    // The missing offsets the state needs (a probe record before them costs nothing).
+    let missing_from = missing_from.max(run.needed_from.unwrap_or(missing_from));
+    if first.offset <= missing_from {
+        tracing::info!(topic = %run.tp.topic, partition = run.tp.partition, first = first.offset,
+            "the record read before the resume point is gone from the broker; nothing the state needs is");
+        return;
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let emitted_from = run.pipeline.records_lost(now_ms, first.timestamp);
+    let missing = first.offset - missing_from;
+    shared.metrics.retention_gaps.inc_by(1);
+    shared.metrics.records_not_retained.inc_by(missing as u64);
+    let replay_until = run.replay.as_ref().map(|r| r.until);
+    tracing::error!(topic = %run.tp.topic, partition = run.tp.partition, missing_from, missing_until = first.offset,
+        missing, ?replay_until, windows_emitted_from = emitted_from,
+        "records this partition needs are no longer on the broker (retention deleted them): its state cannot be rebuilt completely, so no window that may hold them is emitted (none starting before windows_emitted_from, event time in ms); later windows are complete");
 }
 
 /// Reports replay progress every few seconds and finishes the replay once the partition
