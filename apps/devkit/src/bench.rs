@@ -26,7 +26,8 @@ pub struct BenchOptions {
     pub partitions: i32,
     pub workers: usize,
     pub memory_series: usize,
-    /// Run one part only: "pipeline", "e2e", "memory", "writer", "replay" or "restart".
+    /// Run one part only: "pipeline", "e2e", "memory", "writer", "replay", "restart" or
+    /// "plans" (plans runs only when asked for).
     pub only: Option<String>,
 }
 
@@ -132,6 +133,9 @@ pub fn run(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     }
     if wants("restart") {
         crate::restart_bench::restart(opts, out)?;
+    }
+    if opts.only.as_deref() == Some("plans") {
+        crate::plan_bench::plans(opts, out)?;
     }
     Ok(())
 }

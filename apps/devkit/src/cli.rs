@@ -127,7 +127,7 @@ enum DevCommand {
         /// Series for the memory figure (0 skips it).
         #[arg(long, default_value_t = 1_000_000)]
         memory_series: usize,
-        /// Run one part only: pipeline, e2e, memory, writer, replay or restart (memory is cleanest in its own process; restart needs tansu).
+        /// Run one part only: pipeline, e2e, memory, writer, replay, restart or plans (memory is cleanest in its own process; restart and plans need tansu; plans runs only when asked for).
         #[arg(long)]
         only: Option<String>,
     },

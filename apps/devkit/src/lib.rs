@@ -8,4 +8,5 @@ pub mod cql;
 pub mod demo;
 pub mod kafka;
 pub mod loadgen;
+pub mod plan_bench;
 pub mod restart_bench;

@@ -23,7 +23,7 @@ const TOPIC: &str = "metrics";
 const PATIENCE: Duration = Duration::from_secs(120);
 
 /// A child process killed (SIGKILL) when dropped.
-struct Killed(Child);
+pub(crate) struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -32,12 +32,12 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// `tansu` on PATH or where `cargo install` puts it.
-fn tansu() -> Option<PathBuf> {
+pub(crate) fn tansu() -> Option<PathBuf> {
     let home = std::env::var("HOME").unwrap_or_default();
     std::env::var("PATH")
         .unwrap_or_default()
@@ -48,9 +48,19 @@ fn tansu() -> Option<PathBuf> {
 }
 
 fn start_tansu(bin: &Path) -> anyhow::Result<(Killed, String)> {
-    let port = free_port()?;
+    start_tansu_on(bin, free_port()?, None)
+}
+
+/// tansu on `port`, in memory or on sqlite storage in `dir` (kept across restarts).
+pub(crate) fn start_tansu_on(bin: &Path, port: u16, dir: Option<&Path>) -> anyhow::Result<(Killed, String)> {
     let url = format!("tcp://127.0.0.1:{port}");
+    let storage = if dir.is_some() {
+        "sqlite://tansu.db"
+    } else {
+        "memory://tansu/"
+    };
     let child = Command::new(bin)
+        .current_dir(dir.unwrap_or(Path::new(".")))
         .args([
             "broker",
             "--listener-url",
@@ -58,7 +68,7 @@ fn start_tansu(bin: &Path) -> anyhow::Result<(Killed, String)> {
             "--advertised-listener-url",
             &url,
             "--storage-engine",
-            "memory://tansu/",
+            storage,
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -110,9 +110,21 @@ fn admin_clients(config: &Config) -> Result<(AdminClient<Logged>, BaseProducer<L
     Ok((admin, producer))
 }
 
+/// Settings of the replay-plan topic. Every assignment reads it whole (up to a fence), and
+/// a plan is written per partition at every commit: compaction must keep it near one plan
+/// per partition. Kafka never compacts a segment still being written, and its default
+/// segment rolls after 7 days, so the topic rolls and becomes compactable every 10
+/// minutes: an assignment reads at most about 10 minutes of plans plus one per partition.
+pub const PLAN_TOPIC_SETTINGS: [(&str, &str); 4] = [
+    ("cleanup.policy", "compact"),
+    ("segment.ms", "600000"),
+    ("max.compaction.lag.ms", "600000"),
+    ("min.cleanable.dirty.ratio", "0.1"),
+];
+
 /// Makes sure the single-partition, compacted replay-plan topic exists.
 pub fn ensure_plan_topic(config: &Config, name: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
-    ensure_single(config, name, &[("cleanup.policy", "compact")], stop)
+    ensure_single(config, name, &PLAN_TOPIC_SETTINGS, stop)
 }
 
 /// Makes sure the single-partition plan-history topic exists, deleting plans older than
