@@ -189,12 +189,22 @@ impl Limiter {
 
     /// Waits until `rows` rows may be written.
     pub async fn acquire(&self, rows: u32) {
+        self.acquire_unless(rows, || false).await;
+    }
+
+    /// Waits until `rows` rows may be written, unless `cancelled` is found true first
+    /// (checked at the start and after every [`Limiter::interrupt`]): rows of a revoked
+    /// partition then give up their place without spending the budget. True if admitted.
+    pub async fn acquire_unless(&self, rows: u32, cancelled: impl Fn() -> bool) -> bool {
         let started = Instant::now();
         // If the limit changes while waiting, start over under the new one.
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
+            if cancelled() {
+                return false;
+            }
             let (limiter, burst) = {
                 let s = self.read();
                 (s.limiter.clone(), s.configured.burst)
@@ -216,6 +226,13 @@ impl Limiter {
         }
         self.waited_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// Makes every waiting task check again whether its rows are still wanted (after a
+    /// revocation).
+    pub fn interrupt(&self) {
+        self.changed.notify_waiters();
     }
 
     /// Replaces the adaptive settings (a config reload); the effective rate is kept.
@@ -268,6 +285,38 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiter_whose_rows_are_revoked_leaves_without_waiting_for_the_budget() {
+        use std::sync::atomic::AtomicBool;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let l = Arc::new(Limiter::new(
+            RateLimit {
+                rows_per_sec: 1,
+                burst: 1,
+            },
+            Adaptive::default(),
+        ));
+        rt.block_on(async {
+            assert!(l.acquire_unless(1, || false).await, "the burst admits one row");
+            let revoked = Arc::new(AtomicBool::new(false));
+            let waiter = {
+                let (l, revoked) = (l.clone(), revoked.clone());
+                tokio::spawn(async move { l.acquire_unless(1, || revoked.load(Ordering::Relaxed)).await })
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            revoked.store(true, Ordering::Relaxed);
+            l.interrupt();
+            let admitted = tokio::time::timeout(Duration::from_millis(300), waiter)
+                .await
+                .expect("left at once, not after the next token a second later")
+                .expect("task");
+            assert!(!admitted);
+        });
+    }
 
     #[test]
     fn adaptive_backs_off_and_creeps_back_within_bounds() {

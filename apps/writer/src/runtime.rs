@@ -53,6 +53,7 @@ struct WriterContext {
     starts: Arc<Mutex<Starts>>,
     metrics: Arc<WriterMetrics>,
     health: Arc<Health>,
+    limiter: Arc<Limiter>,
 }
 
 impl WriterContext {
@@ -130,6 +131,8 @@ impl ConsumerContext for WriterContext {
             lock(&self.starts).remove(tp);
         }
         let commit = self.partitions.revoke(tps);
+        // Rows of revoked partitions waiting for the limiter leave without spending it.
+        self.limiter.interrupt();
         if consumer.assignment_lost() {
             tracing::warn!("assignment lost (session timeout?); not committing revoked partitions");
         } else if let Err(e) =
@@ -215,6 +218,7 @@ pub async fn run(
             starts: starts.clone(),
             metrics: metrics.clone(),
             health: control.health.clone(),
+            limiter: control.limiter.clone(),
         })?);
     let topics: Vec<&str> = sources.keys().map(String::as_str).collect();
     consumer.subscribe(&topics)?;

@@ -89,8 +89,12 @@ impl Writers {
                     continue 'groups;
                 }
                 if !work.admitted {
-                    self.limiter.acquire(work.rows.len() as u32).await;
-                    work.admitted = true;
+                    // Rows whose partition is revoked while they wait give their place up
+                    // unspent: the budget goes to rows that will be written.
+                    let rows = &work.rows;
+                    let all_revoked = || rows.iter().all(|r| r.slot.run.is_cancelled());
+                    let admitted = self.limiter.acquire_unless(rows.len() as u32, all_revoked).await;
+                    work.admitted = admitted;
                     if self.cancel_revoked(&mut work) {
                         continue 'groups;
                     }
