@@ -6,6 +6,7 @@ use std::sync::Arc;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tributary::metrics::{Counter, Gauge, Registry, Unit, register_build_info, render};
@@ -36,7 +37,18 @@ pub struct WriterMetrics {
     pub write_latency: Histogram,
     /// Rows in each write request the cluster acknowledged.
     pub batch_rows: Histogram,
+    /// Records between the consumer's position and the high watermark, per partition
+    /// owned, once librdkafka's statistics know it.
+    pub consumer_lag: Family<Vec<(String, String)>, Gauge>,
     registry: Registry,
+}
+
+/// The labels of a partition's series.
+pub fn partition_labels(topic: &str, partition: i32) -> Vec<(String, String)> {
+    vec![
+        ("topic".to_owned(), topic.to_owned()),
+        ("partition".to_owned(), partition.to_string()),
+    ]
 }
 
 impl Default for WriterMetrics {
@@ -63,6 +75,7 @@ impl Default for WriterMetrics {
             write_latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
             // 1 to 2,048 rows.
             batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            consumer_lag: Family::default(),
             registry: Registry::default(),
         }
     }
@@ -164,6 +177,11 @@ impl WriterMetrics {
             "Rows in each write request the cluster acknowledged",
             m.batch_rows.clone(),
         );
+        m.registry.register(
+            "tributary_writer_partition_consumer_lag",
+            "Records between the consumer's position and the high watermark, per partition owned, once known (wrong where the broker reports a wrong high watermark, e.g. tansu 0.6)",
+            m.consumer_lag.clone(),
+        );
         m.registry.register_collector(Box::new(LimiterFigures(limiter)));
         register_build_info(&mut m.registry);
         m
@@ -239,7 +257,14 @@ mod tests {
         m.write_latency.observe(0.003);
         m.batch_rows.observe(40.0);
         m.batch_rows.observe(1.0);
+        m.consumer_lag
+            .get_or_create(&partition_labels("metrics", 2))
+            .set(17);
         let text = m.render();
+        assert!(
+            text.contains("tributary_writer_partition_consumer_lag{topic=\"metrics\",partition=\"2\"} 17\n"),
+            "{text}"
+        );
         assert_eq!(
             value(&text, "tributary_writer_write_latency_seconds_count"),
             Some(1.0)

@@ -26,7 +26,7 @@ use crate::config::WriterConfig;
 use crate::dead_letter::DeadLetters;
 use crate::health::Health;
 use crate::limiter::Limiter;
-use crate::metrics::WriterMetrics;
+use crate::metrics::{WriterMetrics, partition_labels};
 use crate::partitions::{Partitions, TopicPartition};
 use crate::rows::{Source, to_row, write_timestamp};
 use crate::sink::Sink;
@@ -80,6 +80,12 @@ impl ClientContext for WriterContext {
     fn stats_raw(&self, statistics: &[u8]) {
         if let Some(s) = stats::parse(statistics) {
             self.health.group.apply_stats(&s);
+            for (topic, partition, lag) in &s.lags {
+                self.metrics
+                    .consumer_lag
+                    .get_or_create(&partition_labels(topic, *partition))
+                    .set(*lag);
+            }
         }
     }
 }
@@ -129,6 +135,7 @@ impl ConsumerContext for WriterContext {
         for tp in &tps {
             tracing::info!(topic = %tp.0, partition = tp.1, "partition revoked");
             lock(&self.starts).remove(tp);
+            self.metrics.consumer_lag.remove(&partition_labels(&tp.0, tp.1));
         }
         let commit = self.partitions.revoke(tps);
         // Rows of revoked partitions waiting for the limiter leave without spending it.
