@@ -10,3 +10,4 @@ mod security;
 mod static_membership;
 mod tansu;
 mod writer;
+mod writer_group;

@@ -269,7 +269,9 @@ fn spawn_sighup_reload(control: Arc<Control>, file: Option<PathBuf>) {
         while hup.recv().await.is_some() {
             match WriterConfig::load(file.as_deref(), std::env::vars(), &[]) {
                 Ok(c) => {
-                    control.limiter.set(c.rate_limit());
+                    if let Err(e) = control.set_limit(c.rate_limit()) {
+                        tracing::warn!(error = %e, "SIGHUP: the group's limit not changed");
+                    }
                     control.limiter.set_adaptive(c.adaptive());
                     tracing::info!("SIGHUP: limits reloaded (other settings need a restart)");
                 }
@@ -289,23 +291,36 @@ fn routes(control: Arc<Control>, max_rows: usize) -> Arc<dyn admin::Handler> {
         // Liveness: the process answers. Readiness: see Health::readiness.
         ("GET", "/health" | "/health/live") => Response::text(200, "ok\n"),
         ("GET", "/health/ready") => Response::readiness(control.health.readiness()),
-        ("GET", "/rate-limit") | ("GET", "/status") => Response::json(
-            200,
-            &serde_json::json!({
-                "ready": control.health.readiness().is_ok(),
-                "rows_per_sec": control.limiter.current().rows_per_sec,
-                "burst": control.limiter.current().burst,
-                "effective_rows_per_sec": control.limiter.effective(),
-                "adaptive": control.limiter.adaptive().enabled,
-                "waited_seconds": control.limiter.waited().as_secs_f64(),
-            }),
-        ),
+        ("GET", "/rate-limit") | ("GET", "/status") => {
+            let group = control.group.as_ref().map(|(budget, _)| {
+                let (limit, owned, total) = budget.view();
+                serde_json::json!({
+                    "rows_per_sec": limit.rows_per_sec,
+                    "burst": limit.burst,
+                    "partitions_owned": owned,
+                    "partitions_in_all": total,
+                })
+            });
+            Response::json(
+                200,
+                &serde_json::json!({
+                    "ready": control.health.readiness().is_ok(),
+                    "scope": if group.is_some() { "group" } else { "process" },
+                    "rows_per_sec": control.limiter.current().rows_per_sec,
+                    "burst": control.limiter.current().burst,
+                    "effective_rows_per_sec": control.limiter.effective(),
+                    "adaptive": control.limiter.adaptive().enabled,
+                    "waited_seconds": control.limiter.waited().as_secs_f64(),
+                    "group": group,
+                }),
+            )
+        }
         ("POST", "/rate-limit") => match serde_json::from_slice::<RateLimit>(&r.body) {
             Ok(limit) => match limit.validate(max_rows) {
-                Ok(()) => {
-                    control.limiter.set(limit);
-                    Response::json(200, &limit)
-                }
+                Ok(()) => match control.set_limit(limit) {
+                    Ok(()) => Response::json(200, &limit),
+                    Err(e) => Response::text(503, format!("{e}\n")),
+                },
                 Err(e) => Response::text(400, format!("{e}\n")),
             },
             Err(e) => Response::text(

@@ -13,6 +13,7 @@ use tributary::kafka::KafkaConfig;
 
 use scylla::statement::Consistency;
 
+use crate::budget::LimitScope;
 use crate::limiter::{Adaptive, RateLimit};
 
 /// Topics the writer reads, and where rejected rows go.
@@ -101,6 +102,9 @@ pub struct BatchConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// Whom the limit is for: this process, or the whole writer group (shared by
+    /// partitions owned; see [`crate::budget`]).
+    pub scope: LimitScope,
     /// Rows per second into the cluster; 0 = unlimited.
     pub rows_per_sec: u32,
     /// Rows admitted at once after an idle spell; at least batch.max_rows.
@@ -191,6 +195,7 @@ impl Default for WriterConfig {
                 linger: HumanDuration(Duration::from_millis(5)),
             },
             limits: LimitsConfig {
+                scope: LimitScope::Process,
                 rows_per_sec: 0,
                 burst: 1_000,
                 max_in_flight_per_node: 64,

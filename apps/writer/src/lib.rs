@@ -16,8 +16,10 @@
 
 pub mod app;
 pub mod batcher;
+pub mod budget;
 pub mod config;
 pub mod dead_letter;
+pub mod group_limit;
 pub mod health;
 pub mod limiter;
 pub mod metrics;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,10 +22,12 @@ use tributary::kafka::stats;
 use tributary::kafka::{Backoff, headers};
 
 use crate::batcher::{BatchLimits, Batcher, ReplicaSet};
+use crate::budget::{Budget, LimitScope};
 use crate::config::WriterConfig;
 use crate::dead_letter::DeadLetters;
+use crate::group_limit::GroupLimit;
 use crate::health::Health;
-use crate::limiter::Limiter;
+use crate::limiter::{Limiter, RateLimit};
 use crate::metrics::{WriterMetrics, partition_labels};
 use crate::partitions::{Partitions, TopicPartition};
 use crate::rows::{Source, to_row, write_timestamp};
@@ -53,6 +55,9 @@ struct WriterContext {
     starts: Arc<Mutex<Starts>>,
     metrics: Arc<WriterMetrics>,
     health: Arc<Health>,
+    /// The group's rate budget, when `limits.scope = "group"`, and the topics whose
+    /// partitions it is shared by.
+    budget: Option<(Arc<Budget>, Vec<String>)>,
     limiter: Arc<Limiter>,
 }
 
@@ -119,6 +124,10 @@ impl ConsumerContext for WriterContext {
             }
             self.partitions.assign(tp, offset);
         }
+        drop(starts);
+        if let Some((budget, topics)) = &self.budget {
+            share_by_partitions(consumer, budget, topics);
+        }
     }
 
     /// Commits the acknowledged prefix of revoked partitions before they move. Their rows
@@ -150,24 +159,111 @@ impl ConsumerContext for WriterContext {
     }
 }
 
+/// This member's share of the group's budget: the partitions it owns of all the
+/// partitions of `topics` (read from the broker's metadata at every rebalance).
+fn share_by_partitions(consumer: &BaseConsumer<WriterContext>, budget: &Budget, topics: &[String]) {
+    let owned = consumer.assignment().map_or(0, |a| a.count());
+    let mut total = 0;
+    for topic in topics {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(m) => total += m.topics().iter().map(|t| t.partitions().len()).sum::<usize>(),
+            Err(e) => {
+                // Owned partitions as the whole: the share errs high until the next
+                // rebalance, never to zero.
+                tracing::warn!(topic, error = %e, "cannot read partition counts; sharing the group's limit by what is known");
+                total += owned;
+            }
+        }
+    }
+    budget.set_partitions(owned, total);
+}
+
 /// Operator controls shared with the admin endpoint.
 #[derive(Debug)]
 pub struct Control {
     pub limiter: Arc<Limiter>,
     pub metrics: Arc<WriterMetrics>,
     pub health: Arc<Health>,
+    /// `limits.scope = "group"`: this member's part of the group's limit, and where a
+    /// change of the group's limit is published.
+    pub group: Option<(Arc<Budget>, GroupLimit)>,
 }
 
 impl Control {
     /// Limits as configured, metrics at zero, not ready.
     pub fn new(config: &WriterConfig) -> Self {
         let limiter = Arc::new(Limiter::new(config.rate_limit(), config.adaptive()));
+        let group = (config.limits.scope == LimitScope::Group).then(|| {
+            let budget = Arc::new(Budget::new(limiter.clone(), config.rate_limit(), config.batch.max_rows));
+            match GroupLimit::new(&config.kafka) {
+                Ok(publisher) => Some((budget, publisher)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create the producer of the group's rate limit; it cannot be changed at runtime");
+                    None
+                }
+            }
+        });
         Self {
             metrics: Arc::new(WriterMetrics::new(limiter.clone())),
             health: Default::default(),
+            group: group.flatten(),
             limiter,
         }
     }
+
+    /// Sets the limit: this process's, or in group scope the group's, published so every
+    /// member follows.
+    pub fn set_limit(&self, limit: RateLimit) -> Result<(), String> {
+        match &self.group {
+            Some((budget, publisher)) => {
+                publisher.publish(limit)?;
+                budget.set_group(limit);
+            }
+            None => self.limiter.set(limit),
+        }
+        Ok(())
+    }
+}
+
+/// Sets its flag when dropped: stops a helper thread however `run` ends.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Makes sure the group's limit topic exists (retried with backoff while Kafka cannot be
+/// reached) and follows it until `stop` is set.
+async fn follow_group_limit(
+    config: &WriterConfig,
+    budget: Arc<Budget>,
+    stop: Arc<AtomicBool>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), WriterError> {
+    let kafka = config.kafka.clone();
+    let topic = crate::group_limit::topic(&kafka);
+    let ensure = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            tributary::runtime::topics::ensure_compacted_topic(&kafka, &topic, &stop).map(|()| kafka)
+        })
+    };
+    tokio::pin!(ensure);
+    let kafka = tokio::select! {
+        ensured = &mut ensure => match ensured {
+            Ok(Ok(kafka)) => kafka,
+            Ok(Err(e)) => return Err(WriterError::LimitTopic(e.to_string())),
+            Err(e) => return Err(WriterError::LimitTopic(e.to_string())),
+        },
+        _ = shutdown.as_mut() => {
+            stop.store(true, Ordering::Relaxed);
+            return Err(WriterError::Stopped);
+        }
+    };
+    crate::group_limit::follow(&kafka, budget, stop).map_err(|e| WriterError::LimitTopic(e.to_string()))?;
+    Ok(())
 }
 
 /// Why the writer stopped with an error.
@@ -179,6 +275,8 @@ pub enum WriterError {
     Cassandra(#[from] Box<crate::sink::SinkError>),
     #[error("stopped before start-up finished")]
     Stopped,
+    #[error("the group's rate-limit topic: {0}")]
+    LimitTopic(String),
 }
 
 /// Runs until `shutdown` completes, then drains in-flight writes and commits.
@@ -219,15 +317,25 @@ pub async fn run(
     let metrics = control.metrics.clone();
     let partitions = Arc::new(Partitions::default());
     let starts = Arc::new(Mutex::new(Starts::default()));
-    let consumer: Arc<StreamConsumer<WriterContext>> =
-        Arc::new(consumer_config(&config.kafka).create_with_context(WriterContext {
+    let consumer: Arc<StreamConsumer<WriterContext>> = Arc::new(
+        consumer_config(&config.kafka).create_with_context(WriterContext {
             partitions: partitions.clone(),
             starts: starts.clone(),
             metrics: metrics.clone(),
             health: control.health.clone(),
+            budget: control
+                .group
+                .as_ref()
+                .map(|(b, _)| (b.clone(), sources.keys().cloned().collect())),
             limiter: control.limiter.clone(),
-        })?);
+        })?,
+    );
     let topics: Vec<&str> = sources.keys().map(String::as_str).collect();
+    let following = Arc::new(AtomicBool::new(false));
+    if let Some((budget, _)) = &control.group {
+        follow_group_limit(&config, budget.clone(), following.clone(), &mut shutdown).await?;
+    }
+    let _stop_following = SetOnDrop(following);
     consumer.subscribe(&topics)?;
     let dlq: FutureProducer<Logged> =
         producer_config(&config.kafka).create_with_context(Logged("dead-letter producer"))?;

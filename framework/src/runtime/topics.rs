@@ -11,6 +11,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::config::Config;
 use crate::kafka::Backoff;
+use crate::kafka::KafkaConfig;
 use crate::kafka::client::{client_config, producer_config};
 use crate::kafka::logging::Logged;
 use crate::runtime::RuntimeError;
@@ -39,7 +40,7 @@ pub fn prepare_topics(
     outputs: &[OutputTopic],
     stop: &AtomicBool,
 ) -> Result<TopicLayout, RuntimeError> {
-    let (admin, producer) = admin_clients(config)?;
+    let (admin, producer) = admin_clients(&config.kafka)?;
 
     let mut backoff = Backoff::new();
     let input_partitions = loop {
@@ -66,7 +67,7 @@ pub fn prepare_topics(
                 Ok(Some(n)) => break n,
                 Ok(None) if !created => {
                     created = true;
-                    create_topic(&admin, &producer, config, &out.name, input_partitions, &[]);
+                    create_topic(&admin, &producer, &config.kafka, &out.name, input_partitions, &[]);
                     continue;
                 }
                 Ok(None) => tracing::warn!(topic = %out.name, "output topic does not exist yet; retrying"),
@@ -100,11 +101,11 @@ fn show_cause(producer: &BaseProducer<Logged>) {
     producer.poll(Duration::ZERO);
 }
 
-fn admin_clients(config: &Config) -> Result<(AdminClient<Logged>, BaseProducer<Logged>), RuntimeError> {
-    let admin = client_config(&config.kafka, &[])
+fn admin_clients(kafka: &KafkaConfig) -> Result<(AdminClient<Logged>, BaseProducer<Logged>), RuntimeError> {
+    let admin = client_config(kafka, &[])
         .create_with_context(Logged("admin"))
         .map_err(RuntimeError::kafka("create an admin client"))?;
-    let producer = producer_config(&config.kafka)
+    let producer = producer_config(kafka)
         .create_with_context(Logged("admin"))
         .map_err(RuntimeError::kafka("create a producer"))?;
     Ok((admin, producer))
@@ -124,7 +125,16 @@ pub const PLAN_TOPIC_SETTINGS: [(&str, &str); 4] = [
 
 /// Makes sure the single-partition, compacted replay-plan topic exists.
 pub fn ensure_plan_topic(config: &Config, name: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
-    ensure_single(config, name, &PLAN_TOPIC_SETTINGS, stop)
+    ensure_single(&config.kafka, name, &PLAN_TOPIC_SETTINGS, stop)
+}
+
+/// Makes sure a single-partition, compacted topic exists (the writer group's limit).
+pub fn ensure_compacted_topic(
+    kafka: &KafkaConfig,
+    name: &str,
+    stop: &AtomicBool,
+) -> Result<(), RuntimeError> {
+    ensure_single(kafka, name, &[("cleanup.policy", "compact")], stop)
 }
 
 /// Makes sure the single-partition plan-history topic exists, deleting plans older than
@@ -132,7 +142,7 @@ pub fn ensure_plan_topic(config: &Config, name: &str, stop: &AtomicBool) -> Resu
 pub fn ensure_plan_history_topic(config: &Config, name: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
     let retention = config.state.plan_history_retention.0.as_millis().to_string();
     ensure_single(
-        config,
+        &config.kafka,
         name,
         &[("cleanup.policy", "delete"), ("retention.ms", &retention)],
         stop,
@@ -140,12 +150,12 @@ pub fn ensure_plan_history_topic(config: &Config, name: &str, stop: &AtomicBool)
 }
 
 fn ensure_single(
-    config: &Config,
+    kafka: &KafkaConfig,
     name: &str,
     settings: &[(&str, &str)],
     stop: &AtomicBool,
 ) -> Result<(), RuntimeError> {
-    let (admin, producer) = admin_clients(config)?;
+    let (admin, producer) = admin_clients(kafka)?;
     let mut backoff = Backoff::new();
     let mut created = false;
     loop {
@@ -153,10 +163,10 @@ fn ensure_single(
             Ok(Some(_)) => return Ok(()),
             Ok(None) if !created => {
                 created = true;
-                create_topic(&admin, &producer, config, name, 1, settings);
+                create_topic(&admin, &producer, kafka, name, 1, settings);
                 continue;
             }
-            Ok(None) => tracing::warn!(topic = name, "plan topic does not exist yet; retrying"),
+            Ok(None) => tracing::warn!(topic = name, "topic does not exist yet; retrying"),
             Err(e) => tracing::warn!(error = %e, "cannot reach Kafka; retrying"),
         }
         backoff.wait(stop).map_err(|_| RuntimeError::Stopped)?;
@@ -166,12 +176,12 @@ fn ensure_single(
 fn create_topic(
     admin: &AdminClient<Logged>,
     producer: &BaseProducer<Logged>,
-    config: &Config,
+    kafka: &KafkaConfig,
     name: &str,
     partitions: i32,
     settings: &[(&str, &str)],
 ) {
-    let replication = TopicReplication::Fixed(config.kafka.replication_factor);
+    let replication = TopicReplication::Fixed(kafka.replication_factor);
     let mut topic = NewTopic::new(name, partitions, replication);
     for (k, v) in settings {
         topic = topic.set(k, v);

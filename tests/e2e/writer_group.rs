@@ -1,0 +1,174 @@
+//! One rate budget for a group of writers (`limits.scope = "group"`): two tributary-writer
+//! processes on tansu and the emulated ring, partitions of uneven sizes, a `ctl` change
+//! made at one member, then one member leaving. The ring's own row counter is the judge.
+
+use std::time::{Duration, Instant};
+
+use harness::{Outgoing, Process, app_binary, eventually, free_port, metric, py_produce};
+use serde_json::Value;
+
+use crate::writer::{Setup, setup_on, start_writer_env};
+
+/// Rows on metrics partitions 0, 1 and 2: uneven, and each enough to keep its owner busy
+/// for the whole test.
+const PARTITION_ROWS: [usize; 3] = [22_000, 30_000, 26_000];
+
+fn uneven_points() -> Vec<Outgoing> {
+    let mut out = Vec::new();
+    for (partition, rows) in PARTITION_ROWS.iter().enumerate() {
+        for i in 0..*rows {
+            let name = format!("host-{partition}-{}/cpu", i % 50);
+            out.push(Outgoing {
+                key: Some(name.clone()),
+                value: Some(harness::point_json(
+                    &name,
+                    1_732_320_000_000 + i as i64 * 1_000,
+                    i as f64 / 3.0,
+                )),
+                partition: Some(partition as i32),
+            });
+        }
+    }
+    out
+}
+
+fn status(admin: &str) -> Option<Value> {
+    let (code, body) = harness::admin_get(admin, "/status")?;
+    (code == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+fn owned(admin: &str) -> u64 {
+    status(admin).map_or(0, |s| s["group"]["partitions_owned"].as_u64().unwrap_or(0))
+}
+
+/// The ring's row counter every 100 ms for 13 s; then every window of 10 s or more must
+/// hold at most `rate·Δt + burst` rows and at least 90 % of `rate·Δt`.
+fn holds_the_budget(s: &Setup, rate: f64, burst: f64, writers: &[&Process]) {
+    let mut samples: Vec<(Instant, u64)> = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(13) {
+        samples.push((Instant::now(), s.ring.total("rows_written")));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs = || {
+        writers
+            .iter()
+            .map(|w| w.log_text())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let mut windows = 0;
+    for (i, a) in samples.iter().enumerate() {
+        for b in &samples[i + 1..] {
+            let dt = b.0.duration_since(a.0).as_secs_f64();
+            if dt < 10.0 {
+                continue;
+            }
+            windows += 1;
+            let rows = (b.1 - a.1) as f64;
+            assert!(
+                rows <= rate * dt + burst,
+                "{rows} rows in {dt:.2} s exceeds {rate}/s + {burst}"
+            );
+            assert!(
+                rows >= 0.9 * rate * dt,
+                "{rows} rows in {dt:.2} s is under 90 % of {rate}/s; per second: {:?}\n{}",
+                samples.iter().step_by(10).map(|s| s.1).collect::<Vec<_>>(),
+                logs()
+            );
+        }
+    }
+    assert!(windows >= 100, "only {windows} windows of 10 s or more");
+}
+
+fn ctl(admin: &str, rate: u32, burst: u32) {
+    let out = std::process::Command::new(app_binary("tributary-writer"))
+        .args([
+            "ctl",
+            "--admin",
+            admin,
+            "rate-limit",
+            "--rows-per-sec",
+            &rate.to_string(),
+            "--burst",
+            &burst.to_string(),
+        ])
+        .output()
+        .expect("ctl");
+    assert!(
+        out.status.success(),
+        "ctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn writers_sharing_a_group_budget_send_it_together_before_and_after_one_leaves() {
+    let s = setup_on(1, false);
+    let data = uneven_points();
+    py_produce(s.kafka.brokers(), &s.metrics, &data);
+    let env = [("TRIBUTARY_LIMITS_SCOPE", "group")];
+    let limits = ["--rows-per-sec", "1000", "--burst", "400"];
+    let (a, b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let first = start_writer_env(&s, &a, &limits, &env);
+    assert!(
+        eventually(Duration::from_secs(60), || (owned(&a) == 9).then_some(())).is_some(),
+        "{}",
+        first.log_text()
+    );
+    let mut second = start_writer_env(&s, &b, &limits, &env);
+    let shared = eventually(Duration::from_secs(60), || {
+        (owned(&a) > 0 && owned(&b) > 0 && owned(&a) + owned(&b) == 9).then_some(())
+    });
+    assert!(
+        shared.is_some(),
+        "{}\n---\n{}",
+        first.log_text(),
+        second.log_text()
+    );
+    let member_rates = || {
+        metric(&a, "tributary_writer_rate_limit_rows_per_sec").unwrap_or(0.0)
+            + metric(&b, "tributary_writer_rate_limit_rows_per_sec").unwrap_or(0.0)
+    };
+    assert!(
+        member_rates() <= 1000.0,
+        "members' shares add up to {}",
+        member_rates()
+    );
+    holds_the_budget(&s, 1000.0, 400.0, &[&first, &second]);
+
+    // A change at one member reaches the other through the group's limit topic.
+    ctl(&a, 1500, 400);
+    let followed = eventually(Duration::from_secs(5), || {
+        status(&b)
+            .filter(|st| st["group"]["rows_per_sec"] == 1500)
+            .map(|_| ())
+    });
+    assert!(followed.is_some(), "{:?}\n{}", status(&b), second.log_text());
+    holds_the_budget(&s, 1500.0, 400.0, &[&first, &second]);
+
+    // One member leaves: the other takes every partition and the whole budget.
+    assert_eq!(
+        second.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        second.log_text()
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || (owned(&a) == 9).then_some(())).is_some(),
+        "{}",
+        first.log_text()
+    );
+    assert_eq!(
+        metric(&a, "tributary_writer_rate_limit_rows_per_sec"),
+        Some(1500.0)
+    );
+    holds_the_budget(&s, 1500.0, 400.0, &[&first]);
+    assert!(
+        s.ring.total("rows_written") < data.len() as u64,
+        "the writers must still be busy at the end, or the lower bound proves nothing"
+    );
+}
