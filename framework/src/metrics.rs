@@ -328,7 +328,7 @@ impl Collector for PartitionCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let parts = self.0.lock().map(|m| m.clone()).unwrap_or_default();
         type Read = fn(&PartitionGauges) -> f64;
-        let gauges: [(&str, &str, Option<Unit>, Read); 6] = [
+        let gauges: [(&str, &str, Option<Unit>, Read); 7] = [
             (
                 "tributary_partition_watermark",
                 "Event-time watermark of the partition, seconds since the epoch.",
@@ -358,6 +358,12 @@ impl Collector for PartitionCollector {
                 "Windows open across all levels.",
                 None,
                 |g| g.open_windows as f64,
+            ),
+            (
+                "tributary_partition_replaying",
+                "1 while the partition's state is rebuilt (outputs suppressed), else 0.",
+                None,
+                |g| f64::from(u8::from(g.replaying)),
             ),
             (
                 "tributary_partition_consumer_lag",
