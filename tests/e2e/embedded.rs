@@ -121,6 +121,12 @@ fn demo_rolls_up_detects_and_dead_letters() {
         );
     }
     assert_eq!(report.steps_detected, report.steps_injected, "{text}");
+    // The writer half of the job: every rollup and anomaly row in the ring, in batches
+    // each sent to a node that replicates all of its rows.
+    assert!(report.rows_expected > 60 * 300, "{text}");
+    assert_eq!(report.rows_written, report.rows_expected, "{text}");
+    assert!(report.batches > 0, "{text}");
+    assert_eq!(report.batches_replica_local, report.batches, "{text}");
 }
 
 fn read_rollups(brokers: &str) -> Vec<tributary::codec::RollupRecord> {
