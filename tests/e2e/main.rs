@@ -12,3 +12,4 @@ mod static_membership;
 mod tansu;
 mod writer;
 mod writer_group;
+mod writer_locality;

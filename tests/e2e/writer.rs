@@ -37,6 +37,11 @@ fn setup(rf: u32) -> Setup {
     setup_on(rf, false)
 }
 
+/// Tansu and a ring of `nodes` nodes, keyspace at `rf`.
+pub(crate) fn setup_nodes(rf: u32, nodes: usize) -> Setup {
+    setup_layout(rf, None, nodes, 0)
+}
+
 pub(crate) fn setup_on(rf: u32, dev_kafka: bool) -> Setup {
     setup_ring(rf, dev_kafka, 0)
 }
@@ -48,6 +53,10 @@ fn setup_ring(rf: u32, dev_kafka: bool, spare_nodes: usize) -> Setup {
 /// `dev_kafka` = Some(n): the mock broker process, whose first n offset commits fail;
 /// None: tansu.
 fn setup_with(rf: u32, dev_kafka: Option<usize>, spare_nodes: usize) -> Setup {
+    setup_layout(rf, dev_kafka, 3, spare_nodes)
+}
+
+fn setup_layout(rf: u32, dev_kafka: Option<usize>, nodes: usize, spare_nodes: usize) -> Setup {
     let (metrics, rollups, anomalies, dlq) = (
         unique("metrics"),
         unique("rollups"),
@@ -68,7 +77,7 @@ fn setup_with(rf: u32, dev_kafka: Option<usize>, spare_nodes: usize) -> Setup {
         );
         TestBroker::Tansu(t)
     };
-    let ring = CqlRing::start_with_spare(3, spare_nodes);
+    let ring = CqlRing::start_with_spare(nodes, spare_nodes);
     let s = Setup {
         keyspace: unique("ks").replace('-', "_"),
         metrics,
@@ -185,8 +194,8 @@ pub(crate) fn wait_all_points(s: &Setup, rows: usize, writer: &Process) {
     );
 }
 
-fn writes_everything_token_aware(rf: u32) {
-    let s = setup(rf);
+fn writes_everything_token_aware(rf: u32, nodes: usize) {
+    let s = setup_nodes(rf, nodes);
     let data = points(40, 50);
     py_produce(s.kafka.brokers(), &s.metrics, &data);
     let rollup = |res: &str, start: i64, width: i64| Outgoing {
@@ -284,12 +293,13 @@ fn writes_everything_token_aware(rf: u32) {
 
 #[test]
 fn writer_rf1_every_row_read_back_and_batches_replica_local() {
-    writes_everything_token_aware(1);
+    writes_everything_token_aware(1, 3);
 }
 
 #[test]
-fn writer_rf3_every_row_read_back_and_batches_replica_local() {
-    writes_everything_token_aware(3);
+fn writer_rf3_on_six_nodes_every_row_read_back_and_batches_replica_local() {
+    // Six nodes at RF 3: no node replicates every row, so locality is earned.
+    writes_everything_token_aware(3, 6);
 }
 
 #[test]

@@ -96,6 +96,10 @@ pub struct BatchConfig {
     pub max_bytes: usize,
     /// A group waits at most this long for more rows.
     pub linger: HumanDuration,
+    /// Group rows by their exact replica set (token-aware). `false` batches rows wherever
+    /// they live: only to measure what token awareness buys (benchmarks, the tests'
+    /// controls); every batch then lands on a coordinator that forwards most of it.
+    pub by_replica_set: bool,
 }
 
 /// Rate limits, changeable at runtime (admin endpoint, `ctl`, SIGHUP).
@@ -193,6 +197,7 @@ impl Default for WriterConfig {
                 max_rows: 32,
                 max_bytes: 4_000,
                 linger: HumanDuration(Duration::from_millis(5)),
+                by_replica_set: true,
             },
             limits: LimitsConfig {
                 scope: LimitScope::Process,

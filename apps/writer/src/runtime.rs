@@ -363,6 +363,7 @@ pub async fn run(
     };
     let mut batcher: Batcher<QueuedRow> = Batcher::new(limits);
     let max_pending = config.flow.max_pending_per_partition;
+    let by_replica_set = config.batch.by_replica_set;
     let mut commit_tick = tokio::time::interval(config.kafka.commit_interval.0);
     let mut linger_tick = tokio::time::interval(Duration::from_millis(1).max(limits.linger / 2));
     let mut adapt_tick = tokio::time::interval(Duration::from_secs(1));
@@ -398,7 +399,7 @@ pub async fn run(
                             // Without a token (no metadata yet, or values the driver
                             // cannot hash) rows still go out, grouped together and routed
                             // by the driver.
-                            let token = sink.token(&row).ok();
+                            let token = by_replica_set.then(|| sink.token(&row).ok()).flatten();
                             let (replicas, epoch) = match token {
                                 Some(t) => sink.replica_set(&row.table, t),
                                 None => (ReplicaSet::default(), 0),
