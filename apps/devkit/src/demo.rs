@@ -215,14 +215,19 @@ pub fn run(opts: &DemoOptions, out: &mut impl Write) -> anyhow::Result<DemoRepor
         std::thread::spawn(move || loadgen::produce(&brokers, "metrics", &spec))
     };
     let started = Instant::now();
+    let mut last = (Instant::now(), 0u64);
     while !producer.is_finished() {
         std::thread::sleep(Duration::from_secs(2));
         let (batches, local) = writer.batches();
+        let consumed = rollup.metrics().records_consumed.get();
+        let events_per_sec = consumed.saturating_sub(last.1) as f64 / last.0.elapsed().as_secs_f64();
+        last = (Instant::now(), consumed);
         say!(
             out,
-            "  {:>5.1}s  rollup consumed {:>9}  rollups out {:>7}  |  detector consumed {:>9}  anomalies out {:>4}  |  writer rows {:>7}  batches {:>6} ({:.0}% replica-local)",
+            "  {:>5.1}s  {:>7.0} events/s  rollup consumed {:>9}  rollups out {:>7}  |  detector consumed {:>9}  anomalies out {:>4}  |  writer rows {:>7}  batches {:>6} ({:.0}% replica-local)",
             started.elapsed().as_secs_f64(),
-            rollup.metrics().records_consumed.get(),
+            events_per_sec,
+            consumed,
             rollup.metrics().rollups_emitted.get(),
             detector.metrics().records_consumed.get(),
             detector.metrics().anomalies_emitted.get(),
