@@ -5,6 +5,7 @@ mod cli;
 mod dataset;
 mod deploy;
 mod embedded;
+mod faults;
 mod replay;
 mod retention;
 mod security;

@@ -149,7 +149,7 @@ impl Bed {
 
     /// Waits until every record is committed, checks the rollups against the oracle
     /// (duplicates only if identical) and stops the app gracefully.
-    fn finish(&self, data: &DataSet, app: &mut Process) {
+    pub(crate) fn finish(&self, data: &DataSet, app: &mut Process) {
         self.wait_caught_up(&data.records, app);
         let out = self.rollups_out(data.expected.len());
         dataset::check_rollups(data, Duplicates::Identical, &out);
