@@ -150,6 +150,22 @@ pub(crate) fn start_writer_env(s: &Setup, admin: &str, extra: &[&str], env: &[(&
     Process::spawn("tributary-writer", &app_binary("tributary-writer"), &args, env)
 }
 
+/// `tributary-writer ctl rate-limit` against a running writer; it must succeed.
+pub(crate) fn ctl_rate_limit(admin: &str, rows_per_sec: u32, burst: u32) {
+    let out = std::process::Command::new(app_binary("tributary-writer"))
+        .args(["ctl", "--admin", admin, "rate-limit", "--rows-per-sec"])
+        .arg(rows_per_sec.to_string())
+        .arg("--burst")
+        .arg(burst.to_string())
+        .output()
+        .expect("ctl");
+    assert!(
+        out.status.success(),
+        "ctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub(crate) fn points(n_series: usize, per_series: usize) -> Vec<Outgoing> {
     let mut out = Vec::new();
     for i in 0..per_series {
@@ -351,24 +367,7 @@ fn writer_rate_limit_holds_and_changes_at_runtime() {
     }
     // Raise the limit through the CLI: the writer speeds up without a restart.
     let before = s.ring.total("rows_written");
-    let out = std::process::Command::new(app_binary("tributary-writer"))
-        .args([
-            "ctl",
-            "--admin",
-            &admin,
-            "rate-limit",
-            "--rows-per-sec",
-            "5000",
-            "--burst",
-            "500",
-        ])
-        .output()
-        .expect("ctl");
-    assert!(
-        out.status.success(),
-        "ctl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ctl_rate_limit(&admin, 5000, 500);
     assert_eq!(
         metric(&admin, "tributary_writer_rate_limit_rows_per_sec"),
         Some(5000.0)

@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use harness::{Outgoing, Process, app_binary, eventually, free_port, metric, py_produce};
+use harness::{Outgoing, Process, eventually, free_port, metric, py_produce};
 use serde_json::Value;
 
-use crate::writer::{Setup, setup_on, start_writer_env};
+use crate::writer::{Setup, ctl_rate_limit, setup_on, start_writer_env};
 
 /// Rows on metrics partitions 0, 1 and 2: uneven, and each enough to keep its owner busy
 /// for the whole test.
@@ -81,27 +81,6 @@ fn holds_the_budget(s: &Setup, rate: f64, burst: f64, writers: &[&Process]) {
     assert!(windows >= 100, "only {windows} windows of 10 s or more");
 }
 
-fn ctl(admin: &str, rate: u32, burst: u32) {
-    let out = std::process::Command::new(app_binary("tributary-writer"))
-        .args([
-            "ctl",
-            "--admin",
-            admin,
-            "rate-limit",
-            "--rows-per-sec",
-            &rate.to_string(),
-            "--burst",
-            &burst.to_string(),
-        ])
-        .output()
-        .expect("ctl");
-    assert!(
-        out.status.success(),
-        "ctl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn writers_sharing_a_group_budget_send_it_together_before_and_after_one_leaves() {
     let s = setup_on(1, false);
@@ -141,7 +120,7 @@ fn writers_sharing_a_group_budget_send_it_together_before_and_after_one_leaves()
     holds_the_budget(&s, 1000.0, 400.0, &[&first, &second]);
 
     // A change at one member reaches the other through the group's limit topic.
-    ctl(&a, 1500, 400);
+    ctl_rate_limit(&a, 1500, 400);
     let followed = eventually(Duration::from_secs(5), || {
         status(&b)
             .filter(|st| st["group"]["rows_per_sec"] == 1500)

@@ -5,6 +5,9 @@
 //! topic (see [`crate::group_limit`]), so a change made at one member reaches all.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +112,29 @@ impl Budget {
             self.limiter.set(mine);
         }
     }
+}
+
+/// This member's share of the group's budget: the partitions it owns of all the
+/// partitions of `topics` (read from the broker's metadata at every rebalance).
+pub fn share_by_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    budget: &Budget,
+    topics: &[String],
+) {
+    let owned = consumer.assignment().map_or(0, |a| a.count());
+    let mut total = 0;
+    for topic in topics {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(m) => total += m.topics().iter().map(|t| t.partitions().len()).sum::<usize>(),
+            Err(e) => {
+                // Owned partitions as the whole: the share errs high until the next
+                // rebalance, never to zero.
+                tracing::warn!(topic, error = %e, "cannot read partition counts; sharing the group's limit by what is known");
+                total += owned;
+            }
+        }
+    }
+    budget.set_partitions(owned, total);
 }
 
 #[cfg(test)]

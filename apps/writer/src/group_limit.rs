@@ -63,6 +63,47 @@ impl GroupLimit {
     }
 }
 
+/// Sets its flag when dropped: stops a helper thread however `run` ends.
+pub struct SetOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Makes sure the group's limit topic exists (retried with backoff while Kafka cannot be
+/// reached) and follows it until `stop` is set. `Err(None)`: `shutdown` came first.
+pub async fn ensure_and_follow(
+    kafka: &KafkaConfig,
+    budget: Arc<Budget>,
+    stop: Arc<AtomicBool>,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<(), Option<String>> {
+    let kafka = kafka.clone();
+    let name = topic(&kafka);
+    let ensure = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            tributary::runtime::topics::ensure_compacted_topic(&kafka, &name, &stop).map(|()| kafka)
+        })
+    };
+    tokio::pin!(ensure);
+    let kafka = tokio::select! {
+        ensured = &mut ensure => match ensured {
+            Ok(Ok(kafka)) => kafka,
+            Ok(Err(e)) => return Err(Some(e.to_string())),
+            Err(e) => return Err(Some(e.to_string())),
+        },
+        _ = shutdown.as_mut() => {
+            stop.store(true, Ordering::Relaxed);
+            return Err(None);
+        }
+    };
+    follow(&kafka, budget, stop).map_err(|e| Some(e.to_string()))?;
+    Ok(())
+}
+
 /// Follows the topic on a thread of its own until `stop`, handing each limit read to
 /// `budget`.
 pub fn follow(

@@ -126,7 +126,7 @@ impl ConsumerContext for WriterContext {
         }
         drop(starts);
         if let Some((budget, topics)) = &self.budget {
-            share_by_partitions(consumer, budget, topics);
+            crate::budget::share_by_partitions(consumer, budget, topics);
         }
     }
 
@@ -157,25 +157,6 @@ impl ConsumerContext for WriterContext {
             tracing::warn!(error = %e, "commit at revoke failed; the next owner rewrites from the last committed offset");
         }
     }
-}
-
-/// This member's share of the group's budget: the partitions it owns of all the
-/// partitions of `topics` (read from the broker's metadata at every rebalance).
-fn share_by_partitions(consumer: &BaseConsumer<WriterContext>, budget: &Budget, topics: &[String]) {
-    let owned = consumer.assignment().map_or(0, |a| a.count());
-    let mut total = 0;
-    for topic in topics {
-        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-            Ok(m) => total += m.topics().iter().map(|t| t.partitions().len()).sum::<usize>(),
-            Err(e) => {
-                // Owned partitions as the whole: the share errs high until the next
-                // rebalance, never to zero.
-                tracing::warn!(topic, error = %e, "cannot read partition counts; sharing the group's limit by what is known");
-                total += owned;
-            }
-        }
-    }
-    budget.set_partitions(owned, total);
 }
 
 /// Operator controls shared with the admin endpoint.
@@ -223,47 +204,6 @@ impl Control {
         }
         Ok(())
     }
-}
-
-/// Sets its flag when dropped: stops a helper thread however `run` ends.
-struct SetOnDrop(Arc<AtomicBool>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Makes sure the group's limit topic exists (retried with backoff while Kafka cannot be
-/// reached) and follows it until `stop` is set.
-async fn follow_group_limit(
-    config: &WriterConfig,
-    budget: Arc<Budget>,
-    stop: Arc<AtomicBool>,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Result<(), WriterError> {
-    let kafka = config.kafka.clone();
-    let topic = crate::group_limit::topic(&kafka);
-    let ensure = {
-        let stop = stop.clone();
-        tokio::task::spawn_blocking(move || {
-            tributary::runtime::topics::ensure_compacted_topic(&kafka, &topic, &stop).map(|()| kafka)
-        })
-    };
-    tokio::pin!(ensure);
-    let kafka = tokio::select! {
-        ensured = &mut ensure => match ensured {
-            Ok(Ok(kafka)) => kafka,
-            Ok(Err(e)) => return Err(WriterError::LimitTopic(e.to_string())),
-            Err(e) => return Err(WriterError::LimitTopic(e.to_string())),
-        },
-        _ = shutdown.as_mut() => {
-            stop.store(true, Ordering::Relaxed);
-            return Err(WriterError::Stopped);
-        }
-    };
-    crate::group_limit::follow(&kafka, budget, stop).map_err(|e| WriterError::LimitTopic(e.to_string()))?;
-    Ok(())
 }
 
 /// Why the writer stopped with an error.
@@ -333,9 +273,19 @@ pub async fn run(
     let topics: Vec<&str> = sources.keys().map(String::as_str).collect();
     let following = Arc::new(AtomicBool::new(false));
     if let Some((budget, _)) = &control.group {
-        follow_group_limit(&config, budget.clone(), following.clone(), &mut shutdown).await?;
+        crate::group_limit::ensure_and_follow(
+            &config.kafka,
+            budget.clone(),
+            following.clone(),
+            &mut shutdown,
+        )
+        .await
+        .map_err(|e| match e {
+            Some(e) => WriterError::LimitTopic(e),
+            None => WriterError::Stopped,
+        })?;
     }
-    let _stop_following = SetOnDrop(following);
+    let _stop_following = crate::group_limit::SetOnDrop(following);
     consumer.subscribe(&topics)?;
     let dlq: FutureProducer<Logged> =
         producer_config(&config.kafka).create_with_context(Logged("dead-letter producer"))?;
