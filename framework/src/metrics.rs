@@ -81,6 +81,8 @@ pub struct Metrics {
     pub anomalies_emitted: Counter,
     pub outputs_acked: Counter,
     pub output_errors: Counter,
+    pub partitions_rebuilt: Counter,
+    pub producers_renewed: Counter,
     pub commits: Counter,
     pub commit_errors: Counter,
     pub rebalances: Counter,
@@ -124,6 +126,8 @@ impl Metrics {
             anomalies_emitted: Counter::default(),
             outputs_acked: Counter::default(),
             output_errors: Counter::default(),
+            partitions_rebuilt: Counter::default(),
+            producers_renewed: Counter::default(),
             commits: Counter::default(),
             commit_errors: Counter::default(),
             rebalances: Counter::default(),
@@ -180,6 +184,16 @@ impl Metrics {
             "tributary_output_errors",
             "Output records the broker did not acknowledge",
             m.output_errors.clone(),
+        );
+        registry.register(
+            "tributary_partitions_rebuilt",
+            "Partitions rebuilt from their newest acknowledged plan after an output was not delivered",
+            m.partitions_rebuilt.clone(),
+        );
+        registry.register(
+            "tributary_producers_renewed",
+            "Output producers replaced after a fatal error",
+            m.producers_renewed.clone(),
         );
         registry.register(
             "tributary_commits",

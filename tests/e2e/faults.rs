@@ -22,19 +22,26 @@ fn seed() -> u64 {
     seed
 }
 
-#[test]
-#[ignore = "finds a bug not fixed yet (issue 12): in 2 of 4 runs, after a broker restart with outputs in flight, the group's session times out, the partitions' resumes seek back to offset 0 and some never commit past where they stopped (e.g. 8,725 of 26,212) within 120 s; run with --ignored"]
-fn the_rollup_app_rides_out_three_broker_restarts_mid_stream() {
+/// A seeded xorshift stream: `next(n)` is below `n`.
+fn rng(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut state = seed | 1;
+    move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    }
+}
+
+/// Records stream in, and each time the rollup app is working through them (outputs in
+/// flight) tansu is stopped for `outage` (a range in ms, seeded) and started again, with
+/// the same app process running throughout. Ends with the oracle's exact comparison;
+/// returns the app's count of partitions rebuilt after undelivered outputs.
+fn broker_outages(properties: &[(&str, &str)], outages: usize, outage: std::ops::Range<u64>) -> f64 {
     let seed = seed();
-    let mut rng = seed | 1;
-    let mut next = move |below: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % below
-    };
+    let mut next = rng(seed);
     let mut tansu = Tansu::start_stored();
-    let bed = bed_on(Box::new(()), tansu.brokers.clone());
+    let bed = bed_on(Box::new(()), tansu.brokers.clone()).with_kafka_properties(properties);
     create_topics(&bed.brokers, &[(&bed.input, PARTITIONS)]);
     let series = 48;
     let data = dataset::build(series, 12, PARTITIONS, seed);
@@ -44,10 +51,8 @@ fn the_rollup_app_rides_out_three_broker_restarts_mid_stream() {
     if let Err(last) = harness::wait_readiness(&admin, None, Duration::from_secs(120)) {
         panic!("never ready: {last:?}\n{}", app.log_text());
     }
-    // Three times: records stream in, and once the app is working through them (outputs
-    // in flight) the broker stops for 1-4 s; the producer rides out the outage itself.
     let consumed = || harness::metric(&admin, "tributary_records_consumed_total").unwrap_or(0.0) as u64;
-    for (restart, chunk) in body.chunks(body.len() / 3 + 1).enumerate() {
+    for (restart, chunk) in body.chunks(body.len() / outages + 1).enumerate() {
         let before = consumed();
         let producing = {
             let (brokers, input, chunk) = (bed.brokers.clone(), bed.input.clone(), chunk.to_vec());
@@ -59,7 +64,9 @@ fn the_rollup_app_rides_out_three_broker_restarts_mid_stream() {
         });
         assert!(midway.is_some(), "nothing consumed:\n{}", app.log_text());
         tansu.stop();
-        std::thread::sleep(Duration::from_millis(1_000 + next(3_000)));
+        std::thread::sleep(Duration::from_millis(
+            outage.start + next(outage.end - outage.start),
+        ));
         tansu.start_again();
         producing.join().expect("producer");
         assert!(
@@ -73,5 +80,31 @@ fn the_rollup_app_rides_out_three_broker_restarts_mid_stream() {
         panic!("not ready after the restarts: {last:?}\n{}", app.log_text());
     }
     py_produce(&bed.brokers, &bed.input, sentinels);
+    bed.wait_caught_up(&data.records, &app);
+    let rebuilt = harness::metric(&admin, "tributary_partitions_rebuilt_total").unwrap_or(0.0);
     bed.finish(&data, &mut app);
+    rebuilt
+}
+
+#[test]
+#[ignore = "finds a fault not fixed yet (issue 12): in about 1 of 5 runs, after a session lost during a tansu restart, the consumer gets no assignment again for minutes (a gdb stack of the hung app shows its poll loop polling; max.poll.interval.ms = 30 s did not change it), so some partitions never commit past where they stopped within 120 s; run with --ignored"]
+fn the_rollup_app_rides_out_three_broker_restarts_mid_stream() {
+    // The producer rides out a 1-4 s outage by itself (message.timeout.ms is 5 min).
+    broker_outages(&[], 3, 1_000..4_000);
+}
+
+#[test]
+#[ignore = "timing-dependent here (issue 12): an output must be in flight when tansu stops (in 1 of 2 solo runs none was), and a tansu slowed by a parallel test fails 3 s deliveries again and again; passed 3 of 7 runs; run with --ignored"]
+fn outputs_the_broker_never_took_are_produced_again_by_a_rebuild() {
+    // Outputs time out during the outage: their partitions are rebuilt from the newest
+    // acknowledged plan and produce them again, and the app stays up. Not idempotent here:
+    // after a timed-out output librdkafka bumps the idempotent producer's epoch, and
+    // tansu 0.6's sqlite storage panics on that ("more or less than one row" in
+    // idempotent_message_check) and serves nothing afterwards; Kafka takes it.
+    let properties = [("message.timeout.ms", "3000"), ("enable.idempotence", "false")];
+    let rebuilt = broker_outages(&properties, 2, 6_000..9_000);
+    assert!(
+        rebuilt >= 1.0,
+        "no output failed, so nothing was tested (rebuilt {rebuilt})"
+    );
 }

@@ -39,13 +39,17 @@ pub(crate) fn scratch(name: &str) -> PathBuf {
 
 /// A config file: quick commits and checkpoints, a short session so a killed member is
 /// replaced quickly.
-fn write_config(dir: &Path, state_dir: &Path) -> PathBuf {
+fn write_config(dir: &Path, state_dir: &Path, properties: &[(&str, &str)]) -> PathBuf {
     let path = dir.join("rollup.toml");
+    let extra: String = properties
+        .iter()
+        .map(|(k, v)| format!(", \"{k}\" = \"{v}\""))
+        .collect();
     let text = format!(
         r#"
 [kafka]
 commit_interval = "200ms"
-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500"{extra} }}
 [rollup]
 idle_timeout = "1d"
 [state]
@@ -62,7 +66,7 @@ pub(crate) fn bed_on(broker: Box<dyn std::any::Any>, brokers: String) -> Bed {
     let dir = scratch("replay-bed");
     let state_dir = dir.join("state");
     Bed {
-        config: write_config(&dir, &state_dir),
+        config: write_config(&dir, &state_dir, &[]),
         state_dir,
         brokers,
         input: unique("metrics"),
@@ -99,6 +103,15 @@ fn dev_bed_failing_commits(fail_commits: usize) -> Bed {
 }
 
 impl Bed {
+    /// The same bed with more librdkafka properties in the app's config.
+    pub(crate) fn with_kafka_properties(self, properties: &[(&str, &str)]) -> Self {
+        let dir = self.config.parent().expect("config dir").to_path_buf();
+        Self {
+            config: write_config(&dir, &self.state_dir, properties),
+            ..self
+        }
+    }
+
     pub(crate) fn start(&self, admin: &str, state_dir: &Path) -> Process {
         self.start_env(admin, state_dir, &[])
     }

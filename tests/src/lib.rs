@@ -678,10 +678,21 @@ pub fn end_offsets(records: &[Outgoing]) -> BTreeMap<i32, i64> {
 
 /// Committed offsets of `group` and end offsets of `topic`, per partition.
 pub fn py_committed(brokers: &str, group: &str, topic: &str) -> (BTreeMap<i32, i64>, BTreeMap<i32, i64>) {
-    let out = python(brokers)
-        .args(["committed", brokers, group, topic])
-        .output()
-        .expect("python3");
+    let ask = || {
+        python(brokers)
+            .args(["committed", brokers, group, topic])
+            .output()
+            .expect("python3")
+    };
+    // A broker that just restarted may not answer the first metadata request in time.
+    let mut out = ask();
+    for _ in 0..3 {
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        out = ask();
+    }
     assert!(
         out.status.success(),
         "python committed failed: {}",

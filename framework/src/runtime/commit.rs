@@ -28,10 +28,7 @@ impl Coordinator {
         }
         let tpl = self.offsets(plans);
         match mode {
-            CommitMode::Sync => {
-                self.flush_plans();
-                self.commit_now(consumer, &tpl);
-            }
+            CommitMode::Sync => self.commit_now(consumer, &tpl),
             // The committer thread waits for the broker; if it is still busy with an
             // earlier commit, these offsets count as failed and are sent again later.
             CommitMode::Async => {
@@ -56,8 +53,7 @@ impl Coordinator {
         if plans.is_empty() {
             return;
         }
-        let tpl = self.offsets(plans);
-        self.flush_plans();
+        let tpl = self.with_plans_written(&self.offsets(plans));
         let settle = |t: &str, p, o, ok| self.settle_commit(t, p, o, ok);
         if let Err(e) = commits::commit_final(consumer, &tpl, self.drain_timeout, settle) {
             tracing::error!(error = %e, "final offset commit failed; the next start replays from the last confirmed commit");
@@ -74,22 +70,47 @@ impl Coordinator {
                 el.set_metadata(plan.encode());
             }
             if let PlanStore::Topic(store) = &self.plans {
-                store.write(&tp.topic, tp.partition, plan);
+                store.write_for_commit(&tp.topic, tp.partition, plan);
             }
             self.history.offer(&tp.topic, tp.partition, plan);
         }
         tpl
     }
 
-    /// Plans written to the plan topic reach the broker before their commit.
-    fn flush_plans(&self) {
-        if let PlanStore::Topic(store) = &self.plans {
-            store.flush(self.drain_timeout);
+    /// `tpl` without the partitions whose plans did not reach the plan topic (where plans
+    /// are kept there), which are settled as failed so they are sent again with new plans.
+    fn with_plans_written(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
+        let PlanStore::Topic(store) = &self.plans else {
+            return tpl.clone();
+        };
+        let elements = tpl.elements();
+        let partitions: Vec<(&str, i32)> = elements.iter().map(|el| (el.topic(), el.partition())).collect();
+        let failed = store.confirm(&partitions, self.drain_timeout);
+        if failed.is_empty() {
+            return tpl.clone();
         }
+        let mut kept = TopicPartitionList::new();
+        for el in elements {
+            let Offset::Offset(offset) = el.offset() else {
+                continue;
+            };
+            if failed.contains(&(el.topic().to_owned(), el.partition())) {
+                self.settle_commit(el.topic(), el.partition(), offset, false);
+            } else if kept
+                .add_partition_offset(el.topic(), el.partition(), el.offset())
+                .is_ok()
+                && let Some(mut added) = kept.find_partition(el.topic(), el.partition())
+            {
+                added.set_metadata(el.metadata());
+            }
+        }
+        kept
     }
 
-    /// Commits `tpl`, waiting for the broker, and settles each partition.
+    /// Commits `tpl` once its plans are written, waiting for the broker, and settles each
+    /// partition.
     pub(super) fn commit_now(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList) {
+        let tpl = &self.with_plans_written(tpl);
         let result = commits::commit_and_settle(consumer, tpl, |topic, partition, offset, ok| {
             self.settle_commit(topic, partition, offset, ok)
         });

@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode};
 
 use super::Tp;
 use super::context::ConsumerCtx;
-use super::coordinator::{Coordinator, seek};
+use super::coordinator::{Coordinator, ResumedFrom, seek};
 use super::operator::ReplayError;
 use super::worker::Resume;
 use crate::replay::{self, Plan};
@@ -80,7 +80,11 @@ impl Coordinator {
             }
             tracing::info!(topic = %tp.topic, partition = tp.partition, offset = plan.next_offset, rebuild_from = plan.replay_start,
                 "operator replay started: state at the replay point is rebuilt, then every window closing after it is emitted again");
-            self.start_run(&mut map, tp, worker, pipeline, resume, Some(plan.next_offset));
+            let resumed = ResumedFrom {
+                committed: Some(plan.next_offset),
+                plan: Some(plan),
+            };
+            self.start_run(&mut map, tp, worker, pipeline, resume, resumed);
         }
         drop(map);
         self.epoch.fetch_add(1, Ordering::Release);

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::Tp;
@@ -17,19 +16,29 @@ use super::context::ConsumerCtx;
 use super::history::PlanHistory;
 use super::ledger::Ledger;
 use super::plans::{PlanStore, PlanStoreError};
-use super::producer::OutputContext;
+use super::producer::OutputProducer;
 use super::worker::{Resume, WorkerMsg};
 use crate::config::Config;
 use crate::kafka::commits::Resend;
 use crate::kafka::fetch_start::FetchStart;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineSpec};
+use crate::replay::Plan;
 use crate::state::StateStore;
 
 pub(super) struct Assignment {
     pub(super) generation: u64,
     pub(super) worker: usize,
     pub(super) ledger: Arc<Ledger>,
+    pub(super) resumed: ResumedFrom,
+}
+
+/// What a run resumed from: the group's committed offset and the plan it was rebuilt
+/// from. A rebuild of the run before any newer plan is acknowledged starts there again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ResumedFrom {
+    pub(super) committed: Option<i64>,
+    pub(super) plan: Option<Plan>,
 }
 
 /// State shared between the poll loop and the consumer's rebalance callbacks.
@@ -39,7 +48,7 @@ pub(super) struct Coordinator {
     /// Bumped by every rebalance so the poll loop re-resolves its batches' targets.
     pub(super) epoch: AtomicU64,
     pub(super) next_generation: AtomicU64,
-    pub(super) producer: Arc<ThreadedProducer<OutputContext>>,
+    pub(super) producer: Arc<OutputProducer>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) drain_timeout: Duration,
     pub(super) spec: PipelineSpec,
@@ -144,6 +153,10 @@ impl Coordinator {
             if let Some(plan) = &plan {
                 self.history.add(&tp.topic, tp.partition, plan);
             }
+            let resumed = ResumedFrom {
+                committed: offset,
+                plan,
+            };
             let (start, pipeline, rollups_end) = self.restore(&tp, offset, plan);
             if let Some(seek) = start.seek
                 && let Some(mut el) = tpl.find_partition(&tp.topic, tp.partition)
@@ -151,7 +164,7 @@ impl Coordinator {
             {
                 tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "cannot set start offset");
             }
-            prepared.push((tp, start, pipeline, offset, rollups_end));
+            prepared.push((tp, start, pipeline, resumed, rollups_end));
         }
         // Where an assignment's time goes: the broker's answers, or the local restore.
         tracing::info!(
@@ -166,7 +179,7 @@ impl Coordinator {
         for a in map.values() {
             load[a.worker] += 1;
         }
-        for (tp, start, pipeline, committed, rollups_end) in prepared {
+        for (tp, start, pipeline, resumed, rollups_end) in prepared {
             let worker = (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0);
             load[worker] += 1;
             tracing::info!(topic = %tp.topic, partition = tp.partition, worker, "partition assigned");
@@ -174,7 +187,7 @@ impl Coordinator {
                 self.watch_for_stall(&tp, target);
             }
             let resume = Resume::at(&start, rollups_end);
-            self.start_run(&mut map, tp, worker, pipeline, resume, committed);
+            self.start_run(&mut map, tp, worker, pipeline, resume, resumed);
         }
         self.metrics.assigned_partitions.set(map.len() as i64);
         self.metrics.rebalances.inc_by(1);
@@ -184,7 +197,7 @@ impl Coordinator {
 
     /// Hands `tp` to `worker` with a prepared pipeline under a new generation (queued
     /// batches of an earlier one are dropped) and a ledger that never commits at or below
-    /// `committed`.
+    /// the offset it resumed from.
     pub(super) fn start_run(
         &self,
         map: &mut HashMap<Tp, Assignment>,
@@ -192,10 +205,10 @@ impl Coordinator {
         worker: usize,
         pipeline: Box<Pipeline>,
         resume: Resume,
-        committed: Option<i64>,
+        resumed: ResumedFrom,
     ) {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let ledger = Arc::new(Ledger::resuming_at(committed).with_rollups_end(resume.rollups_end));
+        let ledger = Arc::new(Ledger::resuming_at(resumed.committed).with_rollups_end(resume.rollups_end));
         let _ = self.workers[worker].send(WorkerMsg::Assign {
             tp: tp.clone(),
             generation,
@@ -209,6 +222,7 @@ impl Coordinator {
                 generation,
                 worker,
                 ledger,
+                resumed,
             },
         );
     }

@@ -105,12 +105,19 @@ impl Ledger {
         });
     }
 
-    /// A delivery report for output `seq`.
-    pub fn ack(&self, seq: u64, result: Result<(), String>) {
+    /// A delivery report for output `seq`; true if it is the ledger's first failure.
+    pub fn ack(&self, seq: u64, result: Result<(), String>) -> bool {
         let mut s = self.lock();
         match result {
-            Ok(()) => s.prefix.ack(seq),
-            Err(e) => s.prefix.fail(e),
+            Ok(()) => {
+                s.prefix.ack(seq);
+                false
+            }
+            Err(e) => {
+                let first = s.prefix.failure().is_none();
+                s.prefix.fail(e);
+                first
+            }
         }
     }
 
@@ -188,8 +195,9 @@ mod tests {
         let l = Ledger::new();
         l.checkpoint(1, at(5), None);
         l.checkpoint(2, at(9), None);
-        l.ack(0, Ok(()));
-        l.ack(1, Err("timed out".into()));
+        assert!(!l.ack(0, Ok(())));
+        assert!(l.ack(1, Err("timed out".into())), "the first failure is reported");
+        assert!(!l.ack(2, Err("timed out too".into())), "later ones are not");
         assert_eq!(l.safe_offset(), Some(5));
         assert_eq!(l.failure().as_deref(), Some("timed out"));
         l.checkpoint(2, at(12), None);

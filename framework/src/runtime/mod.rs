@@ -8,12 +8,14 @@
 //! - [`poll`]: the poll thread and loop, start-up and shutdown;
 //! - [`coordinator`]: who owns which partition, assignment and revocation;
 //! - [`recovery`]: where an assigned partition resumes and how its state comes back;
+//! - [`rebuild`]: partitions with an undelivered output rebuilt in place;
 //! - [`commit`]: commits with replay plans, confirmed by the broker;
 //! - [`control`]: operator requests (replay) to a running runtime;
 //! - [`context`]: the consumer's callbacks;
 //! - [`worker`]: worker threads running the partitions' pipelines, fed [`batch`]es;
 //! - [`output`]: a partition's outputs produced to Kafka;
-//! - [`ledger`], [`producer`]: output acknowledgements and delivery reports;
+//! - [`ledger`], [`producer`]: output acknowledgements, delivery reports, and the producer
+//!   replaced after a fatal error;
 //! - [`plans`]: where plans and coarse rows live on the broker;
 //! - [`history`]: earlier plans kept for operator replays;
 //! - [`operator`]: operator replays against the broker;
@@ -31,6 +33,7 @@ mod output;
 pub mod plans;
 mod poll;
 pub mod producer;
+mod rebuild;
 mod recovery;
 pub mod topics;
 mod worker;

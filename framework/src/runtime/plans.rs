@@ -5,13 +5,14 @@
 //! topic ([`PlanTopic`]). Coarse windows are rebuilt from the rollups topic
 //! ([`read_rollups`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::Config;
@@ -115,6 +116,10 @@ pub struct PlanTopic {
     /// yet, which was most of a clean start's time).
     reader: BaseConsumer<Logged>,
     rt: tokio::runtime::Runtime,
+    /// Plan writes not yet confirmed, by key (`None`: it could not even be queued). A
+    /// commit waits for its partitions' plans: an offset committed without its plan
+    /// would resume with empty state on a broker that drops commit metadata.
+    pending: Mutex<Vec<(String, Option<DeliveryFuture>)>>,
 }
 
 impl std::fmt::Debug for PlanTopic {
@@ -159,24 +164,79 @@ impl PlanTopic {
                 .map_err(kafka("create a client"))?,
             reader,
             rt,
+            pending: Mutex::new(Vec::new()),
         })
     }
 
-    /// Queues a plan; it is a valid resume point on its own (outputs before its offset
-    /// are acknowledged), so the write need not be awaited.
+    /// Queues a plan (for the history: a valid resume point on its own, outputs before
+    /// its offset being acknowledged, so the write need not be awaited).
     pub fn write(&self, topic: &str, partition: i32, plan: &Plan) {
+        let _ = self.queue(&plan_key(topic, partition), plan);
+    }
+
+    /// Queues the plan of an offset about to be committed; [`PlanTopic::confirm`] waits
+    /// for it before the commit.
+    pub fn write_for_commit(&self, topic: &str, partition: i32, plan: &Plan) {
         let key = plan_key(topic, partition);
+        let delivery = self.queue(&key, plan);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((key, delivery));
+    }
+
+    fn queue(&self, key: &str, plan: &Plan) -> Option<DeliveryFuture> {
         let value = plan.encode();
         let record = FutureRecord::to(&self.topic)
             .partition(0)
-            .key(&key)
+            .key(key)
             .payload(&value);
-        if let Err((e, _)) = self.producer.send_result(record) {
-            tracing::warn!(topic = %self.topic, error = %e, "cannot queue replay plan");
+        match self.producer.send_result(record) {
+            Ok(delivery) => Some(delivery),
+            Err((e, _)) => {
+                tracing::warn!(topic = %self.topic, error = %e, "cannot queue replay plan");
+                None
+            }
         }
     }
 
-    /// Waits for queued plan writes (shutdown and revoke).
+    /// Waits (at most `timeout`) for the plan writes queued so far for these partitions;
+    /// returns those of them with a write that failed or did not finish.
+    pub fn confirm(&self, partitions: &[(&str, i32)], timeout: Duration) -> HashSet<(String, i32)> {
+        let keys: HashMap<String, (&str, i32)> = partitions
+            .iter()
+            .map(|&(t, p)| (plan_key(t, p), (t, p)))
+            .collect();
+        let mine: Vec<_> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let (mine, rest) = std::mem::take(&mut *pending)
+                .into_iter()
+                .partition(|(key, _)| keys.contains_key(key));
+            *pending = rest;
+            mine
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut failed = HashSet::new();
+        for (key, delivery) in mine {
+            let written = match delivery {
+                Some(d) => matches!(
+                    self.rt
+                        .block_on(async { tokio::time::timeout_at(deadline, d).await }),
+                    Ok(Ok(Ok(_)))
+                ),
+                None => false,
+            };
+            if !written && let Some(&(t, p)) = keys.get(&key) {
+                failed.insert((t.to_owned(), p));
+            }
+        }
+        if !failed.is_empty() {
+            tracing::warn!(topic = %self.topic, partitions = ?failed, "replay plans not written; their offsets are committed later with new ones");
+        }
+        failed
+    }
+
+    /// Waits for queued plan writes (shutdown).
     pub fn flush(&self, timeout: Duration) {
         use rdkafka::producer::Producer;
         let _ = self.producer.flush(timeout);

@@ -11,17 +11,17 @@ use std::time::{Duration, Instant};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{Producer, ThreadedProducer};
 
 use super::batch::Batch;
 use super::context::ConsumerCtx;
 use super::control::ControlRequest;
 use super::coordinator::{Coordinator, lock};
-use super::producer::OutputContext;
+use super::producer::OutputProducer;
 use super::recovery::{Admit, open_state, plan_history, plan_store};
 use super::worker::{self, Outputs, WorkerMsg, WorkerShared};
 use super::{RunSummary, RuntimeError, Tp, topics};
 use crate::config::Config;
+use crate::kafka::Backoff;
 use crate::kafka::commits::Resend;
 use crate::metrics::Metrics;
 use crate::pipeline::PipelineSpec;
@@ -63,12 +63,12 @@ pub(super) fn poll_thread(
     let history = Arc::new(plan_history(&config, &stop)?);
     let state = open_state(&config)?;
 
-    let producer: Arc<ThreadedProducer<OutputContext>> = Arc::new(
-        crate::kafka::client::producer_config(&config.kafka)
-            .create_with_context(OutputContext {
-                metrics: metrics.clone(),
-            })
-            .map_err(RuntimeError::kafka("create the producer"))?,
+    let producer = Arc::new(
+        OutputProducer::new(
+            crate::kafka::client::producer_config(&config.kafka),
+            metrics.clone(),
+        )
+        .map_err(RuntimeError::kafka("create the producer"))?,
     );
     let outputs = Outputs {
         rollups: topics.rollups.clone(),
@@ -217,6 +217,11 @@ fn drain_workers(coordinator: &Coordinator) {
     }
 }
 
+/// The longest pause between rebuilds of partitions whose outputs keep failing.
+const MAX_REBUILD_PAUSE: Duration = Duration::from_secs(30);
+/// After this long without a rebuild the pauses start short again.
+const REBUILD_BACKOFF_RESET: Duration = Duration::from_secs(300);
+
 struct QueuedBatch {
     batch: Batch,
     worker: usize,
@@ -240,6 +245,9 @@ fn poll_loop(
     let mut last_tick = Instant::now();
     let mut last_error_log: Option<Instant> = None;
     let mut since_clock = 0u32;
+    let mut rebuild_backoff = Backoff::new().with_max(MAX_REBUILD_PAUSE);
+    let mut last_rebuild = Instant::now();
+    let mut next_rebuild = Instant::now();
 
     let send = |p: QueuedBatch| {
         // Blocks when the worker is behind: the bounded queue is the backpressure.
@@ -345,10 +353,16 @@ fn poll_loop(
         }
         if now.duration_since(last_commit) >= commit_interval {
             last_commit = now;
-            if let Some(e) = coordinator.delivery_failure() {
-                tracing::error!(error = %e, "stopping: an output could not be delivered");
+            // Partitions with an undelivered output are rebuilt, at growing intervals
+            // while deliveries keep failing (a permanent refusal costs a replay each time).
+            if now >= next_rebuild && coordinator.delivery_failure().is_some() {
+                if last_rebuild.elapsed() > REBUILD_BACKOFF_RESET {
+                    rebuild_backoff = Backoff::new().with_max(MAX_REBUILD_PAUSE);
+                }
                 pending.drain().for_each(|(_, p)| send(p));
-                return Err(RuntimeError::Delivery(e));
+                coordinator.rebuild_undelivered(consumer);
+                last_rebuild = Instant::now();
+                next_rebuild = last_rebuild + rebuild_backoff.next_delay();
             }
             // Async commits can be lost unseen (e.g. in a rebalance): every few seconds
             // offsets the broker has not confirmed are sent again.

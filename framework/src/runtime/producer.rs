@@ -1,11 +1,14 @@
-//! The output producer's context: delivery reports advance the partition ledgers.
+//! The output producer: delivery reports advance the partition ledgers, and a producer
+//! that failed fatally is replaced.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::kafka::logging;
 use crate::metrics::Metrics;
@@ -49,9 +52,79 @@ impl ProducerContext for OutputContext {
             }
             Err((e, msg)) => {
                 self.metrics.output_errors.inc_by(1);
-                tracing::error!(topic = msg.topic(), partition = msg.partition(), error = %e, "output not delivered; commits stop for its source partition");
-                tag.ledger.ack(tag.seq, Err(e.to_string()));
+                // Once per run of a partition: a broker outage fails every output in flight.
+                if tag.ledger.ack(tag.seq, Err(e.to_string())) {
+                    tracing::error!(topic = msg.topic(), partition = msg.partition(), error = %e,
+                        "output not delivered; commits stop for its source partition until it is rebuilt");
+                }
             }
         }
+    }
+}
+
+type Threaded = ThreadedProducer<OutputContext>;
+
+/// One output with its delivery tag.
+pub type OutputRecord<'a> = BaseRecord<'a, [u8], [u8], Box<DeliveryTag>>;
+
+/// The producer every worker sends outputs through. librdkafka refuses every later send
+/// of a producer that failed fatally (an idempotent producer whose sequence broke, a
+/// fenced one), so such a producer is replaced by a new one rather than stopping the app;
+/// see [`OutputProducer::renew_if_fatal`].
+pub struct OutputProducer {
+    config: ClientConfig,
+    metrics: Arc<Metrics>,
+    current: RwLock<Threaded>,
+}
+
+impl OutputProducer {
+    pub fn new(config: ClientConfig, metrics: Arc<Metrics>) -> KafkaResult<Self> {
+        let producer = Self::create(&config, &metrics)?;
+        Ok(Self {
+            config,
+            metrics,
+            current: RwLock::new(producer),
+        })
+    }
+
+    fn create(config: &ClientConfig, metrics: &Arc<Metrics>) -> KafkaResult<Threaded> {
+        config.create_with_context(OutputContext {
+            metrics: metrics.clone(),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Threaded> {
+        self.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// rdkafka's own `send`: a refused record comes back to be sent again.
+    #[allow(clippy::result_large_err)]
+    pub fn send<'a>(&self, record: OutputRecord<'a>) -> Result<(), (KafkaError, OutputRecord<'a>)> {
+        self.read().send(record)
+    }
+
+    pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
+        self.read().flush(timeout)
+    }
+
+    /// Replaces the producer if it failed fatally and returns its error. The old one's
+    /// outputs still queued or in flight fail, so their partitions are rebuilt as well.
+    pub fn renew_if_fatal(&self) -> Option<String> {
+        let (code, reason) = self.read().client().fatal_error()?;
+        let fresh = match Self::create(&self.config, &self.metrics) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a new producer; retried at the next failure");
+                return Some(format!("{code:?}: {reason}"));
+            }
+        };
+        let old = {
+            let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *current, fresh)
+        };
+        // Dropping purges what it still holds, failing those outputs' deliveries.
+        drop(old);
+        self.metrics.producers_renewed.inc_by(1);
+        Some(format!("{code:?}: {reason}"))
     }
 }

@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::ThreadedProducer;
-
 use super::batch::Batch;
 use super::history::PlanHistory;
 use super::output::KafkaSink;
@@ -16,7 +14,7 @@ use crate::metrics::{Metrics, PartitionGauges};
 use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::runtime::Tp;
 use crate::runtime::ledger::Ledger;
-use crate::runtime::producer::OutputContext;
+use crate::runtime::producer::OutputProducer;
 use crate::state::{Checkpoint, StateStore};
 
 /// Messages from the poll loop (and rebalance callbacks) to a worker.
@@ -88,7 +86,7 @@ impl Resume {
 
 pub struct WorkerShared {
     pub spec: PipelineSpec,
-    pub producer: Arc<ThreadedProducer<OutputContext>>,
+    pub producer: Arc<OutputProducer>,
     pub outputs: Outputs,
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
