@@ -1,7 +1,7 @@
 //! `tributary-dev bench`: end-to-end figures. Benchmarks measure; nothing here asserts.
 //!
-//! The embedded broker runs in a child process so the CPU time measured (from
-//! /proc/self/stat) is Tributary's alone.
+//! The embedded broker runs in a child process so the CPU time measured (the process's
+//! CPU clock) is Tributary's alone.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -31,14 +31,12 @@ pub struct BenchOptions {
     pub only: Option<String>,
 }
 
-/// CPU seconds used by this process so far (user + system).
+/// CPU seconds used by this process so far (user + system, every thread), at the
+/// clock's nanosecond resolution: /proc/self/stat counts 10 ms ticks, which made rates
+/// whole-tick quotients.
 pub fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 /// Resident set size and its peak, in MiB.
@@ -271,19 +269,22 @@ fn replay(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     drop(committer);
     std::fs::remove_dir_all(&state_dir)?;
     let rt = Runtime::start(config.clone())?;
-    let mut first: Option<(Instant, f64)> = None;
+    // The clock starts at the first replayed record, and only records replayed after
+    // that moment are divided by it.
+    let mut first: Option<(Instant, f64, u64)> = None;
     let t = Instant::now();
     while rt.metrics().replays_finished.get() < opts.partitions as u64
         && t.elapsed() < Duration::from_secs(300)
     {
-        if first.is_none() && rt.metrics().records_replayed.get() > 0 {
-            first = Some((Instant::now(), cpu_seconds()));
+        let replayed = rt.metrics().records_replayed.get();
+        if first.is_none() && replayed > 0 {
+            first = Some((Instant::now(), cpu_seconds(), replayed));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let (start, cpu) = first.unwrap_or((t, cpu_seconds()));
+    let (start, cpu, before) = first.unwrap_or((t, cpu_seconds(), 0));
     let (wall, used) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu);
-    let replayed = rt.metrics().records_replayed.get();
+    let replayed = rt.metrics().records_replayed.get() - before;
     rt.stop();
     rt.join()?;
     let _ = std::fs::remove_dir_all(&state_dir);
@@ -411,16 +412,18 @@ fn end_to_end(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     let mut ok = 0u64;
     while n < total && joined.elapsed() < Duration::from_secs(300) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            ok += codec::decode_point(Format::Json, m.key(), m.payload()).is_ok() as u64;
+            n += 1;
+            // The clock starts after the first record: the n - 1 after it are divided.
             if first.is_none() {
                 first = Some((Instant::now(), cpu_seconds()));
             }
-            n += 1;
-            ok += codec::decode_point(Format::Json, m.key(), m.payload()).is_ok() as u64;
         }
     }
-    let (t, cpu) = first.unwrap_or((joined, 0.0));
+    let (t, cpu) = first.unwrap_or((joined, cpu_seconds()));
     let (wall, used) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     drop(consumer);
+    let n = n.saturating_sub(1);
     let base_rate = n as f64 / wall;
     say!(
         out,
@@ -439,16 +442,18 @@ fn end_to_end(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     config.rollup.idle_timeout = HumanDuration(Duration::from_secs(3600));
     let (t, cpu) = (Instant::now(), cpu_seconds());
     let rt = Runtime::start(config)?;
-    let mut first: Option<(Instant, f64)> = None;
+    let mut first: Option<(Instant, f64, u64)> = None;
     while rt.metrics().records_consumed.get() < total && t.elapsed() < Duration::from_secs(300) {
-        if first.is_none() && rt.metrics().records_consumed.get() > 0 {
-            first = Some((Instant::now(), cpu_seconds()));
+        let consumed = rt.metrics().records_consumed.get();
+        if first.is_none() && consumed > 0 {
+            first = Some((Instant::now(), cpu_seconds(), consumed));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let (start, start_cpu) = first.unwrap_or((t, cpu));
+    let (start, start_cpu, before) = first.unwrap_or((t, cpu, 0));
     let (wall, used) = (start.elapsed().as_secs_f64(), cpu_seconds() - start_cpu);
-    let consumed = rt.metrics().records_consumed.get();
+    // Only records consumed after the clock started are divided by it.
+    let consumed = rt.metrics().records_consumed.get() - before;
     let rollups = rt.metrics().rollups_emitted.get();
     let anomalies = rt.metrics().anomalies_emitted.get();
     rt.stop();
@@ -593,7 +598,7 @@ fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         let metrics = control.metrics.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let total = report.records;
-        let (wall, cpu) = rt.block_on(async {
+        let (wall, cpu, timed) = rt.block_on(async {
             let session = tributary_writer::sink::connect(&config)
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -607,16 +612,19 @@ fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
                     let _ = stop_rx.await;
                 },
             ));
-            let mut first: Option<(Instant, f64)> = None;
+            // Timed from the first row written; only rows written after it are divided.
+            let mut first: Option<(Instant, f64, u64)> = None;
             let started = Instant::now();
             while metrics.rows_written.get() < total && started.elapsed() < Duration::from_secs(600) {
-                if first.is_none() && metrics.rows_written.get() > 0 {
-                    first = Some((Instant::now(), cpu_seconds()));
+                let rows = metrics.rows_written.get();
+                if first.is_none() && rows > 0 {
+                    first = Some((Instant::now(), cpu_seconds(), rows));
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let (t, c) = first.unwrap_or((started, cpu_seconds()));
-            let result = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+            let (t, c, before) = first.unwrap_or((started, cpu_seconds(), 0));
+            let timed = metrics.rows_written.get().saturating_sub(before);
+            let result = (t.elapsed().as_secs_f64(), cpu_seconds() - c, timed);
             let _ = stop_tx.send(());
             let _ = task.await;
             Ok::<_, anyhow::Error>(result)
@@ -636,8 +644,8 @@ fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         say!(
             out,
             "  {label}: {:>9.0} rows/s wall, {:>9.0} rows per CPU-second ({written} rows, {:.2} CPU-s); {batches} batches, {:.1}% replica-local; {:.1} requests per 1,000 rows",
-            total as f64 / wall,
-            total as f64 / cpu.max(0.01),
+            timed as f64 / wall,
+            timed as f64 / cpu.max(1e-6),
             cpu,
             if batches > 0 {
                 100.0 * local as f64 / batches as f64
