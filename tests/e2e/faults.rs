@@ -33,11 +33,17 @@ fn rng(seed: u64) -> impl FnMut(u64) -> u64 {
     }
 }
 
-/// Records stream in, and each time the rollup app is working through them (outputs in
-/// flight) tansu is stopped for `outage` (a range in ms, seeded) and started again, with
-/// the same app process running throughout. Ends with the oracle's exact comparison;
-/// returns the app's count of partitions rebuilt after undelivered outputs.
-fn broker_outages(properties: &[(&str, &str)], outages: usize, outage: std::ops::Range<u64>) -> f64 {
+/// Records stream in, and each time the rollup app is working through them tansu is
+/// stopped for `outage` (a range in ms, seeded) and started again, with the same app
+/// process running throughout; with `in_flight`, only once some outputs are produced
+/// and not yet acknowledged. Ends with the oracle's exact comparison; returns how many
+/// outputs the app could not deliver and how many partitions it rebuilt for them.
+fn broker_outages(
+    properties: &[(&str, &str)],
+    outages: usize,
+    outage: std::ops::Range<u64>,
+    in_flight: bool,
+) -> (u64, u64) {
     let seed = seed();
     let mut next = rng(seed);
     let mut tansu = Tansu::start_stored();
@@ -51,7 +57,14 @@ fn broker_outages(properties: &[(&str, &str)], outages: usize, outage: std::ops:
     if let Err(last) = harness::wait_readiness(&admin, None, Duration::from_secs(120)) {
         panic!("never ready: {last:?}\n{}", app.log_text());
     }
-    let consumed = || harness::metric(&admin, "tributary_records_consumed_total").unwrap_or(0.0) as u64;
+    let metric = |name: &str| harness::metric(&admin, name).unwrap_or(0.0) as u64;
+    let consumed = || metric("tributary_records_consumed_total");
+    let unacked = || {
+        let produced = metric("tributary_rollups_emitted_total")
+            + metric("tributary_anomalies_emitted_total")
+            + metric("tributary_records_dead_lettered_total");
+        produced.saturating_sub(metric("tributary_outputs_acked_total"))
+    };
     for (restart, chunk) in body.chunks(body.len() / outages + 1).enumerate() {
         let before = consumed();
         let producing = {
@@ -60,7 +73,7 @@ fn broker_outages(properties: &[(&str, &str)], outages: usize, outage: std::ops:
         };
         let threshold = before + 500 + next(2_000);
         let midway = harness::eventually(Duration::from_secs(60), || {
-            (consumed() >= threshold).then_some(())
+            (consumed() >= threshold && (!in_flight || unacked() > 0)).then_some(())
         });
         assert!(midway.is_some(), "nothing consumed:\n{}", app.log_text());
         tansu.stop();
@@ -81,30 +94,36 @@ fn broker_outages(properties: &[(&str, &str)], outages: usize, outage: std::ops:
     }
     py_produce(&bed.brokers, &bed.input, sentinels);
     bed.wait_caught_up(&data.records, &app);
-    let rebuilt = harness::metric(&admin, "tributary_partitions_rebuilt_total").unwrap_or(0.0);
+    let failed = metric("tributary_output_errors_total");
+    let rebuilt = metric("tributary_partitions_rebuilt_total");
+    eprintln!("outputs not delivered: {failed}; partitions rebuilt: {rebuilt}");
     bed.finish(&data, &mut app);
-    rebuilt
+    (failed, rebuilt)
 }
 
 #[test]
-#[ignore = "finds a fault not fixed yet (issue 12): in about 1 of 5 runs, after a session lost during a tansu restart, the consumer gets no assignment again for minutes (a gdb stack of the hung app shows its poll loop polling; max.poll.interval.ms = 30 s did not change it), so some partitions never commit past where they stopped within 120 s; run with --ignored"]
+#[ignore = "tansu 0.6 fault, not the app's (issue 12): in about 1 of 8 runs the consumer's session expires during a restart and tansu keeps the lost member as the group's leader, so every JoinGroup of the new member names that leader and every SyncGroup answers 'rebalance in progress' (librdkafka debug log, E2E_KAFKA_DEBUG=cgrp), for minutes; the app polls throughout (gdb). A static member id does not help: tansu answers its heartbeats 'unknown member' at generation 0. Run with --ignored"]
 fn the_rollup_app_rides_out_three_broker_restarts_mid_stream() {
     // The producer rides out a 1-4 s outage by itself (message.timeout.ms is 5 min).
-    broker_outages(&[], 3, 1_000..4_000);
+    broker_outages(&[], 3, 1_000..4_000, false);
 }
 
 #[test]
-#[ignore = "timing-dependent here (issue 12): an output must be in flight when tansu stops (in 1 of 2 solo runs none was), and a tansu slowed by a parallel test fails 3 s deliveries again and again; passed 3 of 7 runs; run with --ignored"]
 fn outputs_the_broker_never_took_are_produced_again_by_a_rebuild() {
     // Outputs time out during the outage: their partitions are rebuilt from the newest
     // acknowledged plan and produce them again, and the app stays up. Not idempotent here:
     // after a timed-out output librdkafka bumps the idempotent producer's epoch, and
     // tansu 0.6's sqlite storage panics on that ("more or less than one row" in
     // idempotent_message_check) and serves nothing afterwards; Kafka takes it.
-    let properties = [("message.timeout.ms", "3000"), ("enable.idempotence", "false")];
-    let rebuilt = broker_outages(&properties, 2, 6_000..9_000);
-    assert!(
-        rebuilt >= 1.0,
-        "no output failed, so nothing was tested (rebuilt {rebuilt})"
-    );
+    // Outputs wait 1 s in the producer, so the broker stops with some in flight; they
+    // time out 2 s after they were produced, well within the 10-12 s outage.
+    let properties = [
+        ("message.timeout.ms", "2000"),
+        ("linger.ms", "1000"),
+        ("enable.idempotence", "false"),
+    ];
+    // A partition whose session was lost meanwhile is resumed by its new assignment
+    // instead of a rebuild, so the check is on failed outputs; the oracle checks the rest.
+    let (failed, _) = broker_outages(&properties, 2, 10_000..12_000, true);
+    assert!(failed >= 1, "no output failed, so nothing was tested");
 }

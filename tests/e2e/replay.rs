@@ -41,8 +41,11 @@ pub(crate) fn scratch(name: &str) -> PathBuf {
 /// replaced quickly.
 fn write_config(dir: &Path, state_dir: &Path, properties: &[(&str, &str)]) -> PathBuf {
     let path = dir.join("rollup.toml");
+    let debug = std::env::var("E2E_KAFKA_DEBUG").ok();
     let extra: String = properties
         .iter()
+        .copied()
+        .chain(debug.as_deref().map(|d| ("debug", d)))
         .map(|(k, v)| format!(", \"{k}\" = \"{v}\""))
         .collect();
     let text = format!(
@@ -119,7 +122,12 @@ impl Bed {
     fn start_env(&self, admin: &str, state_dir: &Path, env: &[(&str, &str)]) -> Process {
         let state = state_dir.display().to_string();
         let mut env = env.to_vec();
-        env.extend([("TRIBUTARY_STATE_DIR", state.as_str()), ("RUST_LOG", "info")]);
+        // E2E_RUST_LOG (e.g. "info,librdkafka=debug" with E2E_KAFKA_DEBUG=cgrp) looks closer.
+        let filter = std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into());
+        env.extend([
+            ("TRIBUTARY_STATE_DIR", state.as_str()),
+            ("RUST_LOG", filter.as_str()),
+        ]);
         Process::spawn(
             "tributary-rollup",
             &app_binary("tributary-rollup"),
