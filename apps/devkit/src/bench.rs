@@ -17,6 +17,7 @@ use tributary::pipeline::{Pipeline, VecSink};
 use tributary::record::RawPoint;
 use tributary::runtime::Runtime;
 
+use crate::figures::Figures;
 use crate::loadgen::{self, LoadSpec};
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,9 @@ pub struct BenchOptions {
     /// Run one part only: "pipeline", "e2e", "memory", "writer", "replay", "restart" or
     /// "plans" (plans runs only when asked for).
     pub only: Option<String>,
+    /// Runs of the pipeline, e2e, writer and replay parts; each figure is then reported
+    /// as the median with min and max.
+    pub runs: usize,
 }
 
 /// CPU seconds used by this process so far (user + system, every thread), at the
@@ -114,20 +118,31 @@ pub fn run(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let wants = |part: &str| opts.only.as_deref().is_none_or(|o| o == part);
-    if wants("pipeline") {
-        pipeline_only(opts, out);
+    let mut figures = Figures::default();
+    for run in 1..=opts.runs.max(1) {
+        if opts.runs > 1 {
+            say!(out, "## run {run} of {}", opts.runs);
+        }
+        if wants("pipeline") {
+            pipeline_only(opts, out, &mut figures);
+        }
+        if wants("e2e") {
+            end_to_end(opts, out, &mut figures)?;
+        }
+        if wants("writer") {
+            writer(opts, out, &mut figures)?;
+        }
+        if wants("replay") {
+            replay(opts, out, &mut figures)?;
+        }
     }
-    if wants("e2e") {
-        end_to_end(opts, out)?;
+    if opts.runs > 1 {
+        say!(out, "## medians of {} runs", opts.runs);
+        figures.report(out)?;
     }
+    // Memory is cleanest measured once, in its own process.
     if wants("memory") && opts.memory_series > 0 {
         memory(opts, out)?;
-    }
-    if wants("writer") {
-        writer(opts, out)?;
-    }
-    if wants("replay") {
-        replay(opts, out)?;
     }
     if wants("restart") {
         crate::restart_bench::restart(opts, out)?;
@@ -159,7 +174,7 @@ fn until_caught_up(rt: &Runtime, input: &str, ends: &[i64]) -> (f64, f64) {
 
 /// Replay figures: the rate of a full replay (every record of every partition, outputs
 /// suppressed), and restart-to-caught-up with and without a local checkpoint.
-fn replay(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
+fn replay(opts: &BenchOptions, out: &mut impl Write, figures: &mut Figures) -> anyhow::Result<()> {
     use rdkafka::consumer::CommitMode;
     use rdkafka::{Offset, TopicPartitionList};
     use tributary::replay::Plan;
@@ -243,6 +258,11 @@ fn replay(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
             out,
             "  restart {label}: partitions assigned {joined:.2}s after start, then caught up in {rebuild:.3}s ({replayed} records replayed, {cpu:.2} CPU-s)"
         );
+        figures.add(
+            &format!("replay: restart {}, assigned to caught up", label.trim()),
+            "s",
+            rebuild,
+        );
     }
 
     // Full replay: plans that say "everything before the end was emitted, rebuild from
@@ -294,6 +314,12 @@ fn replay(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         replayed as f64 / wall,
         replayed as f64 / used
     );
+    figures.add("replay: full replay, wall", "records/s", replayed as f64 / wall);
+    figures.add(
+        "replay: full replay, per CPU-second",
+        "records/CPU-s",
+        replayed as f64 / used,
+    );
     Ok(())
 }
 
@@ -309,7 +335,7 @@ pub(crate) fn spec(opts: &BenchOptions) -> LoadSpec {
 }
 
 /// Decode + rollup + CUSUM on one thread, no Kafka: the per-core ceiling.
-fn pipeline_only(opts: &BenchOptions, out: &mut impl Write) {
+fn pipeline_only(opts: &BenchOptions, out: &mut impl Write, figures: &mut Figures) {
     let spec = spec(opts);
     let mut records: Vec<(String, Vec<u8>)> = Vec::with_capacity(opts.records as usize);
     loadgen::generate(&spec, |s, ts, value| {
@@ -362,9 +388,15 @@ fn pipeline_only(opts: &BenchOptions, out: &mut impl Write) {
         "  decode + 5m/1h/1d rollup + CUSUM {:>10.0} records/s",
         full_rate
     );
+    figures.add("pipeline: JSON decode, 1 thread", "records/s", decode_rate);
+    figures.add(
+        "pipeline: decode + rollup + CUSUM, 1 thread",
+        "records/s",
+        full_rate,
+    );
 }
 
-fn end_to_end(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
+fn end_to_end(opts: &BenchOptions, out: &mut impl Write, figures: &mut Figures) -> anyhow::Result<()> {
     let broker = start_broker(&[
         ("metrics", opts.partitions),
         ("rollups", opts.partitions),
@@ -425,6 +457,7 @@ fn end_to_end(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     drop(consumer);
     let n = n.saturating_sub(1);
     let base_rate = n as f64 / wall;
+    let base_used = used;
     say!(
         out,
         "  consume + decode only   {:>10.0} records/s wall, {:>10.0} per CPU-second ({ok} decoded, {used:.2} CPU-s)",
@@ -466,10 +499,33 @@ fn end_to_end(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         consumed as f64 / used,
         opts.workers
     );
+    let base_cpu_rate = n as f64 / base_used;
     say!(
         out,
-        "  ratio to consume + decode: {:.0}% (wall)",
-        100.0 * rate / base_rate
+        "  ratio to consume + decode: {:.0}% (wall), {:.0}% (per CPU-second)",
+        100.0 * rate / base_rate,
+        100.0 * (consumed as f64 / used) / base_cpu_rate
+    );
+    figures.add(
+        "e2e: consume + decode only (plain rdkafka consumer), wall",
+        "records/s",
+        base_rate,
+    );
+    figures.add(
+        "e2e: consume + decode only, per CPU-second",
+        "records/CPU-s",
+        base_cpu_rate,
+    );
+    figures.add("e2e: rollup + CUSUM, wall", "records/s", rate);
+    figures.add(
+        "e2e: rollup + CUSUM, per CPU-second",
+        "records/CPU-s",
+        consumed as f64 / used,
+    );
+    figures.add(
+        "e2e: rollup + CUSUM / decode only, per CPU-second",
+        "%",
+        100.0 * (consumed as f64 / used) / base_cpu_rate,
     );
     Ok(())
 }
@@ -535,7 +591,7 @@ fn memory(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
 }
 
 /// The writer into the emulated ring (its own process, RF 1), batching on and off.
-fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
+fn writer(opts: &BenchOptions, out: &mut impl Write, figures: &mut Figures) -> anyhow::Result<()> {
     use tributary_writer::config::WriterConfig;
     use tributary_writer::runtime::Control;
 
@@ -579,10 +635,15 @@ fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         "writer into the emulated ring (3 nodes, RF 1; broker and ring in child processes), {} rows:",
         report.records
     );
-    for (label, max_rows) in [("batching on ", 32usize), ("batching off", 1)] {
+    let modes = [
+        ("token-aware batches", 32usize, true),
+        ("batches ignoring replica sets", 32, false),
+        ("unbatched", 1, true),
+    ];
+    for (i, (label, max_rows, by_replica_set)) in modes.into_iter().enumerate() {
         let mut config = WriterConfig::default();
         config.kafka.brokers = broker.brokers.clone();
-        config.kafka.group = format!("bench-writer-{max_rows}");
+        config.kafka.group = format!("bench-writer-{i}");
         config.topics.rollups = String::new();
         config.topics.anomalies = String::new();
         config.cassandra.contact_points = vec![format!("127.0.0.1:{port}")];
@@ -591,6 +652,7 @@ fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         config.cassandra.replication_factor = 1;
         config.cassandra.consistency = "one".into();
         config.batch.max_rows = max_rows;
+        config.batch.by_replica_set = by_replica_set;
         config.admin.listen = String::new();
         let reset = tributary::admin::request(http.parse()?, "POST", "/counters/reset", b"");
         anyhow::ensure!(reset.is_ok(), "cannot reset ring counters");
@@ -653,6 +715,22 @@ fn writer(opts: &BenchOptions, out: &mut impl Write) -> anyhow::Result<()> {
                 0.0
             },
             1000.0 * requests as f64 / written.max(1) as f64
+        );
+        figures.add(&format!("writer: {label}, wall"), "rows/s", timed as f64 / wall);
+        figures.add(
+            &format!("writer: {label}, per CPU-second"),
+            "rows/CPU-s",
+            timed as f64 / cpu.max(1e-6),
+        );
+        figures.add(
+            &format!("writer: {label}, batches replica-local"),
+            "%",
+            100.0 * local as f64 / batches.max(1) as f64,
+        );
+        figures.add(
+            &format!("writer: {label}, requests per 1,000 rows"),
+            "requests",
+            1000.0 * requests as f64 / written.max(1) as f64,
         );
     }
     let _ = ring.kill();

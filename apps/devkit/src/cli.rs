@@ -130,6 +130,10 @@ enum DevCommand {
         /// Run one part only: pipeline, e2e, memory, writer, replay, restart or plans (memory is cleanest in its own process; restart and plans need tansu; plans runs only when asked for).
         #[arg(long)]
         only: Option<String>,
+        /// Repeat the pipeline, e2e, writer and replay parts; with more than one run each
+        /// figure is summarised as the median with min and max.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
+        runs: u16,
     },
     /// Embedded Kafka + load generator + rollup + detector, narrated.
     Demo {
@@ -300,6 +304,7 @@ fn run(command: DevCommand) -> anyhow::Result<()> {
             workers,
             memory_series,
             only,
+            runs,
         } => {
             let opts = crate::bench::BenchOptions {
                 records,
@@ -308,6 +313,7 @@ fn run(command: DevCommand) -> anyhow::Result<()> {
                 workers,
                 memory_series,
                 only,
+                runs: runs.into(),
             };
             crate::bench::run(&opts, &mut std::io::stdout())
         }

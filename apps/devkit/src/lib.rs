@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod cql;
 pub mod demo;
+pub mod figures;
 pub mod kafka;
 pub mod loadgen;
 pub mod plan_bench;
