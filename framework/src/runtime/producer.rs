@@ -128,3 +128,80 @@ impl OutputProducer {
         Some(format!("{code:?}: {reason}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::bindings::{self, rd_kafka_resp_err_t as Code};
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+    use crate::runtime::ledger::Ledger;
+
+    /// Raises a fatal error in a live producer, with librdkafka's own test hook.
+    #[allow(unsafe_code)]
+    fn make_fatal(p: &OutputProducer) {
+        let native = p.read().client().native_ptr();
+        // SAFETY: the handle stays alive while `p` holds its producer, and the reason is
+        // a NUL-terminated string that outlives the call.
+        let code = unsafe {
+            bindings::rd_kafka_test_fatal_error(
+                native,
+                Code::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                c"sequence broken in a test".as_ptr(),
+            )
+        };
+        assert_eq!(code, Code::RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
+
+    #[test]
+    fn a_producer_that_failed_fatally_is_replaced_and_the_new_one_delivers() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("out", 1, 1).expect("topic");
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("enable.idempotence", "true");
+        let metrics = Arc::new(Metrics::new());
+        let producer = OutputProducer::new(config, metrics.clone()).expect("producer");
+        assert_eq!(producer.renew_if_fatal(), None, "a healthy producer is kept");
+
+        make_fatal(&producer);
+        let ledger = Arc::new(Ledger::new());
+        let tag = |seq| {
+            Box::new(DeliveryTag {
+                ledger: ledger.clone(),
+                seq,
+                rollup_trigger: None,
+            })
+        };
+        // A fatally failed producer refuses the send, or fails its delivery.
+        let refused = producer.send(OutputRecord::with_opaque_to("out", tag(0)).payload(b"x"));
+        let _ = producer.flush(Duration::from_secs(5));
+        assert!(refused.is_err() || ledger.failure().is_some());
+
+        let error = producer.renew_if_fatal().expect("the fatal producer is replaced");
+        assert!(error.contains("sequence broken in a test"), "{error}");
+        assert_eq!(metrics.producers_renewed.get(), 1);
+        assert_eq!(producer.renew_if_fatal(), None, "the new producer is healthy");
+
+        let acked = metrics.outputs_acked.get();
+        let fresh = Arc::new(Ledger::new());
+        let tag = Box::new(DeliveryTag {
+            ledger: fresh.clone(),
+            seq: 0,
+            rollup_trigger: None,
+        });
+        assert!(
+            producer
+                .send(OutputRecord::with_opaque_to("out", tag).payload(b"y"))
+                .is_ok()
+        );
+        producer.flush(Duration::from_secs(10)).expect("flush");
+        assert_eq!(
+            metrics.outputs_acked.get(),
+            acked + 1,
+            "the new producer delivers"
+        );
+        assert_eq!(fresh.failure(), None);
+    }
+}
