@@ -459,3 +459,62 @@ pub enum PlanStore {
     /// Also in a plan topic (the broker drops metadata).
     Topic(PlanTopic),
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    use super::*;
+    use crate::config::AppKind;
+
+    fn plan(next_offset: i64) -> Plan {
+        Plan {
+            replay_start: 0,
+            next_offset,
+            watermark: 0,
+            requested: false,
+            cut: None,
+            coarse: None,
+            idle: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_commit_learns_which_of_its_plans_did_not_reach_the_plan_topic() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("plans", 1, 1).expect("topic");
+        let mut config = Config::defaults(AppKind::Rollup);
+        config.kafka.brokers = cluster.bootstrap_servers();
+        let store = PlanTopic::new(&config, "plans".into()).expect("plan topic");
+        let timeout = Duration::from_secs(10);
+
+        store.write_for_commit("in", 0, &plan(10));
+        assert!(store.confirm(&[("in", 0)], timeout).is_empty(), "written");
+
+        // The broker refuses the next write (an error no retry helps).
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        );
+        store.write_for_commit("in", 1, &plan(20));
+        let failed = store.confirm(&[("in", 1), ("in", 0)], timeout);
+        assert_eq!(failed, HashSet::from([("in".to_owned(), 1)]));
+
+        // The next write goes through, and only partition 1's newest plan is asked about.
+        store.write_for_commit("in", 1, &plan(30));
+        assert!(store.confirm(&[("in", 1)], timeout).is_empty());
+        let plans = store.read_all(timeout).expect("read back");
+        let written: Vec<i64> = [0, 1]
+            .iter()
+            .filter_map(|&p| {
+                plans
+                    .get(&("in".to_owned(), p))?
+                    .as_ref()
+                    .ok()
+                    .map(|p| p.next_offset)
+            })
+            .collect();
+        assert_eq!(written, [10, 30], "the refused plan never reached the topic");
+    }
+}
