@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use harness::{Tansu, create_topics, free_port, py_produce};
 
 use crate::dataset;
-use crate::replay::{PARTITIONS, bed_on, split};
+use crate::replay::{PARTITIONS, bed_on, kill, split};
 
 fn seed() -> u64 {
     let seed = std::env::var("E2E_SEED")
@@ -126,4 +126,91 @@ fn outputs_the_broker_never_took_are_produced_again_by_a_rebuild() {
     // instead of a rebuild, so the check is on failed outputs; the oracle checks the rest.
     let (failed, _) = broker_outages(&properties, 2, 10_000..12_000, true);
     assert!(failed >= 1, "no output failed, so nothing was tested");
+}
+
+/// Partitions whose state is being rebuilt (outputs suppressed), from the app's /metrics.
+fn replaying(admin: &str) -> Vec<String> {
+    let Some((_, text)) = harness::admin_get(admin, "/metrics") else {
+        return vec![];
+    };
+    text.lines()
+        .filter(|l| l.starts_with("tributary_partition_replaying{"))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(_, v)| v.parse::<f64>() == Ok(1.0))
+        .map(|(series, _)| series.to_owned())
+        .collect()
+}
+
+/// The rollup app SIGKILLed four times at seeded random points, alternately restarted
+/// with and without its local checkpoints; one of the restarts without them (seeded) is
+/// killed as soon as /metrics shows a partition rebuilding, and its log, read after the
+/// kill, proves a replay never finished. Ends with the oracle's exact comparison.
+#[test]
+fn the_rollup_app_survives_sigkills_at_random_points_one_inside_a_replay() {
+    let seed = seed();
+    let mut next = rng(seed);
+    let tansu = Tansu::start();
+    let brokers = tansu.brokers.clone();
+    let bed = bed_on(Box::new(tansu), brokers);
+    create_topics(&bed.brokers, &[(&bed.input, PARTITIONS)]);
+    let series = 48;
+    let data = dataset::build(series, 12, PARTITIONS, seed);
+    let (body, sentinels) = split(&data, series);
+    let chunks: Vec<_> = body.chunks(body.len() / 5 + 1).collect();
+    let admin = format!("127.0.0.1:{}", free_port());
+    py_produce(&bed.brokers, &bed.input, chunks[0]);
+    let mut produced = 1;
+    let replay_kill = [1, 3][next(2) as usize];
+    let mut inside = None;
+    for i in 0..4 {
+        if i % 2 == 1 {
+            let _ = std::fs::remove_dir_all(&bed.state_dir);
+        }
+        let mut app = bed.start(&admin, &bed.state_dir);
+        if i == replay_kill {
+            let seen = harness::eventually(Duration::from_secs(60), || {
+                Some(replaying(&admin)).filter(|r| !r.is_empty())
+            });
+            kill(&mut app);
+            // Read after the kill: a replay the log shows unfinished never finished.
+            let log = app.log_text();
+            let Some(partitions) = seen else {
+                panic!("no partition was seen rebuilding after a restart without checkpoints:\n{log}");
+            };
+            let (started, finished) = (
+                log.matches("replay started").count(),
+                log.matches("replay finished").count(),
+            );
+            assert!(
+                started > finished,
+                "the kill came after the replays ({started} started, {finished} finished):\n{log}"
+            );
+            inside = Some(partitions);
+        } else {
+            let assigned = harness::eventually(Duration::from_secs(60), || {
+                app.log_text().contains("partition assigned").then_some(())
+            });
+            assert!(assigned.is_some(), "{}", app.log_text());
+            // More records while it runs, then a kill at a random point.
+            py_produce(&bed.brokers, &bed.input, chunks[produced]);
+            produced += 1;
+            std::thread::sleep(Duration::from_millis(next(2_000)));
+            if i == replay_kill - 1 {
+                // The replay to kill into needs a committed plan to rebuild from.
+                let committed = harness::eventually(Duration::from_secs(60), || {
+                    let (c, _) = harness::py_committed(&bed.brokers, &bed.group, &bed.input);
+                    (c.values().filter(|&&o| o > 0).count() == PARTITIONS as usize).then_some(())
+                });
+                assert!(committed.is_some(), "nothing committed:\n{}", app.log_text());
+            }
+            kill(&mut app);
+        }
+    }
+    eprintln!("killed inside the replay of {inside:?}");
+    for chunk in &chunks[produced..] {
+        py_produce(&bed.brokers, &bed.input, chunk);
+    }
+    py_produce(&bed.brokers, &bed.input, sentinels);
+    let mut app = bed.start(&admin, &bed.state_dir);
+    bed.finish(&data, &mut app);
 }

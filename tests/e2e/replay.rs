@@ -197,7 +197,7 @@ pub(crate) fn stop(app: &mut Process) {
     );
 }
 
-fn kill(app: &mut Process) {
+pub(crate) fn kill(app: &mut Process) {
     app.signal("KILL");
     assert_eq!(app.wait(Duration::from_secs(10)), None, "killed by a signal");
 }
