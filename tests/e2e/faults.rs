@@ -9,7 +9,7 @@ use harness::{Tansu, create_topics, free_port, py_produce};
 use crate::dataset;
 use crate::replay::{PARTITIONS, bed_on, kill, split};
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     let seed = std::env::var("E2E_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -23,7 +23,7 @@ fn seed() -> u64 {
 }
 
 /// A seeded xorshift stream: `next(n)` is below `n`.
-fn rng(seed: u64) -> impl FnMut(u64) -> u64 {
+pub(crate) fn rng(seed: u64) -> impl FnMut(u64) -> u64 {
     let mut state = seed | 1;
     move |below: u64| {
         state ^= state << 13;

@@ -548,6 +548,71 @@ fn faults_a_node_down_and_sigkill(s: Setup) {
 }
 
 #[test]
+fn writer_survives_sigkills_at_random_points_under_ring_faults() {
+    // Three SIGKILLs, each once the writer has written a seeded number of rows; before
+    // each start a seeded node is down or up, and the ring is slow and sheds some writes
+    // (its own count is read only once the faults are cleared). In the end every
+    // row is in the ring exactly once (rows are keyed, so a second write of one is the
+    // same row) and the group is committed at the end of every partition.
+    let seed = crate::faults::seed();
+    let mut next = crate::faults::rng(seed);
+    let s = setup_on(3, true);
+    let session = [(
+        "TRIBUTARY_KAFKA_PROPERTIES",
+        r#"{ "session.timeout.ms" = "6000" }"#,
+    )];
+    let data = points(30, 100);
+    py_produce(s.kafka.brokers(), &s.metrics, &data);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let limit = ["--rows-per-sec", "1500", "--burst", "100"];
+    let total = data.len() as u64;
+    let thresholds: Vec<u64> = (0..3).map(|_| total / 20 + next(total * 3 / 10)).collect();
+    for (kill, at) in thresholds.iter().enumerate() {
+        let node = 1 + next(3) as usize;
+        let down = next(2) == 1;
+        s.ring.faults(Some(node), &format!(r#"{{"down": {down}}}"#));
+        s.ring.faults(
+            None,
+            &format!(
+                r#"{{"overloaded": 0.{}, "write_timeout": 0.{}, "latency_ms": {}}}"#,
+                next(3),
+                next(3),
+                next(10)
+            ),
+        );
+        let mut writer = start_writer_env(&s, &admin, &limit, &session);
+        let reached = eventually(Duration::from_secs(120), || {
+            let written = metric(&admin, "tributary_writer_rows_written_total").unwrap_or(0.0);
+            (written >= *at as f64).then_some(())
+        });
+        assert!(
+            reached.is_some(),
+            "kill {}: never wrote {at} rows (node {node} down: {down})\n{}",
+            kill + 1,
+            writer.log_text()
+        );
+        writer.signal("KILL");
+        assert_eq!(writer.wait(Duration::from_secs(10)), None, "killed by a signal");
+        s.ring.faults(Some(node), r#"{"down": false}"#);
+    }
+    eprintln!("killed after {thresholds:?} rows written by each run, of {total}");
+    s.ring.faults(
+        None,
+        r#"{"overloaded": 0.0, "write_timeout": 0.0, "latency_ms": 0}"#,
+    );
+    let mut writer = start_writer_env(&s, &admin, &[], &session);
+    wait_all_points(&s, data.len(), &writer);
+    assert_eq!(writer.terminate(Duration::from_secs(60)), Some(0));
+    assert_eq!(
+        s.ring.count(&s.keyspace, "points"),
+        total,
+        "no row beyond the data"
+    );
+    let (committed, end) = committed_and_end(s.kafka.brokers(), &s.group, &s.metrics, data.len());
+    assert_eq!(committed, end);
+}
+
+#[test]
 fn writer_is_unready_while_the_ring_is_down_and_ready_again_after() {
     let s = setup_on(1, true);
     let admin = format!("127.0.0.1:{}", free_port());
