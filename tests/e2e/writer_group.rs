@@ -11,7 +11,7 @@ use crate::writer::{Setup, ctl_rate_limit, setup_on, start_writer_env};
 
 /// Rows on metrics partitions 0, 1 and 2: uneven, and each enough to keep its owner busy
 /// for the whole test.
-const PARTITION_ROWS: [usize; 3] = [22_000, 30_000, 26_000];
+const PARTITION_ROWS: [usize; 3] = [44_000, 60_000, 52_000];
 
 fn uneven_points() -> Vec<Outgoing> {
     let mut out = Vec::new();
