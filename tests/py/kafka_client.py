@@ -71,11 +71,18 @@ def produce(brokers, topic):
 def consume(brokers, topic, min_count, timeout, idle):
     c = Consumer(settings(brokers, **{"group.id": f"e2e-reader-{time.time()}",
                                       "enable.auto.commit": False, "auto.offset.reset": "earliest"}))
-    md = c.list_topics(topic, timeout=10)
-    parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
+    deadline = time.time() + timeout
+    # The app under test creates its output topics as it starts, and may start after the
+    # reader: an absent topic is asked for again rather than read as empty.
+    parts = []
+    while not parts and time.time() < deadline:
+        md = c.list_topics(topic, timeout=10)
+        meta = md.topics.get(topic)
+        parts = sorted(meta.partitions) if meta is not None and meta.error is None else []
+        if not parts:
+            time.sleep(0.5)
     c.assign([TopicPartition(topic, p, 0) for p in parts])
     seen = 0
-    deadline = time.time() + timeout
     last = time.time()
     while time.time() < deadline:
         m = c.poll(0.2)
