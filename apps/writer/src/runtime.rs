@@ -151,6 +151,16 @@ impl ConsumerContext for WriterContext {
         self.limiter.interrupt();
         if consumer.assignment_lost() {
             tracing::warn!("assignment lost (session timeout?); not committing revoked partitions");
+        } else if self.health.group.stopping.load(Ordering::Relaxed) {
+            // The revoke of the consumer's close, after the final commit: a synchronous
+            // commit here can wait forever for a group that is rebalancing, and with it
+            // the close. The next owner rewrites from the last confirmed commit.
+            if commit.count() > 0 {
+                tracing::warn!(
+                    partitions = commit.count(),
+                    "leaving with offsets the final commit could not confirm; the next owner rewrites from the last confirmed commit"
+                );
+            }
         } else if let Err(e) =
             commits::commit_and_settle(consumer, &commit, |t, p, o, ok| self.settle(t, p, o, ok))
         {

@@ -66,6 +66,8 @@ pub(super) struct Coordinator {
     pub(super) committer: Mutex<Option<SyncSender<TopicPartitionList>>>,
     /// Set when the app stops: ends retries that would otherwise wait for the broker.
     pub(super) stop: Arc<AtomicBool>,
+    /// Set once the final commit was sent, before the consumer leaves the group.
+    pub(super) closing: AtomicBool,
 }
 
 /// Clears a flag when dropped, however the scope ends.
@@ -285,6 +287,16 @@ impl Coordinator {
         self.metrics.rebalances.inc_by(1);
         if lost {
             tracing::warn!("assignment lost (session timeout?); not committing revoked partitions");
+        } else if self.closing.load(Ordering::Acquire) {
+            // The revoke of the consumer's close: the final commit had its chance. A
+            // synchronous commit here can wait forever for a group that is rebalancing,
+            // and with it the close; the next owner replays from the last confirmed one.
+            if !commit.is_empty() {
+                tracing::warn!(
+                    partitions = commit.len(),
+                    "leaving with offsets the final commit could not confirm; the next owner replays from the last confirmed commit"
+                );
+            }
         } else {
             self.commit(consumer, &commit, CommitMode::Sync);
         }

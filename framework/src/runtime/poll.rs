@@ -131,6 +131,7 @@ pub(super) fn poll_thread(
         config: config.clone(),
         committer: Mutex::new(None),
         stop: stop.clone(),
+        closing: AtomicBool::new(false),
     });
     let consumer: BaseConsumer<ConsumerCtx> = crate::kafka::client::consumer_config(&config.kafka)
         .create_with_context(ConsumerCtx {
@@ -172,6 +173,7 @@ pub(super) fn poll_thread(
     }
     let final_commit = coordinator.committable(Resend::Always);
     coordinator.commit_final(&consumer, &final_commit);
+    coordinator.closing.store(true, Ordering::Release);
     consumer.unsubscribe();
     drop(consumer);
     let failure = coordinator.delivery_failure();
