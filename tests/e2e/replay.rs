@@ -81,7 +81,7 @@ pub(crate) fn bed_on(broker: Box<dyn std::any::Any>, brokers: String) -> Bed {
 
 /// tansu, the Kafka-protocol broker process: its group coordinator also expires a killed
 /// member after the 6 s session the bed configures.
-fn tansu_bed() -> Bed {
+pub(crate) fn tansu_bed() -> Bed {
     let tansu = Tansu::start();
     let brokers = tansu.brokers.clone();
     let bed = bed_on(Box::new(tansu), brokers);
@@ -89,7 +89,7 @@ fn tansu_bed() -> Bed {
     bed
 }
 
-fn dev_bed() -> Bed {
+pub(crate) fn dev_bed() -> Bed {
     dev_bed_failing_commits(0)
 }
 

@@ -169,7 +169,9 @@ fn the_rollup_app_and_the_writer_work_over_sasl_ssl() {
     // 90 % of that, so every connection is dropped about 54 s after it logged in. The
     // second half is produced after that, so the run must ride the drops out.
     let dropped = eventually(Duration::from_secs(120), || {
-        app.log_text().contains("mechanism handshake failed").then_some(())
+        app.log_text()
+            .contains("mechanism handshake failed")
+            .then_some(())
     });
     assert!(dropped.is_some(), "no session ran out:\n{}", app.log_text());
     py_produce(&kafka.brokers, &input, second);
