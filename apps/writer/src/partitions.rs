@@ -182,15 +182,19 @@ impl Partitions {
     }
 
     /// Gives up `tps`: their runs are cancelled, and their acknowledged prefixes returned
-    /// for the commit at revoke.
-    pub fn revoke(&self, tps: impl IntoIterator<Item = TopicPartition>) -> TopicPartitionList {
+    /// for the commit at revoke (with `Resend::Unconfirmed`, only those not confirmed).
+    pub fn revoke(
+        &self,
+        tps: impl IntoIterator<Item = TopicPartition>,
+        resend: Resend,
+    ) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         let mut owned = self.lock();
         for tp in tps {
             if let Some(mut o) = owned.remove(&tp) {
                 o.run.cancelled.store(true, Ordering::Relaxed);
                 if let Some(safe) = o.safe()
-                    && o.commit.take(safe, Resend::Always)
+                    && o.commit.take(safe, resend)
                 {
                     let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(safe));
                 }
@@ -262,7 +266,7 @@ mod tests {
         let done = p.read(&tp(1), 1).expect("owned");
         p.ack([&done]);
         assert!(
-            offsets(&p.revoke([tp(1)])).is_empty(),
+            offsets(&p.revoke([tp(1)], Resend::Always)).is_empty(),
             "offset 0 is not acknowledged"
         );
         assert!(old.run.is_cancelled());

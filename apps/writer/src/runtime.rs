@@ -146,12 +146,19 @@ impl ConsumerContext for WriterContext {
             lock(&self.starts).remove(tp);
             self.metrics.consumer_lag.remove(&partition_labels(&tp.0, tp.1));
         }
-        let commit = self.partitions.revoke(tps);
+        // At the close only what the final commit left unconfirmed is of interest.
+        let closing = self.health.group.stopping.load(Ordering::Relaxed);
+        let resend = if closing {
+            Resend::Unconfirmed
+        } else {
+            Resend::Always
+        };
+        let commit = self.partitions.revoke(tps, resend);
         // Rows of revoked partitions waiting for the limiter leave without spending it.
         self.limiter.interrupt();
         if consumer.assignment_lost() {
             tracing::warn!("assignment lost (session timeout?); not committing revoked partitions");
-        } else if self.health.group.stopping.load(Ordering::Relaxed) {
+        } else if closing {
             // The revoke of the consumer's close, after the final commit: a synchronous
             // commit here can wait forever for a group that is rebalancing, and with it
             // the close. The next owner rewrites from the last confirmed commit.

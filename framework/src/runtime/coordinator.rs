@@ -272,11 +272,18 @@ impl Coordinator {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|tp, _| !tps.contains(tp));
         let lost = consumer.assignment_lost();
+        let closing = self.closing.load(Ordering::Acquire);
+        // At the close only what the final commit left unconfirmed is of interest.
+        let resend = if closing {
+            Resend::Unconfirmed
+        } else {
+            Resend::Always
+        };
         let mut commit = Vec::new();
         let mut map = self.assignments();
         for tp in &tps {
             if let Some(a) = map.remove(tp)
-                && let Some(plan) = a.ledger.take_commit(Resend::Always)
+                && let Some(plan) = a.ledger.take_commit(resend)
             {
                 commit.push((tp.clone(), plan));
             }
@@ -287,7 +294,7 @@ impl Coordinator {
         self.metrics.rebalances.inc_by(1);
         if lost {
             tracing::warn!("assignment lost (session timeout?); not committing revoked partitions");
-        } else if self.closing.load(Ordering::Acquire) {
+        } else if closing {
             // The revoke of the consumer's close: the final commit had its chance. A
             // synchronous commit here can wait forever for a group that is rebalancing,
             // and with it the close; the next owner replays from the last confirmed one.
