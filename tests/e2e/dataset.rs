@@ -25,7 +25,13 @@ pub struct DataSet {
     pub late: usize,
     pub bad: usize,
     pub partition_of: BTreeMap<String, i32>,
+    /// Series whose level steps up by `STEP` partway, and the time of the first point at
+    /// the new level: CUSUM must report each once.
+    pub steps: BTreeMap<String, i64>,
 }
+
+/// The injected level shift: over 17 standard deviations of the uniform noise.
+pub const STEP: f64 = 500.0;
 
 /// `series` series over `hours` hours, one point every 20 s with up to 40 s of disorder,
 /// a late copy every so often, a few bad records, then a sentinel per series.
@@ -46,18 +52,26 @@ pub fn build(series: usize, hours: i64, partitions: i32, seed: u64) -> DataSet {
     // (arrival, series, ts, value, late): arrival order is event time plus disorder below
     // the grace period, merged across series as a partition would see them.
     let mut events: Vec<(i64, usize, i64, f64, bool)> = Vec::new();
+    let mut steps = BTreeMap::new();
     let step = 20_000;
+    let step_at = T0 + hours * 3_600_000 * 6 / 10;
     for s in 0..series {
         let mut ts = T0 + (s as i64 * 997) % step;
         let mut i = 0;
         while ts < T0 + hours * 3_600_000 {
-            let value = ((next() % 100_000) as f64) / 1000.0 - 20.0 + s as f64;
+            let mut value = ((next() % 100_000) as f64) / 1000.0 - 20.0 + s as f64;
+            if s % 12 == 5 && ts >= step_at {
+                steps.entry(names[s].clone()).or_insert(ts);
+                value += STEP;
+            }
             let arrival = ts + (next() % 40_000) as i64;
             events.push((arrival, s, ts, value, false));
             if i % 97 == 50 {
                 // Arrives right after this point with a timestamp 11 minutes older than
-                // it: by then the watermark has passed that record's 5m window.
-                events.push((arrival + 1, s, ts - GRACE_MS - 600_000, 1e6, true));
+                // it: by then the watermark has passed that record's 5m window. Its value
+                // is an ordinary one, so CUSUM (which takes every point) sees no spike; a
+                // window that took it would be off in its count.
+                events.push((arrival + 1, s, ts - GRACE_MS - 600_000, value, true));
             }
             ts += step;
             i += 1;
@@ -147,6 +161,42 @@ pub fn build(series: usize, hours: i64, partitions: i32, seed: u64) -> DataSet {
         late,
         bad,
         partition_of,
+        steps,
+    }
+}
+
+/// Every injected step is reported once by CUSUM (duplicates only identical), going up,
+/// within 5 minutes of its first point, and nothing else before the sentinels is.
+pub fn check_steps(data: &DataSet, anomalies: &[Incoming]) {
+    let mut found: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for a in anomalies {
+        let v = a.json();
+        if v["ts"].as_i64() == Some(SENTINEL_TS) {
+            // A sentinel (value 0) can read as a drop; it only closes windows.
+            continue;
+        }
+        let series = v["series"].as_str().expect("series").to_owned();
+        found.entry(series).or_default().insert(v.to_string());
+    }
+    let unexpected: Vec<_> = found.keys().filter(|s| !data.steps.contains_key(*s)).collect();
+    assert!(
+        unexpected.is_empty(),
+        "anomalies on series without a step: {found:?}"
+    );
+    for (series, at) in &data.steps {
+        let seen = found.get(series).cloned().unwrap_or_default();
+        assert_eq!(
+            seen.len(),
+            1,
+            "the step of {series} at {at} found {} times: {seen:?}",
+            seen.len()
+        );
+        let v: harness::Value = serde_json::from_str(seen.first().expect("one")).expect("JSON");
+        let ts = v["ts"].as_i64().expect("ts");
+        assert!(
+            v["direction"] == "up" && (*at..at + 300_000).contains(&ts),
+            "the step of {series} at {at} found as {v}"
+        );
     }
 }
 

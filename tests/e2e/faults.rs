@@ -47,7 +47,9 @@ fn broker_outages(
     let seed = seed();
     let mut next = rng(seed);
     let mut tansu = Tansu::start_stored();
-    let bed = bed_on(Box::new(()), tansu.brokers.clone()).with_kafka_properties(properties);
+    let bed = bed_on(Box::new(()), tansu.brokers.clone())
+        .with_kafka_properties(properties)
+        .with_cusum();
     create_topics(&bed.brokers, &[(&bed.input, PARTITIONS)]);
     let series = 48;
     let data = dataset::build(series, 12, PARTITIONS, seed);
@@ -98,6 +100,7 @@ fn broker_outages(
     let rebuilt = metric("tributary_partitions_rebuilt_total");
     eprintln!("outputs not delivered: {failed}; partitions rebuilt: {rebuilt}");
     bed.finish(&data, &mut app);
+    dataset::check_steps(&data, &bed.anomalies_out(data.steps.len()));
     (failed, rebuilt)
 }
 
@@ -151,7 +154,7 @@ fn the_rollup_app_survives_sigkills_at_random_points_one_inside_a_replay() {
     let mut next = rng(seed);
     let tansu = Tansu::start();
     let brokers = tansu.brokers.clone();
-    let bed = bed_on(Box::new(tansu), brokers);
+    let bed = bed_on(Box::new(tansu), brokers).with_cusum();
     create_topics(&bed.brokers, &[(&bed.input, PARTITIONS)]);
     let series = 48;
     let data = dataset::build(series, 12, PARTITIONS, seed);
@@ -213,6 +216,7 @@ fn the_rollup_app_survives_sigkills_at_random_points_one_inside_a_replay() {
     py_produce(&bed.brokers, &bed.input, sentinels);
     let mut app = bed.start(&admin, &bed.state_dir);
     bed.finish(&data, &mut app);
+    dataset::check_steps(&data, &bed.anomalies_out(data.steps.len()));
 }
 
 /// Three instances of the rollup app in one group, started and stopped at seeded moments
@@ -311,6 +315,7 @@ fn rebalance_storm(bed: Bed, kills: bool) {
     bed.wait_caught_up(&data.records, live);
     let out = bed.rollups_out(data.expected.len());
     dataset::check_rollups(&data, dataset::Duplicates::Identical, &out);
+    dataset::check_steps(&data, &bed.anomalies_out(data.steps.len()));
     // It was a storm: partitions were taken over mid-stream (resumed past offset 0) many
     // times.
     let takeovers: Vec<usize> = started
@@ -367,7 +372,7 @@ fn resumed_mid_stream(line: &str) -> bool {
 /// that was in a settled group.
 #[test]
 fn a_rebalance_storm_of_three_instances_with_sigkills_loses_and_doubles_nothing() {
-    rebalance_storm(dev_bed(), true);
+    rebalance_storm(dev_bed().with_cusum(), true);
 }
 
 /// On tansu the instances leave gracefully only: tansu 0.6 can leave a SIGKILLed member of
@@ -375,5 +380,5 @@ fn a_rebalance_storm_of_three_instances_with_sigkills_loses_and_doubles_nothing(
 /// settles again (seen here: the survivor's assignment stayed empty for minutes).
 #[test]
 fn a_rebalance_storm_of_three_instances_on_tansu() {
-    rebalance_storm(tansu_bed(), false);
+    rebalance_storm(tansu_bed().with_cusum(), false);
 }

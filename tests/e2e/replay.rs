@@ -115,6 +115,19 @@ impl Bed {
         }
     }
 
+    /// The same bed with CUSUM on beside the rollups (anomalies to the "anomalies" topic).
+    pub(crate) fn with_cusum(self) -> Self {
+        let mut text = std::fs::read_to_string(&self.config).expect("config file");
+        text.push_str("[cusum]\nenabled = true\n");
+        std::fs::write(&self.config, text).expect("config file");
+        self
+    }
+
+    /// Every anomaly so far, once at least `min` are there.
+    pub(crate) fn anomalies_out(&self, min: usize) -> Vec<Incoming> {
+        py_consume(&self.brokers, "anomalies", min, 120, 3.0)
+    }
+
     pub(crate) fn start(&self, admin: &str, state_dir: &Path) -> Process {
         self.start_env(admin, state_dir, &[])
     }
