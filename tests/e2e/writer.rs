@@ -57,25 +57,46 @@ fn setup_with(rf: u32, dev_kafka: Option<usize>, spare_nodes: usize) -> Setup {
 }
 
 fn setup_layout(rf: u32, dev_kafka: Option<usize>, nodes: usize, spare_nodes: usize) -> Setup {
+    setup_broker(
+        rf,
+        dev_kafka.map_or(Broker::Tansu, Broker::Dev),
+        nodes,
+        spare_nodes,
+    )
+}
+
+/// Which broker process a setup starts.
+enum Broker {
+    /// The mock broker process, whose first n offset commits fail.
+    Dev(usize),
+    /// tansu with in-memory storage.
+    Tansu,
+    /// tansu on sqlite storage, so it can be stopped and started again.
+    TansuStored,
+}
+
+fn setup_broker(rf: u32, broker: Broker, nodes: usize, spare_nodes: usize) -> Setup {
     let (metrics, rollups, anomalies, dlq) = (
         unique("metrics"),
         unique("rollups"),
         unique("anomalies"),
         unique("dlq"),
     );
-    let kafka = if let Some(fail_commits) = dev_kafka {
-        TestBroker::Dev(harness::DevKafka::start_failing_commits(
-            &[&metrics, &rollups, &anomalies, &dlq],
-            3,
-            fail_commits,
-        ))
-    } else {
-        let t = Tansu::start();
+    let tansu = |t: Tansu| {
         create_topics(
             &t.brokers,
             &[(&metrics, 3), (&rollups, 3), (&anomalies, 3), (&dlq, 3)],
         );
         TestBroker::Tansu(t)
+    };
+    let kafka = match broker {
+        Broker::Dev(fail_commits) => TestBroker::Dev(harness::DevKafka::start_failing_commits(
+            &[&metrics, &rollups, &anomalies, &dlq],
+            3,
+            fail_commits,
+        )),
+        Broker::Tansu => tansu(Tansu::start()),
+        Broker::TansuStored => tansu(Tansu::start_stored()),
     };
     let ring = CqlRing::start_with_spare(nodes, spare_nodes);
     let s = Setup {
@@ -611,6 +632,63 @@ fn writer_survives_sigkills_at_random_points_under_ring_faults() {
     );
     let (committed, end) = committed_and_end(s.kafka.brokers(), &s.group, &s.metrics, data.len());
     assert_eq!(committed, end);
+}
+
+#[test]
+fn writer_rides_out_broker_restarts_mid_stream() {
+    // tansu (sqlite) stopped for a seeded 2-5 s twice while the writer works through the
+    // points, with the same writer process running throughout: every row reaches the
+    // ring, and the group is committed at the end of every partition.
+    let seed = crate::faults::seed();
+    let mut next = crate::faults::rng(seed);
+    let mut s = setup_broker(1, Broker::TansuStored, 3, 0);
+    let data = points(30, 100);
+    let (first, second) = data.split_at(data.len() / 2);
+    py_produce(s.kafka.brokers(), &s.metrics, first);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let session = [(
+        "TRIBUTARY_KAFKA_PROPERTIES",
+        r#"{ "session.timeout.ms" = "6000" }"#,
+    )];
+    let mut writer = start_writer_env(&s, &admin, &["--rows-per-sec", "300", "--burst", "64"], &session);
+    let total = data.len() as u64;
+    for (restart, rest) in [Some(second), None].into_iter().enumerate() {
+        let at = (restart as u64 + 1) * total / 4 + next(total / 10);
+        let reached = eventually(Duration::from_secs(120), || {
+            let written = metric(&admin, "tributary_writer_rows_written_total").unwrap_or(0.0);
+            (written >= at as f64).then_some(())
+        });
+        assert!(reached.is_some(), "never wrote {at} rows:\n{}", writer.log_text());
+        let TestBroker::Tansu(tansu) = &mut s.kafka else {
+            unreachable!("a tansu setup")
+        };
+        tansu.stop();
+        std::thread::sleep(Duration::from_millis(2_000 + next(3_000)));
+        tansu.start_again();
+        assert!(
+            writer.is_running(),
+            "stopped by restart {}:\n{}",
+            restart + 1,
+            writer.log_text()
+        );
+        if let Some(rest) = rest {
+            py_produce(s.kafka.brokers(), &s.metrics, rest);
+        }
+    }
+    wait_all_points(&s, data.len(), &writer);
+    assert_eq!(
+        writer.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        writer.log_text()
+    );
+    assert_eq!(
+        s.ring.count(&s.keyspace, "points"),
+        total,
+        "no row beyond the data"
+    );
+    let (committed, end) = committed_and_end(s.kafka.brokers(), &s.group, &s.metrics, data.len());
+    assert_eq!(committed, end, "{}", writer.log_text());
 }
 
 #[test]
