@@ -55,13 +55,13 @@ pub fn build(series: usize, hours: i64, partitions: i32, seed: u64) -> DataSet {
     let mut steps = BTreeMap::new();
     let step = 20_000;
     let step_at = T0 + hours * 3_600_000 * 6 / 10;
-    for s in 0..series {
+    for (s, name) in names.iter().enumerate() {
         let mut ts = T0 + (s as i64 * 997) % step;
         let mut i = 0;
         while ts < T0 + hours * 3_600_000 {
             let mut value = ((next() % 100_000) as f64) / 1000.0 - 20.0 + s as f64;
             if s % 12 == 5 && ts >= step_at {
-                steps.entry(names[s].clone()).or_insert(ts);
+                steps.entry(name.clone()).or_insert(ts);
                 value += STEP;
             }
             let arrival = ts + (next() % 40_000) as i64;
