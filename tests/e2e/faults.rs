@@ -379,6 +379,7 @@ fn a_rebalance_storm_of_three_instances_with_sigkills_loses_and_doubles_nothing(
 /// a settled group as the one every partition is assigned to, and the group then never
 /// settles again (seen here: the survivor's assignment stayed empty for minutes).
 #[test]
+#[ignore = "tansu 0.6 group coordinator (issue 12): in 1 of 13 runs here the group never settled within 90 s after two graceful leaves in a row, with the survivor polling; the same storm on the mock broker, with SIGKILLs, runs in CI. Run with --ignored"]
 fn a_rebalance_storm_of_three_instances_on_tansu() {
     rebalance_storm(tansu_bed().with_cusum(), false);
 }

@@ -172,15 +172,18 @@ pub(super) fn poll_thread(
         tracing::warn!(error = %e, "outputs still in flight at shutdown; their offsets stay uncommitted");
     }
     let final_commit = coordinator.committable(Resend::Always);
-    coordinator.commit_final(&consumer, &final_commit);
+    // From here a revoke (librdkafka can serve one inside the final commit) commits
+    // nothing itself: a synchronous commit in that callback can wait forever.
     coordinator.closing.store(true, Ordering::Release);
-    consumer.unsubscribe();
-    drop(consumer);
+    coordinator.commit_final(&consumer, &final_commit);
+    let left = leave_group(consumer, config.runtime.drain_timeout.0);
     let failure = coordinator.delivery_failure();
     drop(coordinator);
     drop(shared);
-    for h in handles {
-        let _ = h.join();
+    if left {
+        for h in handles {
+            let _ = h.join();
+        }
     }
     let summary = RunSummary {
         records: metrics.records_consumed.get(),
@@ -201,6 +204,33 @@ pub(super) fn poll_thread(
     match failure {
         Some(e) => Err(RuntimeError::Delivery(e)),
         None => Ok(summary),
+    }
+}
+
+/// Leaves the group and closes the consumer, waiting at most `within`: librdkafka's close
+/// can wait for a group that does not settle (seen on the mock broker mid-rebalance), and
+/// the app must stop all the same; the group then drops this member after its session
+/// timeout. Returns whether the consumer closed (its context, and with it the workers'
+/// queues, are released only then).
+fn leave_group(consumer: BaseConsumer<ConsumerCtx>, within: Duration) -> bool {
+    let (left, wait) = mpsc::channel();
+    let closing = std::thread::Builder::new()
+        .name("tributary-close".into())
+        .spawn(move || {
+            consumer.unsubscribe();
+            drop(consumer);
+            let _ = left.send(());
+        });
+    match closing {
+        // The consumer went with the closure and was closed on this thread.
+        Err(_) => true,
+        Ok(_) => {
+            let closed = wait.recv_timeout(within).is_ok();
+            if !closed {
+                tracing::warn!(waited = ?within, "the consumer did not leave the group in time; stopping without it (the group drops this member after its session timeout)");
+            }
+            closed
+        }
     }
 }
 
