@@ -42,7 +42,10 @@ fn owned(admin: &str) -> u64 {
 }
 
 /// The ring's row counter every 100 ms for 13 s; then every window of 10 s or more must
-/// hold at most `rate·Δt + burst` rows and at least 90 % of `rate·Δt`.
+/// hold at most `rate·Δt + burst` rows and at least 75 % of `rate·Δt`. The lower bound
+/// tells the group's rate from a member left at its share of it (half, with two);
+/// tighter, a stall of a second or so on a loaded 2-core machine failed it (CI: 13,516
+/// rows in 10.03 s at 1500/s, the counter nearly flat for one second).
 fn holds_the_budget(s: &Setup, rate: f64, burst: f64, writers: &[&Process]) {
     let mut samples: Vec<(Instant, u64)> = Vec::new();
     let t0 = Instant::now();
@@ -71,8 +74,8 @@ fn holds_the_budget(s: &Setup, rate: f64, burst: f64, writers: &[&Process]) {
                 "{rows} rows in {dt:.2} s exceeds {rate}/s + {burst}"
             );
             assert!(
-                rows >= 0.9 * rate * dt,
-                "{rows} rows in {dt:.2} s is under 90 % of {rate}/s; per second: {:?}\n{}",
+                rows >= 0.75 * rate * dt,
+                "{rows} rows in {dt:.2} s is under 75 % of {rate}/s; per second: {:?}\n{}",
                 samples.iter().step_by(10).map(|s| s.1).collect::<Vec<_>>(),
                 logs()
             );
