@@ -146,30 +146,14 @@ impl ConsumerContext for WriterContext {
             lock(&self.starts).remove(tp);
             self.metrics.consumer_lag.remove(&partition_labels(&tp.0, tp.1));
         }
-        // At the close only what the final commit left unconfirmed is of interest.
         let closing = self.health.group.stopping.load(Ordering::Relaxed);
-        let resend = if closing {
-            Resend::Unconfirmed
-        } else {
-            Resend::Always
-        };
+        let resend = Resend::at_revoke(closing);
         let commit = self.partitions.revoke(tps, resend);
         // Rows of revoked partitions waiting for the limiter leave without spending it.
         self.limiter.interrupt();
-        if consumer.assignment_lost() {
-            tracing::warn!("assignment lost (session timeout?); not committing revoked partitions");
-        } else if closing {
-            // The revoke of the consumer's close, after the final commit: a synchronous
-            // commit here can wait forever for a group that is rebalancing, and with it
-            // the close. The next owner rewrites from the last confirmed commit.
-            if commit.count() > 0 {
-                tracing::warn!(
-                    partitions = commit.count(),
-                    "leaving with offsets the final commit could not confirm; the next owner rewrites from the last confirmed commit"
-                );
-            }
-        } else if let Err(e) =
-            commits::commit_and_settle(consumer, &commit, |t, p, o, ok| self.settle(t, p, o, ok))
+        if commits::commit_at_revoke(consumer.assignment_lost(), closing, commit.count())
+            && let Err(e) =
+                commits::commit_and_settle(consumer, &commit, |t, p, o, ok| self.settle(t, p, o, ok))
         {
             tracing::warn!(error = %e, "commit at revoke failed; the next owner rewrites from the last committed offset");
         }

@@ -22,6 +22,42 @@ pub enum Resend {
     Always,
 }
 
+impl Resend {
+    /// What a revoke takes from its partitions: every safe offset, except in the revoke
+    /// of the consumer's close, where only what the final commit left unconfirmed is of
+    /// interest (see [`commit_at_revoke`]).
+    pub fn at_revoke(closing: bool) -> Self {
+        if closing {
+            Resend::Unconfirmed
+        } else {
+            Resend::Always
+        }
+    }
+}
+
+/// Whether a revoke commits the offsets it took (`pending` partitions' worth), logging
+/// why when it does not: not when the assignment was lost (another member may own the
+/// partitions), and not in the revoke of the consumer's close, which comes after the
+/// final commit: a synchronous commit there can wait forever for a group that is
+/// rebalancing, and with it the close. Either way the next owner resumes from the last
+/// confirmed commit.
+pub fn commit_at_revoke(lost: bool, closing: bool, pending: usize) -> bool {
+    if lost {
+        tracing::warn!("assignment lost (session timeout?); not committing revoked partitions");
+        false
+    } else if closing {
+        if pending > 0 {
+            tracing::warn!(
+                partitions = pending,
+                "leaving with offsets the final commit could not confirm; the next owner resumes from the last confirmed commit"
+            );
+        }
+        false
+    } else {
+        true
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CommitState {
     /// Committed before this run began (a resumed partition): never commit at or below
@@ -135,6 +171,16 @@ pub fn settle_unsent(offsets: &TopicPartitionList, mut settle: impl FnMut(&str, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revoke_commits_everything_except_when_lost_or_closing() {
+        assert_eq!(Resend::at_revoke(false), Resend::Always);
+        assert_eq!(Resend::at_revoke(true), Resend::Unconfirmed);
+        assert!(commit_at_revoke(false, false, 3));
+        assert!(!commit_at_revoke(true, false, 3));
+        assert!(!commit_at_revoke(false, true, 3));
+        assert!(!commit_at_revoke(false, true, 0));
+    }
 
     #[test]
     fn an_offset_is_done_only_once_confirmed() {

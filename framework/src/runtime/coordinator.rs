@@ -19,7 +19,7 @@ use super::plans::{PlanStore, PlanStoreError};
 use super::producer::OutputProducer;
 use super::worker::{Resume, WorkerMsg};
 use crate::config::Config;
-use crate::kafka::commits::Resend;
+use crate::kafka::commits::{self, Resend};
 use crate::kafka::fetch_start::FetchStart;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineSpec};
@@ -273,12 +273,7 @@ impl Coordinator {
             .retain(|tp, _| !tps.contains(tp));
         let lost = consumer.assignment_lost();
         let closing = self.closing.load(Ordering::Acquire);
-        // At the close only what the final commit left unconfirmed is of interest.
-        let resend = if closing {
-            Resend::Unconfirmed
-        } else {
-            Resend::Always
-        };
+        let resend = Resend::at_revoke(closing);
         let mut commit = Vec::new();
         let mut map = self.assignments();
         for tp in &tps {
@@ -292,19 +287,7 @@ impl Coordinator {
         self.metrics.assigned_partitions.set(map.len() as i64);
         drop(map);
         self.metrics.rebalances.inc_by(1);
-        if lost {
-            tracing::warn!("assignment lost (session timeout?); not committing revoked partitions");
-        } else if closing {
-            // The revoke of the consumer's close: the final commit had its chance. A
-            // synchronous commit here can wait forever for a group that is rebalancing,
-            // and with it the close; the next owner replays from the last confirmed one.
-            if !commit.is_empty() {
-                tracing::warn!(
-                    partitions = commit.len(),
-                    "leaving with offsets the final commit could not confirm; the next owner replays from the last confirmed commit"
-                );
-            }
-        } else {
+        if commits::commit_at_revoke(lost, closing, commit.len()) {
             self.commit(consumer, &commit, CommitMode::Sync);
         }
     }
