@@ -9,5 +9,3 @@ pub mod demo;
 pub mod figures;
 pub mod kafka;
 pub mod loadgen;
-pub mod plan_bench;
-pub mod restart_bench;

@@ -15,7 +15,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::bench::{BenchOptions, spec};
+use super::{BenchOptions, spec};
 use crate::loadgen;
 
 const TOPIC: &str = "metrics";

@@ -16,8 +16,8 @@ use tributary::replay::{CoarsePlan, IdleLog, Plan};
 use tributary::runtime::plans::PlanTopic;
 use tributary::runtime::topics;
 
-use crate::bench::{BenchOptions, cpu_seconds};
-use crate::restart_bench::{free_port, start_tansu_on, tansu};
+use super::restart::{free_port, start_tansu_on, tansu};
+use super::{BenchOptions, cpu_seconds};
 
 /// A day of commits at the default `kafka.commit_interval` (1 s).
 const COMMITS_PER_DAY: i64 = 86_400;
