@@ -67,6 +67,7 @@ impl Store {
                 columns,
                 partition_key,
                 clustering,
+                descending,
             } => {
                 let (ks, name) = resolve(table, current)?;
                 let keyspace = self
@@ -111,6 +112,7 @@ impl Store {
                     columns: cols,
                     partition_key: pk,
                     clustering: ck,
+                    descending: clustering.iter().map(|c| descending.contains(c)).collect(),
                 };
                 keyspace.tables.insert(
                     name.clone(),
@@ -241,8 +243,12 @@ impl Store {
                 let token = murmur3_token(&pk_bytes);
                 let rows = t.partitions.entry((token, pk_bytes)).or_default();
                 let expires = ttl.map(|s| Instant::now() + Duration::from_secs(s as u64));
-                let ck_types: Vec<&CqlType> =
-                    schema.clustering.iter().map(|&i| &schema.columns[i].ty).collect();
+                let ck_types: Vec<(&CqlType, bool)> = schema
+                    .clustering
+                    .iter()
+                    .zip(&schema.descending)
+                    .map(|(&i, &desc)| (&schema.columns[i].ty, desc))
+                    .collect();
                 let pos =
                     rows.binary_search_by(|r| compare_clustering(&ck_types, &r.clustering, &clustering));
                 match pos {

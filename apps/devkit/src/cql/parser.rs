@@ -76,6 +76,8 @@ pub enum Statement {
         columns: Vec<(String, String)>,
         partition_key: Vec<String>,
         clustering: Vec<String>,
+        /// Clustering columns declared `WITH CLUSTERING ORDER BY (c DESC)`.
+        descending: Vec<String>,
     },
     Use(String),
     Truncate(TableRef),
@@ -501,7 +503,25 @@ impl Parser {
             }
             self.sym(",")?;
         }
-        // Table options (WITH ...) do not change the emulator's behaviour.
+        // Of the table options only the clustering order changes the emulator's behaviour.
+        let mut descending = Vec::new();
+        if self.eat_kw("with") && self.eat_kw("clustering") {
+            self.kw("order")?;
+            self.kw("by")?;
+            self.sym("(")?;
+            loop {
+                let name = self.ident()?;
+                if self.eat_kw("desc") {
+                    descending.push(name);
+                } else {
+                    self.eat_kw("asc");
+                }
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+            self.sym(")")?;
+        }
         self.pos = self.toks.len() - usize::from(matches!(self.toks.last(), Some(Tok::Sym(";"))));
         if partition_key.is_empty() {
             return Err("a table needs a PRIMARY KEY".into());
@@ -512,6 +532,7 @@ impl Parser {
             columns,
             partition_key,
             clustering,
+            descending,
         })
     }
 
@@ -578,11 +599,13 @@ mod tests {
             Statement::CreateTable {
                 partition_key,
                 clustering,
+                descending,
                 columns,
                 ..
             } => {
                 assert_eq!(partition_key, vec!["series", "bucket"]);
                 assert_eq!(clustering, vec!["ts"]);
+                assert_eq!(descending, vec!["ts"]);
                 assert_eq!(columns[4].1, "map<text, text>");
             }
             other => panic!("{other:?}"),

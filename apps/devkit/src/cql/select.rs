@@ -95,10 +95,12 @@ pub(super) fn operand_values(
     }
 }
 
-pub(super) fn compare_clustering(types: &[&CqlType], a: &[Vec<u8>], b: &[Vec<u8>]) -> Ordering {
-    for ((t, x), y) in types.iter().zip(a).zip(b) {
+/// Orders clustering keys as stored: each column ascending or, when declared so, descending.
+pub(super) fn compare_clustering(types: &[(&CqlType, bool)], a: &[Vec<u8>], b: &[Vec<u8>]) -> Ordering {
+    for ((&(t, descending), x), y) in types.iter().zip(a).zip(b) {
         match t.compare(x, y) {
             Ordering::Equal => continue,
+            other if descending => return other.reverse(),
             other => return other,
         }
     }
@@ -172,4 +174,64 @@ pub(super) fn project(
         columns,
         rows,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parser::parse;
+    use super::super::token::TokenRing;
+    use super::*;
+
+    fn run(store: &mut Store, cql: &str) -> Outcome {
+        let node = NodeView {
+            index: 0,
+            addresses: vec!["127.0.0.1".parse().expect("ip")],
+            host_ids: vec![[0; 16]],
+        };
+        let (stmt, _) = parse(cql).expect(cql);
+        store.execute(&stmt, &[], Some("k"), &node).expect(cql)
+    }
+
+    fn first_column(outcome: Outcome) -> Vec<i64> {
+        let Outcome::Rows(set) = outcome else {
+            panic!("no rows")
+        };
+        set.rows
+            .iter()
+            .map(|r| i64::from_be_bytes(r[0].clone().expect("value").try_into().expect("bigint")))
+            .collect()
+    }
+
+    #[test]
+    fn a_descending_clustering_order_reads_newest_first() {
+        let mut store = Store::new(TokenRing::new(1, 4, 1));
+        run(
+            &mut store,
+            "CREATE KEYSPACE k WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        );
+        run(
+            &mut store,
+            "CREATE TABLE k.up (s text, ts bigint, PRIMARY KEY (s, ts))",
+        );
+        run(
+            &mut store,
+            "CREATE TABLE k.down (s text, ts bigint, PRIMARY KEY (s, ts)) WITH CLUSTERING ORDER BY (ts DESC) AND comment = 'x'",
+        );
+        for table in ["up", "down"] {
+            for ts in [5, 1, 9, 3, 7] {
+                run(
+                    &mut store,
+                    &format!("INSERT INTO k.{table} (s, ts) VALUES ('a', {ts})"),
+                );
+            }
+        }
+        assert_eq!(
+            first_column(run(&mut store, "SELECT ts FROM k.up WHERE s = 'a' LIMIT 3")),
+            [1, 3, 5]
+        );
+        assert_eq!(
+            first_column(run(&mut store, "SELECT ts FROM k.down WHERE s = 'a' LIMIT 3")),
+            [9, 7, 5]
+        );
+    }
 }

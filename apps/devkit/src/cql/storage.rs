@@ -32,6 +32,8 @@ pub struct TableSchema {
     pub columns: Vec<Column>,
     pub partition_key: Vec<usize>,
     pub clustering: Vec<usize>,
+    /// Per clustering column: stored (and read) newest first.
+    pub descending: Vec<bool>,
 }
 
 impl TableSchema {

@@ -169,7 +169,11 @@ impl Store {
                             ),
                             Kind::Regular => ("regular", -1),
                         };
-                        let order = if c.kind == Kind::Clustering { "asc" } else { "none" };
+                        let order = match s.clustering.iter().position(|&p| p == i) {
+                            Some(k) if s.descending.get(k) == Some(&true) => "desc",
+                            Some(_) => "asc",
+                            None => "none",
+                        };
                         rows.push(vec![
                             types::text(&s.keyspace),
                             types::text(&s.name),
