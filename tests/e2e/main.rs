@@ -6,6 +6,7 @@ mod dataset;
 mod deploy;
 mod embedded;
 mod faults;
+mod peers;
 mod replay;
 mod retention;
 mod security;

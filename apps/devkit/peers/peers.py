@@ -2,12 +2,17 @@
 """Tributary and its peers on the same broker and input, in one run:
 `python3 apps/devkit/peers/peers.py [--records N] [--series S] [--partitions P] [--runs R]`.
 
-Starts tansu (in memory), produces the same JSON records once per run, and times
-Tributary's rollup + CUSUM (`tributary-rollup`, CPU summed over its threads from
-/proc/PID/task/*/schedstat, ns) and Quix Streams (quix_rollup.py, getrusage) over the
-records each counts after its first one. Prints each figure's median, min and max, and
-the ratio per CPU-second. Needs `pip install quixstreams` and a release build
-(BIN=dir of the binaries, default ~/.cache/tributary/target/release).
+Starts tansu (in memory), produces the same JSON records once per run, and times each
+peer over the records it counts after its first one:
+- Tributary's rollup + CUSUM: the rollup app's runtime in `tributary-dev runtime-peer`
+  (its process CPU clock, ns; no metrics endpoint scraped);
+- the same runtime consuming and decoding only (`runtime-peer --decode-only`), the limit;
+- Quix Streams (quix_rollup.py; getrusage);
+- a naive detector that writes every event to the emulated CQL ring and reads the
+  series' last 50 back for CUSUM (`tributary-dev naive-peer`; the ring's CPU beside it).
+Prints each figure's median, min and max, and Tributary's ratio to each per CPU-second.
+Needs `pip install quixstreams` and a release build (BIN=dir of the binaries, default
+~/.cache/tributary/target/release).
 """
 
 import argparse
@@ -18,9 +23,7 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -67,48 +70,6 @@ def task_cpu(pid):
     return total / 1e9
 
 
-def metric(admin, name):
-    try:
-        body = urllib.request.urlopen(f"http://{admin}/metrics", timeout=2).read().decode()
-    except OSError:
-        return 0
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0
-
-
-def tributary(brokers, topic, records, partitions):
-    admin = f"127.0.0.1:{free_port()}"
-    out = f"tributary-rollups-{time.time_ns()}"
-    create_topics(brokers, [out], partitions)
-    env = dict(os.environ, RUST_LOG="warn", TRIBUTARY_CUSUM_ENABLED="true")
-    args = [str(BIN / "tributary-rollup"), "--brokers", brokers, "--input-topic", topic,
-            "--output-topic", out, "--group", f"tributary-peer-{time.time_ns()}",
-            "--admin-listen", admin]
-    with tempfile.TemporaryDirectory() as state:
-        env["TRIBUTARY_STATE_DIR"] = state
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            first = None
-            deadline = time.time() + 300
-            while time.time() < deadline:
-                n = metric(admin, "tributary_records_consumed_total")
-                if first is None and n > 0:
-                    first = (time.perf_counter(), task_cpu(proc.pid), n)
-                if n >= records:
-                    t1, c1 = time.perf_counter(), task_cpu(proc.pid)
-                    break
-                time.sleep(0.005)
-            else:
-                sys.exit("tributary-rollup did not consume every record within 300 s")
-        finally:
-            proc.terminate()
-            proc.wait(60)
-    t0, c0, n0 = first
-    return {"records": records - n0, "wall": t1 - t0, "cpu": c1 - c0}
-
-
 def quix(brokers, topic, records, partitions):
     out = f"quix-rollups-{time.time_ns()}"
     create_topics(brokers, [out], partitions)
@@ -119,13 +80,59 @@ def quix(brokers, topic, records, partitions):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def dev_peer(args, timeout=1800):
+    """Runs a `tributary-dev` peer subcommand; returns its closing JSON line."""
+    done = subprocess.run([str(BIN / "tributary-dev"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, RUST_LOG="warn"))
+    if done.returncode != 0:
+        sys.exit(f"tributary-dev {args[0]} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def runtime(*flags):
+    def run(brokers, topic, records, partitions):
+        return dev_peer(["runtime-peer", "--brokers", brokers, "--topic", topic, "--records", str(records),
+                         "--group", f"runtime-peer-{time.time_ns()}", *flags])
+    return run
+
+
+def naive(brokers, topic, records, partitions):
+    """The read-back detector against a fresh 3-node emulated ring (RF 1). Its CPU is the
+    detector's own; the ring's, over the detector's whole run, is reported beside it."""
+    port = free_port()
+    ring = subprocess.Popen([str(BIN / "tributary-dev"), "cql", "--nodes", "3", "--port", str(port), "--http", ""],
+                            env=dict(os.environ, RUST_LOG="warn"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, ring, "the emulated ring")
+        before = task_cpu(ring.pid)
+        r = dev_peer(["naive-peer", "--brokers", brokers, "--topic", topic, "--records", str(records),
+                      "--contact-points", f"127.0.0.1:{port}"])
+        r["ring_cpu"] = task_cpu(ring.pid) - before
+    finally:
+        ring.terminate()
+        ring.wait(30)
+    return r
+
+
+PEERS = {
+    "tributary": ("Tributary rollup + CUSUM", runtime()),
+    "decode": ("Tributary runtime, consume + decode only", runtime("--decode-only")),
+    "quix": ("Quix Streams 5m/1h/1d", quix),
+    "naive": ("naive read-back detector (Anomalia Machina style)", naive),
+}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--series", type=int, default=1_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help=f"comma-separated, of {', '.join(PEERS)}")
     a = ap.parse_args()
+    chosen = [PEERS[p] for p in a.peers.split(",")]
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     brokers = f"127.0.0.1:{port}"
@@ -143,11 +150,15 @@ def main():
                             "--series", str(a.series), "--points", str(a.records // a.series)],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             total = a.records // a.series * a.series
-            for name, peer in (("Tributary rollup + CUSUM", tributary), ("Quix Streams 5m/1h/1d", quix)):
+            for name, peer in chosen:
                 r = peer(brokers, topic, total, a.partitions)
-                print(f"run {run}: {name}: {r['records']} records, {r['wall']:.3f} s wall, {r['cpu']:.3f} CPU-s",
+                extra = f" (+ {r['ring_cpu']:.3f} CPU-s in the ring)" if "ring_cpu" in r else ""
+                print(f"run {run}: {name}: {r['records']} records, {r['wall']:.3f} s wall, {r['cpu']:.3f} CPU-s{extra}",
                       flush=True)
                 rows.setdefault(name, []).append(r)
+                if "ring_cpu" in r:
+                    rows.setdefault(name + ", counting the ring's CPU", []).append(
+                        dict(r, cpu=r["cpu"] + r["ring_cpu"]))
     finally:
         tansu.terminate()
         tansu.wait(30)
@@ -162,9 +173,11 @@ def main():
         per_cpu[name] = statistics.median(cpu)
         print(f"| {name} | {statistics.median(wall):,.0f} ({min(wall):,.0f}-{max(wall):,.0f}) | "
               f"{statistics.median(cpu):,.0f} ({min(cpu):,.0f}-{max(cpu):,.0f}) |")
-    names = list(per_cpu)
-    if len(names) == 2:
-        print(f"\nratio per CPU-second, {names[0]} / {names[1]}: {per_cpu[names[0]] / per_cpu[names[1]]:.1f}x")
+    first = next(iter(per_cpu))
+    print()
+    for name, v in per_cpu.items():
+        if name != first:
+            print(f"per CPU-second, {first} / {name}: {per_cpu[first] / v:.2f}x")
 
 
 if __name__ == "__main__":

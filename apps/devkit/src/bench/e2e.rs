@@ -164,7 +164,7 @@ fn plain_consumer(brokers: &str, total: u64) -> anyhow::Result<Timed> {
 }
 
 /// Until the runtime has consumed `total` records (or 300 s), timed from its first.
-fn until_consumed(rt: &Runtime, total: u64) -> Timed {
+pub(super) fn until_consumed(rt: &Runtime, total: u64) -> Timed {
     let mut clock = FirstCount::new();
     let started = Instant::now();
     while rt.metrics().records_consumed.get() < total && started.elapsed() < Duration::from_secs(300) {

@@ -24,10 +24,12 @@ macro_rules! say {
 pub mod clock;
 mod e2e;
 mod memory;
+pub mod naive_peer;
 mod pipeline;
 pub mod plans;
 mod replay;
 pub mod restart;
+pub mod runtime_peer;
 mod writer;
 
 pub use clock::{FirstCount, cpu_seconds};
