@@ -5,6 +5,9 @@
 #   rollup    tributary-rollup reading 20,000 generated records from the mock broker
 #   replay    its restart without a checkpoint: the rebuild from the committed plans
 #   writer    tributary-writer writing the same 20,000 points into the emulated ring
+#   full      the rollup runtime with rollup + CUSUM in `tributary-dev runtime-peer`
+#   decode    the same runtime consuming and decoding only (`runtime-peer --decode-only`):
+#             full - decode is what the rollup, CUSUM and their outputs cost
 # Each count is the whole measured process, start to graceful stop (librdkafka's threads
 # included). The broker, the ring and the load generator run outside valgrind.
 #
@@ -72,6 +75,18 @@ measured() {
     if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/$name-$RUN_NO.callgrind"; fi
 }
 
+# peer NAME FLAGS...: `tributary-dev runtime-peer` under callgrind over every record.
+peer() {
+    local name=$1
+    shift
+    local out="$WORK/$name.callgrind"
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN/tributary-dev" runtime-peer \
+        --brokers "$brokers" --topic metrics --records "$RECORDS" --workers 2 "$@" >"$WORK/$name.log" 2>&1 ||
+        { tail -20 "$WORK/$name.log" >&2; return 1; }
+    awk '/^totals:/ { print $2 }' "$out"
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/$name-$RUN_NO.callgrind"; fi
+}
+
 run_once() {
     local run=$1
     RUN_NO=$run
@@ -80,7 +95,7 @@ run_once() {
     "$DEV/tributary-dev" kafka --port "$port" --partitions "$PARTITIONS" \
         --topics metrics,rollups,anomalies,dead-letter >"$WORK/kafka.log" 2>&1 &
     PIDS+=($!)
-    local brokers="127.0.0.1:$port"
+    brokers="127.0.0.1:$port"
     for _ in $(seq 60); do grep -q "bootstrap.servers=" "$WORK/kafka.log" && break; sleep 0.5; done
     "$DEV/tributary-dev" produce --brokers "$brokers" --topic metrics --series "$SERIES" \
         --points "$POINTS" --seed 42 >/dev/null 2>&1
@@ -113,14 +128,19 @@ run_once() {
         --keyspace tributary --metrics-topic metrics --rollups-topic "" --anomalies-topic "" \
         --group "writer-$group" --admin-listen "$admin" --log warn)
 
-    printf '%-4s %16s %16s %16s %16s\n' "$run" "$pipeline" "$rollup" "$replay" "$writer"
+    # The runtime peers stop by themselves once they have consumed every record.
+    local full decode
+    full=$(peer full --group "full-$group")
+    decode=$(peer decode --group "decode-$group" --decode-only)
+
+    printf '%-4s %16s %16s %16s %16s %16s %16s\n' "$run" "$pipeline" "$rollup" "$replay" "$writer" "$full" "$decode"
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     PIDS=()
 }
 
 echo "instructions (callgrind Ir) of $BIN, $RECORDS records in $PARTITIONS partitions"
-printf '%-4s %16s %16s %16s %16s\n' run pipeline rollup replay writer
+printf '%-4s %16s %16s %16s %16s %16s %16s\n' run pipeline rollup replay writer full decode
 for run in $(seq "$RUNS"); do
     run_once "$run"
 done

@@ -86,7 +86,15 @@ pub(super) fn replay(opts: &BenchOptions, out: &mut impl Write, figures: &mut Fi
     // First run: process everything, commit plans, write checkpoints.
     let rt = Runtime::start(config.clone())?;
     let (wall, _) = until_caught_up(&rt, "metrics", &ends);
-    std::thread::sleep(Duration::from_secs(2)); // a checkpoint after the last records
+    // Every partition's checkpoint covers its last records once it has written two more:
+    // the first may have been taken before them (see runtime::worker::checkpoint).
+    let written = rt.metrics().checkpoints_written.get();
+    let t = Instant::now();
+    while rt.metrics().checkpoints_written.get() < written + 2 * opts.partitions as u64
+        && t.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let memory = rt.metrics().state_memory_bytes.get();
     rt.stop();
     rt.join()?;
