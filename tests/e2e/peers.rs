@@ -7,6 +7,17 @@ use std::process::Command;
 use harness::{CqlRing, DevKafka, app_binary};
 use serde_json::Value;
 
+/// Fills a topic with `tributary-dev produce`; returns what it printed.
+fn produce(brokers: &str, args: &[&str]) -> String {
+    let out = Command::new(app_binary("tributary-dev"))
+        .args(["produce", "--brokers", brokers])
+        .args(args)
+        .output()
+        .expect("produce");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn dev(args: &[&str]) -> Value {
     let out = Command::new(app_binary("tributary-dev"))
         .args(args)
@@ -29,20 +40,23 @@ fn the_naive_peer_checks_each_event_against_the_events_it_read_back() {
     let (series, points, window) = (6u64, 120u64, 50u64);
     let kafka = DevKafka::start(&["events"], 2);
     let ring = CqlRing::start(3);
-    let produced = Command::new(app_binary("tributary-dev"))
-        .args(["produce", "--brokers", &kafka.brokers, "--topic", "events"])
-        .args(["--series", &series.to_string(), "--points", &points.to_string()])
-        .args(["--anomalies", "1", "--seed", "11"])
-        .output()
-        .expect("produce");
-    assert!(
-        produced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&produced.stderr)
+    let (series_arg, points_arg) = (series.to_string(), points.to_string());
+    let printed = produce(
+        &kafka.brokers,
+        &[
+            "--topic",
+            "events",
+            "--series",
+            &series_arg,
+            "--points",
+            &points_arg,
+            "--anomalies",
+            "1",
+            "--seed",
+            "11",
+        ],
     );
-    let steps = String::from_utf8_lossy(&produced.stdout)
-        .matches("injected step")
-        .count() as u64;
+    let steps = printed.matches("injected step").count() as u64;
     assert_eq!(steps, series, "every series should get a step");
 
     let total = (series * points).to_string();
@@ -75,23 +89,7 @@ fn the_naive_peer_checks_each_event_against_the_events_it_read_back() {
 #[test]
 fn the_runtime_peer_consumes_everything_with_and_without_its_stages() {
     let kafka = DevKafka::start(&["metrics", "rollups", "anomalies", "dead-letter"], 4);
-    let produced = Command::new(app_binary("tributary-dev"))
-        .args([
-            "produce",
-            "--brokers",
-            &kafka.brokers,
-            "--series",
-            "50",
-            "--points",
-            "200",
-        ])
-        .output()
-        .expect("produce");
-    assert!(
-        produced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&produced.stderr)
-    );
+    produce(&kafka.brokers, &["--series", "50", "--points", "200"]);
     for extra in [&[][..], &["--decode-only"][..]] {
         let mut args = vec!["runtime-peer", "--brokers", &kafka.brokers, "--records", "10000"];
         args.extend_from_slice(extra);

@@ -138,41 +138,10 @@ enum DevCommand {
     /// Benchmark peer: a naive per-event detector that writes every event to the CQL
     /// ring and reads the series' last events back for CUSUM (Anomalia Machina style).
     /// Prints {"records", "wall", "cpu", ...} as JSON, timed from the first event checked.
-    NaivePeer {
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        brokers: String,
-        #[arg(long, default_value = "metrics")]
-        topic: String,
-        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9042")]
-        contact_points: Vec<String>,
-        /// Events to check, from the topic's start.
-        #[arg(long)]
-        records: u64,
-        /// Events read back per check.
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(2..))]
-        window: u16,
-        /// Checks in flight at once.
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
-        concurrency: u16,
-    },
+    NaivePeer(crate::bench::naive_peer::NaiveOptions),
     /// Benchmark peer: the rollup app's runtime with rollup + CUSUM, or consuming and
     /// decoding only. Prints {"records", "wall", "cpu"} as JSON, timed from the first record.
-    RuntimePeer {
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        brokers: String,
-        #[arg(long, default_value = "metrics")]
-        topic: String,
-        #[arg(long, default_value = "tributary-runtime-peer")]
-        group: String,
-        /// Records to consume, from the topic's start.
-        #[arg(long)]
-        records: u64,
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-        /// Both stages off: the limit the full pipeline is bounded by.
-        #[arg(long)]
-        decode_only: bool,
-    },
+    RuntimePeer(crate::bench::runtime_peer::RuntimeOptions),
     /// Embedded Kafka + load generator + rollup + detector, narrated.
     Demo {
         #[arg(long, default_value_t = 500)]
@@ -355,22 +324,7 @@ fn run(command: DevCommand) -> anyhow::Result<()> {
             };
             crate::bench::run(&opts, &mut std::io::stdout())
         }
-        DevCommand::NaivePeer {
-            brokers,
-            topic,
-            contact_points,
-            records,
-            window,
-            concurrency,
-        } => {
-            let opts = crate::bench::naive_peer::NaiveOptions {
-                brokers,
-                topic,
-                contact_points,
-                records,
-                window: window.into(),
-                concurrency: concurrency.into(),
-            };
+        DevCommand::NaivePeer(opts) => {
             let r = crate::bench::naive_peer::run(&opts)?;
             println!(
                 "{}",
@@ -384,22 +338,7 @@ fn run(command: DevCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        DevCommand::RuntimePeer {
-            brokers,
-            topic,
-            group,
-            records,
-            workers,
-            decode_only,
-        } => {
-            let opts = crate::bench::runtime_peer::RuntimeOptions {
-                brokers,
-                topic,
-                group,
-                records,
-                workers,
-                decode_only,
-            };
+        DevCommand::RuntimePeer(opts) => {
             let t = crate::bench::runtime_peer::run(&opts)?;
             println!(
                 "{}",

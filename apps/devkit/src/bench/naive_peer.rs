@@ -18,16 +18,23 @@ use tributary::cusum::{CusumParams, CusumState};
 
 use super::clock::{FirstCount, Timed};
 
-#[derive(Debug, Clone)]
+/// The command line of `tributary-dev naive-peer`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct NaiveOptions {
+    #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
+    #[arg(long, default_value = "metrics")]
     pub topic: String,
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9042")]
     pub contact_points: Vec<String>,
-    /// Stop after this many events.
+    /// Events to check, from the topic's start.
+    #[arg(long)]
     pub records: u64,
-    /// Events read back for each check (Anomalia Machina: 50).
+    /// Events read back per check (Anomalia Machina: 50); at least 2.
+    #[arg(long, default_value_t = 50)]
     pub window: usize,
-    /// Events in flight at once (its consumer fed a pool of Cassandra sessions).
+    /// Checks in flight at once (its consumer fed a pool of Cassandra sessions).
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
 }
 
@@ -47,6 +54,8 @@ struct Statements {
 
 /// Consumes `records` events from the topic's start and checks each one.
 pub fn run(opts: &NaiveOptions) -> anyhow::Result<NaiveReport> {
+    anyhow::ensure!(opts.window >= 2, "--window: at least 2 events are read back");
+    anyhow::ensure!(opts.concurrency >= 1, "--concurrency: at least 1");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -102,7 +111,7 @@ async fn detect(opts: &NaiveOptions) -> anyhow::Result<NaiveReport> {
     let done = Arc::new(AtomicU64::new(0));
     let checked = Arc::new(AtomicU64::new(0));
     let anomalies = Arc::new(AtomicU64::new(0));
-    let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency));
     let failures = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ticker = {
@@ -144,7 +153,9 @@ async fn detect(opts: &NaiveOptions) -> anyhow::Result<NaiveReport> {
         });
     }
     // Every check has finished once all permits are back.
-    let _all = permits.acquire_many(opts.concurrency.max(1) as u32).await?;
+    let _all = permits
+        .acquire_many(opts.concurrency.min(u32::MAX as usize) as u32)
+        .await?;
     finished.store(true, Ordering::Release);
     let timed = ticker.await?;
     consumer

@@ -9,15 +9,22 @@ use tributary::runtime::Runtime;
 
 use super::clock::Timed;
 
-#[derive(Debug, Clone)]
+/// The command line of `tributary-dev runtime-peer`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct RuntimeOptions {
+    #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
+    #[arg(long, default_value = "metrics")]
     pub topic: String,
+    #[arg(long, default_value = "tributary-runtime-peer")]
     pub group: String,
-    /// Stop after this many records.
+    /// Records to consume, from the topic's start.
+    #[arg(long)]
     pub records: u64,
+    #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Both stages off.
+    /// Both stages off: the limit the full pipeline is bounded by.
+    #[arg(long)]
     pub decode_only: bool,
 }
 
