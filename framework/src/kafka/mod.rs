@@ -8,6 +8,7 @@
 //! - [`headers`]: provenance and reason headers of dead letters;
 //! - [`fetch_start`]: the guard against brokers that skip records at a resume point;
 //! - [`stats`]: librdkafka's statistics: broker reachability and consumer lag;
+//! - [`polled`]: a producer served by a poll thread of its own (not rdkafka's, which spins);
 //! - [`readiness`]: the part of readiness every app shares (group, brokers, stopping);
 //! - [`backoff`]: exponential backoff with jitter for every retry loop.
 
@@ -18,6 +19,7 @@ pub mod commits;
 pub mod fetch_start;
 pub mod headers;
 pub mod logging;
+pub mod polled;
 pub mod readiness;
 pub mod security;
 pub mod stats;

@@ -7,10 +7,11 @@ use std::time::Duration;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 
 use crate::kafka::logging;
+use crate::kafka::polled::PolledProducer;
 use crate::metrics::Metrics;
 use crate::runtime::ledger::Ledger;
 
@@ -62,7 +63,7 @@ impl ProducerContext for OutputContext {
     }
 }
 
-type Threaded = ThreadedProducer<OutputContext>;
+type Polled = PolledProducer<OutputContext>;
 
 /// One output with its delivery tag.
 pub type OutputRecord<'a> = BaseRecord<'a, [u8], [u8], Box<DeliveryTag>>;
@@ -74,7 +75,7 @@ pub type OutputRecord<'a> = BaseRecord<'a, [u8], [u8], Box<DeliveryTag>>;
 pub struct OutputProducer {
     config: ClientConfig,
     metrics: Arc<Metrics>,
-    current: RwLock<Threaded>,
+    current: RwLock<Polled>,
 }
 
 impl OutputProducer {
@@ -87,13 +88,16 @@ impl OutputProducer {
         })
     }
 
-    fn create(config: &ClientConfig, metrics: &Arc<Metrics>) -> KafkaResult<Threaded> {
-        config.create_with_context(OutputContext {
-            metrics: metrics.clone(),
-        })
+    fn create(config: &ClientConfig, metrics: &Arc<Metrics>) -> KafkaResult<Polled> {
+        PolledProducer::create(
+            config,
+            OutputContext {
+                metrics: metrics.clone(),
+            },
+        )
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Threaded> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Polled> {
         self.current.read().unwrap_or_else(|p| p.into_inner())
     }
 
