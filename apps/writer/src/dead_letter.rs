@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::BaseRecord;
 use scylla::value::CqlValue;
-use tributary::kafka::logging::Logged;
+use tributary::kafka::polled::{Confirming, PolledProducer};
 use tributary::kafka::{Backoff, headers};
 
 use crate::metrics::WriterMetrics;
@@ -21,7 +21,7 @@ use crate::partitions::{Partitions, Slot};
 use crate::rows::Row;
 
 pub struct DeadLetters {
-    producer: FutureProducer<Logged>,
+    producer: PolledProducer<Confirming>,
     topic: String,
     group: String,
     partitions: Arc<Partitions>,
@@ -40,7 +40,7 @@ impl std::fmt::Debug for DeadLetters {
 
 impl DeadLetters {
     pub fn new(
-        producer: FutureProducer<Logged>,
+        producer: PolledProducer<Confirming>,
         topic: String,
         group: String,
         partitions: Arc<Partitions>,
@@ -118,14 +118,12 @@ impl DeadLetters {
                     self.partitions.ack([&slot]);
                     break;
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
-                    if size > 0 =>
-                {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) if size > 0 => {
                     letter.halve();
                     tracing::warn!(topic = %topic, partition, offset = slot.offset, original, now = letter.key.len() + letter.payload.len(),
                         "dead letter too large for its topic; cut");
                 }
-                Err((e, _)) => {
+                Err(e) => {
                     self.metrics.dead_letter_errors.inc();
                     let delay = backoff.next_delay();
                     tracing::warn!(topic = %topic, partition, offset = slot.offset, dead_letter_topic = %self.topic, error = %e, ?delay,
@@ -146,8 +144,8 @@ struct Letter {
 }
 
 impl Letter {
-    fn record<'a>(&'a self, topic: &'a str, headers: OwnedHeaders) -> FutureRecord<'a, [u8], [u8]> {
-        let mut r = FutureRecord::to(topic).headers(headers);
+    fn record<'a>(&'a self, topic: &'a str, headers: OwnedHeaders) -> BaseRecord<'a, [u8], [u8]> {
+        let mut r = BaseRecord::to(topic).headers(headers);
         if !self.key.is_empty() {
             r = r.key(&self.key[..]);
         }

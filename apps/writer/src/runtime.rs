@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tributary::kafka::client::{consumer_config, producer_config};
 use tributary::kafka::commits::{self, Resend};
 use tributary::kafka::fetch_start::{Arrival, FetchStart};
 use tributary::kafka::logging::{self, Logged};
+use tributary::kafka::polled::{Confirming, PolledProducer};
 use tributary::kafka::stats;
 use tributary::kafka::{Backoff, headers};
 
@@ -288,8 +288,10 @@ pub async fn run(
     }
     let _stop_following = crate::group_limit::SetOnDrop(following);
     consumer.subscribe(&topics)?;
-    let dlq: FutureProducer<Logged> =
-        producer_config(&config.kafka).create_with_context(Logged("dead-letter producer"))?;
+    let dlq = PolledProducer::create(
+        &producer_config(&config.kafka),
+        Confirming(Logged("dead-letter producer")),
+    )?;
     let dead_letters = Arc::new(DeadLetters::new(
         dlq,
         config.topics.dead_letter.clone(),

@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::kafka::client::client_config;
 use crate::kafka::fetch_start::{Arrival, FetchStart};
 use crate::kafka::logging::Logged;
+use crate::kafka::polled::{Confirmation, Confirming, PolledProducer};
 use crate::replay::Plan;
 
 /// Why plans or rollup rows could not be written or read back.
@@ -110,7 +111,7 @@ pub fn probe(config: &Config, topic: &str) -> Result<bool, PlanStoreError> {
 /// the read ends exactly at what was there, whatever the broker says its end offsets are.
 pub struct PlanTopic {
     pub(super) topic: String,
-    producer: FutureProducer<Logged>,
+    producer: PolledProducer<Confirming>,
     /// Kept from start to stop with the topic's metadata loaded, so a read at assignment
     /// starts fetching at once (a new client waits 500 ms for a leader it does not know
     /// yet, which was most of a clean start's time).
@@ -119,7 +120,7 @@ pub struct PlanTopic {
     /// Plan writes not yet confirmed, by key (`None`: it could not even be queued). A
     /// commit waits for its partitions' plans: an offset committed without its plan
     /// would resume with empty state on a broker that drops commit metadata.
-    pending: Mutex<Vec<(String, Option<DeliveryFuture>)>>,
+    pending: Mutex<Vec<(String, Option<Confirmation>)>>,
 }
 
 impl std::fmt::Debug for PlanTopic {
@@ -159,8 +160,7 @@ impl PlanTopic {
             .build()?;
         Ok(Self {
             topic,
-            producer: p
-                .create_with_context(Logged("replay"))
+            producer: PolledProducer::create(&p, Confirming(Logged("replay")))
                 .map_err(kafka("create a client"))?,
             reader,
             rt,
@@ -185,15 +185,12 @@ impl PlanTopic {
             .push((key, delivery));
     }
 
-    fn queue(&self, key: &str, plan: &Plan) -> Option<DeliveryFuture> {
+    fn queue(&self, key: &str, plan: &Plan) -> Option<Confirmation> {
         let value = plan.encode();
-        let record = FutureRecord::to(&self.topic)
-            .partition(0)
-            .key(key)
-            .payload(&value);
-        match self.producer.send_result(record) {
+        let record = BaseRecord::to(&self.topic).partition(0).key(key).payload(&value);
+        match self.producer.queue(record) {
             Ok(delivery) => Some(delivery),
-            Err((e, _)) => {
+            Err(e) => {
                 tracing::warn!(topic = %self.topic, error = %e, "cannot queue replay plan");
                 None
             }
@@ -262,15 +259,15 @@ impl PlanTopic {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         );
-        let fence = FutureRecord::to(&self.topic)
+        let fence = BaseRecord::to(&self.topic)
             .partition(0)
             .key("fence")
             .payload(&fence_value);
         let fence_offset = self
             .rt
             .block_on(self.producer.send(fence, timeout))
-            .map_err(|(e, _)| kafka("write the plan topic's fence")(e))?
-            .offset;
+            .map_err(kafka("write the plan topic's fence"))?
+            .1;
         let consumer = &self.reader;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)
@@ -457,7 +454,7 @@ pub enum PlanStore {
     /// In the offset commit's metadata only.
     Metadata,
     /// Also in a plan topic (the broker drops metadata).
-    Topic(PlanTopic),
+    Topic(Box<PlanTopic>),
 }
 
 #[cfg(test)]

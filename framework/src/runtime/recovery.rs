@@ -310,7 +310,7 @@ pub(super) fn plan_store(config: &Config, stop: &AtomicBool) -> Result<PlanStore
     super::topics::ensure_plan_topic(config, &topic, stop)?;
     tracing::info!(topic, "replay plans are also kept in the plan topic");
     plans::PlanTopic::new(config, topic)
-        .map(PlanStore::Topic)
+        .map(|t| PlanStore::Topic(Box::new(t)))
         .map_err(RuntimeError::from)
 }
 
