@@ -168,9 +168,8 @@ where
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use rdkafka::ClientContext;
     use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{BaseRecord, DeliveryResult, Producer};
+    use rdkafka::producer::Producer;
 
     use super::*;
 

@@ -10,9 +10,9 @@ use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tributary::codec::{self, Format};
 use tributary::config::{AppKind, Config, HumanDuration};
-use tributary::runtime::Runtime;
 
 use super::clock::{FirstCount, Timed};
+use super::runtime_peer::{self, until_consumed};
 use super::{BenchOptions, spec, start_broker};
 use crate::figures::Figures;
 use crate::loadgen;
@@ -70,13 +70,8 @@ pub(super) fn end_to_end(
     config.runtime.workers = opts.workers;
     config.rollup.idle_timeout = HumanDuration(Duration::from_secs(3600));
 
-    // The runtime's own consume path (fetch settings, poll thread, workers, commits) with
-    // both stages off: what the full pipeline is bounded by.
     config.kafka.group = "bench-decode-only".into();
-    let mut decode_spec = config.pipeline_spec()?;
-    decode_spec.rollup = None;
-    decode_spec.cusum = None;
-    let rt = Runtime::start_with(config.clone(), decode_spec)?;
+    let rt = runtime_peer::start(config.clone(), true)?;
     let decode = until_consumed(&rt, total);
     rt.stop();
     rt.join()?;
@@ -90,7 +85,7 @@ pub(super) fn end_to_end(
     );
 
     config.kafka.group = "bench-rollup".into();
-    let rt = Runtime::start(config)?;
+    let rt = runtime_peer::start(config, false)?;
     let full = until_consumed(&rt, total);
     let rollups = rt.metrics().rollups_emitted.get();
     let anomalies = rt.metrics().anomalies_emitted.get();
@@ -161,15 +156,4 @@ fn plain_consumer(brokers: &str, total: u64) -> anyhow::Result<Timed> {
     }
     anyhow::ensure!(ok == n, "the plain consumer decoded {ok} of {n} records");
     Ok(clock.timed(n))
-}
-
-/// Until the runtime has consumed `total` records (or 300 s), timed from its first.
-pub(super) fn until_consumed(rt: &Runtime, total: u64) -> Timed {
-    let mut clock = FirstCount::new();
-    let started = Instant::now();
-    while rt.metrics().records_consumed.get() < total && started.elapsed() < Duration::from_secs(300) {
-        clock.see(rt.metrics().records_consumed.get());
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    clock.timed(rt.metrics().records_consumed.get())
 }

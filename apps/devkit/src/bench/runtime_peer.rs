@@ -4,10 +4,12 @@
 //! metrics endpoint being scraped (polling `/metrics` every 5 ms cost the app process a
 //! fifth of its CPU). Benchmarks only.
 
+use std::time::{Duration, Instant};
+
 use tributary::config::{AppKind, Config};
 use tributary::runtime::Runtime;
 
-use super::clock::Timed;
+use super::clock::{FirstCount, Timed};
 
 /// The command line of `tributary-dev runtime-peer`.
 #[derive(Debug, Clone, clap::Args)]
@@ -39,13 +41,8 @@ pub fn run(opts: &RuntimeOptions) -> anyhow::Result<Timed> {
     config.runtime.workers = opts.workers;
     config.state.dir = state.display().to_string();
     config.cusum.enabled = true;
-    let mut spec = config.pipeline_spec()?;
-    if opts.decode_only {
-        spec.rollup = None;
-        spec.cusum = None;
-    }
-    let rt = Runtime::start_with(config, spec)?;
-    let timed = super::e2e::until_consumed(&rt, opts.records);
+    let rt = start(config, opts.decode_only)?;
+    let timed = until_consumed(&rt, opts.records);
     let consumed = rt.metrics().records_consumed.get();
     rt.stop();
     rt.join()?;
@@ -56,4 +53,28 @@ pub fn run(opts: &RuntimeOptions) -> anyhow::Result<Timed> {
         opts.records
     );
     Ok(timed)
+}
+
+/// Starts the runtime `config` describes or, `decode_only`, the same runtime with both
+/// stages off: its consume path (fetch settings, poll thread, workers, commits) alone,
+/// which the full pipeline is bounded by.
+pub(super) fn start(config: Config, decode_only: bool) -> anyhow::Result<Runtime> {
+    if !decode_only {
+        return Ok(Runtime::start(config)?);
+    }
+    let mut spec = config.pipeline_spec()?;
+    spec.rollup = None;
+    spec.cusum = None;
+    Ok(Runtime::start_with(config, spec)?)
+}
+
+/// Until the runtime has consumed `total` records (or 300 s), timed from its first.
+pub(super) fn until_consumed(rt: &Runtime, total: u64) -> Timed {
+    let mut clock = FirstCount::new();
+    let started = Instant::now();
+    while rt.metrics().records_consumed.get() < total && started.elapsed() < Duration::from_secs(300) {
+        clock.see(rt.metrics().records_consumed.get());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    clock.timed(rt.metrics().records_consumed.get())
 }
