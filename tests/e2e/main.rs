@@ -15,3 +15,4 @@ mod tansu;
 mod writer;
 mod writer_group;
 mod writer_locality;
+mod writer_token;

@@ -28,4 +28,5 @@ pub mod rows;
 pub mod runtime;
 pub mod schema;
 pub mod sink;
+pub mod token;
 pub mod write;

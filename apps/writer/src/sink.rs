@@ -19,6 +19,7 @@ use crate::batcher::ReplicaSet;
 use crate::config::{WriterConfig, consistency};
 use crate::rows::Row;
 use crate::schema::TableKind;
+use crate::token::{TokenError, TokenKey};
 
 /// How a failed write should be handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,7 +91,7 @@ pub enum SinkError {
     #[error("no statement for {0:?}")]
     NoStatement(TableKind),
     #[error("cannot compute the token: {0}")]
-    Token(#[from] scylla::statement::prepared::PartitionKeyError),
+    Token(#[from] TokenError),
     #[error("the statement has no partition key")]
     NoPartitionKey,
     #[error("cannot set up TLS: {0}")]
@@ -169,6 +170,8 @@ pub struct Sink {
     session: Arc<Session>,
     keyspace: String,
     statements: HashMap<TableKind, PreparedStatement>,
+    /// The partition key of each statement that has one, for [`Sink::token`].
+    keys: HashMap<TableKind, TokenKey>,
     consistency: Consistency,
     in_flight: InFlight,
     /// Replica sets by (table, token), valid for one cluster-state snapshot: a ring change
@@ -216,6 +219,7 @@ impl Sink {
         let mut kinds = vec![TableKind::Points, TableKind::Anomalies];
         kinds.extend(config.ttl.rollups.keys().map(|r| TableKind::Rollups(r.clone())));
         let mut statements = HashMap::new();
+        let mut keys = HashMap::new();
         for kind in kinds {
             let mut p = session
                 .prepare(kind.insert(&ks))
@@ -225,12 +229,16 @@ impl Sink {
                     source: Box::new(source),
                 })?;
             p.set_consistency(consistency);
+            if let Some(key) = TokenKey::of(&p) {
+                keys.insert(kind.clone(), key);
+            }
             statements.insert(kind, p);
         }
         Ok(Self {
             session,
             keyspace: ks,
             statements,
+            keys,
             consistency,
             in_flight: InFlight::new(config.limits.max_in_flight_per_node),
             replica_cache: Mutex::new(ReplicaCache::default()),
@@ -239,12 +247,11 @@ impl Sink {
 
     /// The row's token, computed once when the row is read.
     pub fn token(&self, row: &Row) -> Result<Token, SinkError> {
-        let stmt = self
-            .statements
-            .get(&row.table)
-            .ok_or_else(|| SinkError::NoStatement(row.table.clone()))?;
-        stmt.calculate_token(&row.values)?
-            .ok_or(SinkError::NoPartitionKey)
+        match self.keys.get(&row.table) {
+            Some(key) => Ok(key.token(&row.values)?),
+            None if self.statements.contains_key(&row.table) => Err(SinkError::NoPartitionKey),
+            None => Err(SinkError::NoStatement(row.table.clone())),
+        }
     }
 
     /// The cache for the driver's current view of the ring: a new snapshot (ring change or
