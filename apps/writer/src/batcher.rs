@@ -3,7 +3,7 @@
 //! a group is taken as a batch when it reaches the row or byte limit, or when its oldest
 //! row has waited `linger`.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::time::{Duration, Instant};
 
 /// Limits of one batch.
@@ -38,7 +38,7 @@ impl<R> Batcher<R> {
     pub fn new(limits: BatchLimits) -> Self {
         Self {
             limits,
-            groups: HashMap::new(),
+            groups: HashMap::default(),
             rows: 0,
         }
     }

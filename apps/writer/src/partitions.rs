@@ -3,7 +3,7 @@
 //! delivered), commits confirmed by the broker, and whether it is paused for backpressure.
 //! Built on the framework's [`AckedPrefix`] and [`CommitState`], like the rollup runtime.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 

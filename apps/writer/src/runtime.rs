@@ -4,7 +4,7 @@
 //! never buffered without bound. Everything Kafka-facing comes from the framework's
 //! [`tributary::kafka`] layer, shared with the rollup and detector apps.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -245,7 +245,7 @@ pub async fn run(
     control.health.connected(session);
 
     // Topic names are kept as shared strings so a record's partition key costs no allocation.
-    let mut sources: HashMap<String, (Arc<str>, Source)> = HashMap::new();
+    let mut sources: HashMap<String, (Arc<str>, Source)> = HashMap::default();
     for (topic, source) in [
         (&config.topics.metrics, Source::Metrics),
         (&config.topics.rollups, Source::Rollups),
@@ -347,7 +347,10 @@ pub async fn run(
                     };
                     metrics.records_consumed.inc();
                     let written = write_timestamp(msg.timestamp().to_millis(), now_ms());
-                    match to_row(&config, source, msg.key(), msg.payload(), headers::format_of(&msg), written) {
+                    // Only rollups and anomalies carry a format header; reading headers costs
+                    // librdkafka a parse of the record's header block.
+                    let format = (source != Source::Metrics).then(|| headers::format_of(&msg)).flatten();
+                    match to_row(&config, source, msg.key(), msg.payload(), format, written) {
                         Ok(row) => {
                             // Without a token (no metadata yet, or values the driver
                             // cannot hash) rows still go out, grouped together and routed

@@ -3,7 +3,7 @@
 //! them to a replica that owns every row, a cap on requests in flight per node, and errors
 //! classified by variant as retryable or not.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 
 use scylla::client::session::Session;
@@ -218,8 +218,8 @@ impl Sink {
         let consistency = consistency(&config.cassandra.consistency).unwrap_or(Consistency::LocalQuorum);
         let mut kinds = vec![TableKind::Points, TableKind::Anomalies];
         kinds.extend(config.ttl.rollups.keys().map(|r| TableKind::Rollups(r.clone())));
-        let mut statements = HashMap::new();
-        let mut keys = HashMap::new();
+        let mut statements = HashMap::default();
+        let mut keys = HashMap::default();
         for kind in kinds {
             let mut p = session
                 .prepare(kind.insert(&ks))
@@ -374,7 +374,7 @@ impl InFlight {
     fn new(max: usize) -> Self {
         Self {
             max,
-            per_node: Mutex::new(HashMap::new()),
+            per_node: Mutex::new(HashMap::default()),
             unrouted: Arc::new(Semaphore::new(max)),
         }
     }

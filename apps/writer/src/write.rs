@@ -4,7 +4,7 @@
 //! (the ring changed while it waited) is split by replica set first; rows of a partition
 //! revoked meanwhile are cancelled (the next owner writes them again).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -172,7 +172,7 @@ fn regroup(sink: &Sink, work: &mut Work) -> Option<Vec<Work>> {
     if work.rows.iter().all(|p| p.token.is_none() || p.epoch == epoch) {
         return None;
     }
-    let mut groups: HashMap<ReplicaSet, Vec<QueuedRow>> = HashMap::new();
+    let mut groups: HashMap<ReplicaSet, Vec<QueuedRow>> = HashMap::default();
     for mut p in std::mem::take(&mut work.rows) {
         let set = match p.token {
             Some(t) => {
