@@ -53,7 +53,7 @@ fn rows(config: &WriterConfig, n: u64) -> Vec<Row> {
             (Source::Anomalies, anomaly),
         ] {
             let payload = serde_json::to_vec(&payload).expect("json");
-            let row = to_row(config, source, Some(s.as_bytes()), Some(&payload), None, 1_000)
+            let row = to_row(config, source, Some(s.as_bytes()), Some(&payload), || None, 1_000)
                 .unwrap_or_else(|e| panic!("record {i} of {source:?}: {e}"));
             rows.push(row);
         }

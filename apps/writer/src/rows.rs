@@ -68,13 +68,15 @@ pub fn write_timestamp(record_ms: Option<i64>, now_ms: i64) -> i64 {
 }
 
 /// Maps a record of `source` to its row, written at `written_us` (see
-/// [`write_timestamp`]). `format` is the record's `tributary.format` header, if any.
-pub fn to_row(
+/// [`write_timestamp`]). `format_header` reads the record's `tributary.format` header; it
+/// is called only for rollups and anomalies, the records that carry one, because reading
+/// headers makes librdkafka parse the record's header block.
+pub fn to_row<'h>(
     config: &WriterConfig,
     source: Source,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
-    format_header: Option<&[u8]>,
+    format_header: impl FnOnce() -> Option<&'h [u8]>,
     written_us: i64,
 ) -> Result<Row, RowError> {
     let format: Format = config.topics.format;
@@ -94,7 +96,7 @@ pub fn to_row(
             let payload = payload
                 .filter(|p| !p.is_empty())
                 .ok_or(DecodeError::EmptyPayload)?;
-            let r = codec::decode_rollup(format, format_header, payload)?;
+            let r = codec::decode_rollup(format, format_header(), payload)?;
             let ttl = *config
                 .ttl
                 .rollups
@@ -133,7 +135,7 @@ pub fn to_row(
             let payload = payload
                 .filter(|p| !p.is_empty())
                 .ok_or(DecodeError::EmptyPayload)?;
-            let a = codec::decode_anomaly(format, format_header, payload)?;
+            let a = codec::decode_anomaly(format, format_header(), payload)?;
             if ![a.value, a.cusum, a.threshold, a.mean, a.stddev]
                 .iter()
                 .all(|v| v.is_finite())
@@ -169,22 +171,22 @@ mod tests {
     fn maps_each_topic_to_its_table() {
         let c = WriterConfig::default();
         let p = br#"{"series":"s","ts":172800000,"value":1.5}"#;
-        let r = to_row(&c, Source::Metrics, Some(b"s"), Some(p), None, 7).expect("point");
+        let r = to_row(&c, Source::Metrics, Some(b"s"), Some(p), || None, 7).expect("point");
         assert_eq!(r.table, TableKind::Points);
         assert_eq!(r.values[1], CqlValue::BigInt(2), "day bucket");
         assert_eq!(r.values[4], CqlValue::Int(7 * 86_400));
         assert_eq!(r.values[5], CqlValue::BigInt(7), "write timestamp last");
         let roll = br#"{"series":"s","resolution":"1h","window_start":3600000,"window_end":7200000,"count":2,"min":1,"max":2,"sum":3,"avg":1.5}"#;
-        let r = to_row(&c, Source::Rollups, Some(b"s"), Some(roll), None, 7).expect("rollup");
+        let r = to_row(&c, Source::Rollups, Some(b"s"), Some(roll), || None, 7).expect("rollup");
         assert_eq!(r.table, TableKind::Rollups("1h".into()));
         assert_eq!(r.values[1], CqlValue::BigInt(0));
         let odd = br#"{"series":"s","resolution":"7m","window_start":0,"window_end":420000,"count":1,"min":1,"max":1,"sum":1,"avg":1}"#;
         assert!(matches!(
-            to_row(&c, Source::Rollups, None, Some(odd), None, 7),
+            to_row(&c, Source::Rollups, None, Some(odd), || None, 7),
             Err(RowError::UnknownResolution(_))
         ));
         assert!(matches!(
-            to_row(&c, Source::Metrics, Some(b"s"), Some(b"{"), None, 7),
+            to_row(&c, Source::Metrics, Some(b"s"), Some(b"{"), || None, 7),
             Err(RowError::Decode(_))
         ));
     }
@@ -223,7 +225,7 @@ mod tests {
                 Source::Rollups,
                 Some(b"s"),
                 Some(roll(start, end).as_bytes()),
-                None,
+                || None,
                 7,
             );
             assert_eq!(r, Err(RowError::BadWindow { start, end }), "[{start}, {end})");
@@ -233,7 +235,7 @@ mod tests {
             Source::Rollups,
             Some(b"s"),
             Some(roll(i64::MIN, i64::MIN + 1).as_bytes()),
-            None,
+            || None,
             7,
         );
         assert!(wide.is_ok(), "a narrow window at the i64 limit maps: {wide:?}");

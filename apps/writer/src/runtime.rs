@@ -347,9 +347,7 @@ pub async fn run(
                     };
                     metrics.records_consumed.inc();
                     let written = write_timestamp(msg.timestamp().to_millis(), now_ms());
-                    // Only rollups and anomalies carry a format header; reading headers costs
-                    // librdkafka a parse of the record's header block.
-                    let format = (source != Source::Metrics).then(|| headers::format_of(&msg)).flatten();
+                    let format = || headers::format_of(&msg);
                     match to_row(&config, source, msg.key(), msg.payload(), format, written) {
                         Ok(row) => {
                             // Without a token (no metadata yet, or values the driver
