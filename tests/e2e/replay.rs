@@ -38,21 +38,25 @@ pub(crate) fn scratch(name: &str) -> PathBuf {
 }
 
 /// A config file: quick commits and checkpoints, a short session so a killed member is
-/// replaced quickly.
+/// replaced quickly; `properties` add to or replace those librdkafka properties.
 fn write_config(dir: &Path, state_dir: &Path, properties: &[(&str, &str)]) -> PathBuf {
     let path = dir.join("rollup.toml");
     let debug = std::env::var("E2E_KAFKA_DEBUG").ok();
-    let extra: String = properties
-        .iter()
-        .copied()
-        .chain(debug.as_deref().map(|d| ("debug", d)))
-        .map(|(k, v)| format!(", \"{k}\" = \"{v}\""))
-        .collect();
+    let mut merged =
+        std::collections::BTreeMap::from([("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")]);
+    merged.extend(
+        properties
+            .iter()
+            .copied()
+            .chain(debug.as_deref().map(|d| ("debug", d))),
+    );
+    let properties: Vec<String> = merged.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"")).collect();
+    let properties = properties.join(", ");
     let text = format!(
         r#"
 [kafka]
 commit_interval = "200ms"
-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500"{extra} }}
+properties = {{ {properties} }}
 [rollup]
 idle_timeout = "1d"
 [state]
