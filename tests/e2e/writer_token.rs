@@ -6,8 +6,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use harness::CqlRing;
 use serde_json::json;
-use tributary_devkit::cql::{Ring, RingConfig};
 use tributary_writer::config::WriterConfig;
 use tributary_writer::rows::{Row, Source, to_row};
 use tributary_writer::schema::TableKind;
@@ -68,19 +68,9 @@ fn the_writers_token_equals_the_drivers_for_every_table() {
         .enable_all()
         .build()
         .expect("runtime");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("port")
-        .port();
-    let ring = rt
-        .block_on(Ring::start(RingConfig {
-            port,
-            ..Default::default()
-        }))
-        .expect("ring");
+    let ring = CqlRing::start(1);
     let mut config = WriterConfig::default();
-    config.cassandra.contact_points = vec![format!("127.0.0.1:{port}")];
+    config.cassandra.contact_points = vec![ring.contact_point()];
     config.cassandra.replication_class = "SimpleStrategy".into();
     config.cassandra.replication_factor = 1;
     config.cassandra.consistency = "one".into();
@@ -107,7 +97,6 @@ fn the_writers_token_equals_the_drivers_for_every_table() {
         }
         (mine, drivers)
     });
-    ring.stop();
 
     let tables: BTreeSet<String> = rows.iter().map(|r| r.table.table_name()).collect();
     assert_eq!(

@@ -61,8 +61,7 @@ impl TokenKey {
         let mut hasher = self.partitioner.build_hasher();
         let mut buf = Vec::with_capacity(64);
         let composite = self.columns.len() > 1;
-        for (index, typ) in &self.columns {
-            let index = *index;
+        for &(index, ref typ) in &self.columns {
             let value = values.get(index).ok_or(TokenError::Missing {
                 index,
                 have: values.len(),
