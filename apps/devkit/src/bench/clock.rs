@@ -1,6 +1,6 @@
 //! What the bench parts time with: the process's CPU clock and its memory.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// CPU seconds used by this process so far (user + system, every thread), at the
 /// clock's nanosecond resolution: /proc/self/stat counts 10 ms ticks, which made rates
@@ -90,6 +90,30 @@ impl FirstCount {
     }
 }
 
+/// Looks at `count` until it reaches `total`, timed from the first count it saw. An error
+/// if it has not `within` that time, or if every item arrived between two looks, which
+/// leaves nothing timed.
+pub fn time_until(total: u64, within: Duration, count: impl Fn() -> u64) -> anyhow::Result<Timed> {
+    let mut clock = FirstCount::new();
+    let mut now = count();
+    while now < total && clock.started.elapsed() < within {
+        clock.see(now);
+        std::thread::sleep(LOOK);
+        now = count();
+    }
+    anyhow::ensure!(now >= total, "counted {now} of {total} within {within:?}");
+    let timed = clock.timed(now);
+    anyhow::ensure!(
+        timed.items > 0,
+        "all {now} items were counted within one {LOOK:?} look, so none was timed; \
+         give the run more items"
+    );
+    Ok(timed)
+}
+
+/// How often [`time_until`] looks: rarely enough that looking costs nothing measurable.
+const LOOK: Duration = Duration::from_millis(5);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +131,32 @@ mod tests {
         assert_eq!(t.items, 60);
         assert!(t.wall >= 0.02, "{t:?}");
         assert!(t.per_second() <= 60.0 / 0.02, "{t:?}");
+    }
+
+    #[test]
+    fn a_count_that_arrives_all_at_once_is_refused_not_reported_as_nothing() {
+        let looks = std::cell::Cell::new(0u64);
+        let at_once = || {
+            looks.set(looks.get() + 1);
+            if looks.get() > 2 { 1_000 } else { 0 }
+        };
+        let err = time_until(1_000, Duration::from_secs(5), at_once).expect_err("nothing was timed");
+        assert!(err.to_string().contains("none was timed"), "{err}");
+
+        let looks = std::cell::Cell::new(0u64);
+        let gradual = || {
+            looks.set(looks.get() + 1);
+            (looks.get() * 100).min(1_000)
+        };
+        let t = time_until(1_000, Duration::from_secs(5), gradual).expect("a count that rises is timed");
+        assert_eq!(t.items, 900, "{t:?}");
+        assert!(t.wall > 0.0, "{t:?}");
+    }
+
+    #[test]
+    fn a_count_that_stops_short_is_an_error() {
+        let err =
+            time_until(1_000, Duration::from_millis(30), || 10).expect_err("it never reached the total");
+        assert!(err.to_string().contains("counted 10 of 1000"), "{err}");
     }
 }

@@ -75,6 +75,7 @@ pub(super) fn end_to_end(
     let decode = until_consumed(&rt, total);
     rt.stop();
     rt.join()?;
+    let decode = decode?;
     say!(
         out,
         "  runtime, consume + decode only    {:>10.0} records/s wall, {:>10.0} per CPU-second ({} records, {:.2} CPU-s)",
@@ -91,6 +92,7 @@ pub(super) fn end_to_end(
     let anomalies = rt.metrics().anomalies_emitted.get();
     rt.stop();
     rt.join()?;
+    let full = full?;
     say!(
         out,
         "  runtime, rollup 5m/1h/1d + CUSUM  {:>10.0} records/s wall, {:>10.0} per CPU-second ({} records, {rollups} rollups, {anomalies} anomalies, {:.2} CPU-s)",
