@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use harness::{Process, Tansu, create_topics, free_port, py_produce};
 
 use crate::dataset;
-use crate::replay::{Bed, PARTITIONS, bed_on, dev_bed, kill, split, tansu_bed};
+use crate::rollup_bed::{Bed, PARTITIONS, bed_on, dev_bed, kill, split, tansu_bed};
 
 pub(crate) fn seed() -> u64 {
     let seed = std::env::var("E2E_SEED")

@@ -9,7 +9,7 @@ use harness::{
 };
 
 use crate::dataset::{self, Duplicates};
-use crate::replay::{PARTITIONS, bed_on, scratch, split, stop};
+use crate::rollup_bed::{PARTITIONS, bed_on, scratch, split, stop};
 
 fn now_ms() -> i64 {
     SystemTime::now()
