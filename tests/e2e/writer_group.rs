@@ -42,10 +42,14 @@ fn owned(admin: &str) -> u64 {
 }
 
 /// The ring's row counter every 100 ms for 13 s; then every window of 10 s or more must
-/// hold at most `rate·Δt + burst` rows and at least 75 % of `rate·Δt`. The lower bound
-/// tells the group's rate from a member left at its share of it (half, with two);
-/// tighter, a stall of a second or so on a loaded 2-core machine failed it (CI: 13,516
-/// rows in 10.03 s at 1500/s, the counter nearly flat for one second).
+/// hold at most `rate·Δt + burst` rows and at least 75 % of `rate·Δt` over the time rows
+/// flowed. The lower bound tells the group's rate from a member left at its share of it
+/// (half, with two). Stretches of 300 ms or more without a single row are left out of
+/// it: at these rates the limiter lets a batch (at most 32 rows) through every 20-60 ms,
+/// so such a stretch is not its doing. On a loaded 2-core machine they happen (CI: 13,516
+/// rows in 10.03 s at 1500/s, flat for a second; here, with one core kept busy, 11,609 in
+/// 10.35 s, flat for 2 s while tansu made the writer seek back after a hand-over). More
+/// than 4 s of them in a window still fails.
 fn holds_the_budget(s: &Setup, rate: f64, burst: f64, writers: &[&Process]) {
     let mut samples: Vec<(Instant, u64)> = Vec::new();
     let t0 = Instant::now();
@@ -61,8 +65,9 @@ fn holds_the_budget(s: &Setup, rate: f64, burst: f64, writers: &[&Process]) {
             .join("\n---\n")
     };
     let mut windows = 0;
-    for (i, a) in samples.iter().enumerate() {
-        for b in &samples[i + 1..] {
+    for i in 0..samples.len() {
+        for j in i + 1..samples.len() {
+            let (a, b) = (samples[i], samples[j]);
             let dt = b.0.duration_since(a.0).as_secs_f64();
             if dt < 10.0 {
                 continue;
@@ -73,15 +78,37 @@ fn holds_the_budget(s: &Setup, rate: f64, burst: f64, writers: &[&Process]) {
                 rows <= rate * dt + burst,
                 "{rows} rows in {dt:.2} s exceeds {rate}/s + {burst}"
             );
+            let stalled = stalled_seconds(&samples[i..=j]);
             assert!(
-                rows >= 0.75 * rate * dt,
-                "{rows} rows in {dt:.2} s is under 75 % of {rate}/s; per second: {:?}\n{}",
+                stalled <= 4.0 && rows >= 0.75 * rate * (dt - stalled),
+                "{rows} rows in {dt:.2} s ({stalled:.1} s of it without a row) is under 75 % of \
+                 {rate}/s; per second: {:?}\n{}",
                 samples.iter().step_by(10).map(|s| s.1).collect::<Vec<_>>(),
                 logs()
             );
         }
     }
     assert!(windows >= 100, "only {windows} windows of 10 s or more");
+}
+
+/// Seconds of `samples` inside runs of 300 ms or more in which the counter did not move.
+fn stalled_seconds(samples: &[(Instant, u64)]) -> f64 {
+    let mut stalled = 0.0;
+    let mut run_start = 0;
+    for j in 1..=samples.len() {
+        if j < samples.len() && samples[j].1 == samples[run_start].1 {
+            continue;
+        }
+        let run = samples[j - 1]
+            .0
+            .duration_since(samples[run_start].0)
+            .as_secs_f64();
+        if run >= 0.3 {
+            stalled += run;
+        }
+        run_start = j;
+    }
+    stalled
 }
 
 #[test]
